@@ -1,0 +1,196 @@
+"""Parsing and validation of a machine's configuration values.
+
+Every check raises :class:`ConfigError` with the bad value and ``source``:
+where the value came from (``Machine(memory=...)``, ``--fakemachine-memory``,
+``@pytest.mark.fakemachine on tests/test_x.py::test_y``...).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Union, final
+
+from ._errors import ConfigError
+
+__all__ = [
+    "DEFAULT_MEMORY_MIB",
+    "Image",
+    "Size",
+    "Volume",
+    "check_guest_path",
+    "check_label",
+    "parse_memory",
+    "parse_size",
+    "parse_timeout",
+]
+
+Size = Union[int, str]
+DEFAULT_MEMORY_MIB = 2048
+MAX_LABEL_LENGTH = 19
+_LABEL_RE = re.compile(r"[A-Za-z0-9._-]+")
+_SIZE_RE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(i?B)?\s*", re.IGNORECASE)
+_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def _parse_quantity(value: object, what: str, source: str, default_unit: str) -> int:
+    """``value`` in bytes: an int counts ``default_unit``s, a string may carry its unit."""
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise ConfigError(f"{what}={value!r} from {source}: expected an int or a string like '512M'")
+    if isinstance(value, int):
+        number, unit = float(value), default_unit
+    else:
+        match = _SIZE_RE.fullmatch(value)
+        if not match:
+            raise ConfigError(
+                f"{what}={value!r} from {source}: not a size (use a number with an optional "
+                "unit K, M, G or T, e.g. '512M', '2G', '1GiB')"
+            )
+        number = float(match.group(1))
+        unit = match.group(2).upper() if match.group(2) else default_unit
+    if number < 0:
+        raise ConfigError(f"{what}={value!r} from {source}: must not be negative")
+    result = int(number * _UNITS[unit])
+    if result <= 0:
+        raise ConfigError(f"{what}={value!r} from {source}: must be more than zero")
+    return result
+
+
+def parse_size(value: object, source: str, what: str = "size") -> int:
+    """A disk size in bytes: an int is bytes, a bare number string too."""
+    return _parse_quantity(value, what, source, "")
+
+
+def parse_memory(value: object, source: str) -> int:
+    """Guest memory in MiB: an int (or a bare number string) is MiB."""
+    mib = _parse_quantity(value, "memory", source, "M") // (1 << 20)
+    if mib < 64:
+        raise ConfigError(f"memory={value!r} from {source}: a guest needs at least 64M")
+    return mib
+
+
+def parse_timeout(value: object, source: str) -> float | None:
+    """Seconds, or None for no limit; zero or a negative number is refused."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        raise ConfigError(f"timeout={value!r} from {source}: expected seconds")
+    try:
+        seconds = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise ConfigError(f"timeout={value!r} from {source}: expected seconds") from None
+    if not seconds > 0:
+        raise ConfigError(f"timeout={value!r} from {source}: must be more than zero")
+    return seconds
+
+
+def check_label(label: object, source: str) -> str:
+    if not isinstance(label, str) or not label:
+        raise ConfigError(f"label={label!r} from {source}: must be a non-empty string")
+    if len(label) > MAX_LABEL_LENGTH:
+        raise ConfigError(
+            f"label={label!r} from {source}: {len(label)} characters, at most "
+            f"{MAX_LABEL_LENGTH} allowed"
+        )
+    if not _LABEL_RE.fullmatch(label):
+        raise ConfigError(
+            f"label={label!r} from {source}: only letters, digits, '.', '_' and '-' allowed"
+        )
+    return label
+
+
+def check_guest_path(path: object, source: str) -> str:
+    text = os.fspath(path) if isinstance(path, (str, os.PathLike)) else None
+    if not isinstance(text, str) or not text:
+        raise ConfigError(f"guest path {path!r} from {source}: expected a non-empty path")
+    if not text.startswith("/"):
+        raise ConfigError(f"guest path {text!r} from {source}: must be absolute")
+    if any(c.isspace() for c in text) or "\0" in text:
+        raise ConfigError(f"guest path {text!r} from {source}: must not contain whitespace")
+    return os.path.normpath(text)
+
+
+@final
+@dataclass(frozen=True)
+class Image:
+    """A disk image file of the user's, for the marker's ``images`` keyword.
+
+    ``size=None`` uses the file as it is (it must exist); a size creates or
+    grows it sparsely.
+    """
+
+    path: str | os.PathLike[str]
+    size: Size | None = None
+
+
+@dataclass(frozen=True)
+class ImageSpec:
+    path: Path
+    label: str
+
+
+@dataclass(frozen=True)
+class Volume:
+    host: Path
+    guest: str
+    read_only: bool
+
+
+def check_volume(host_dir: object, guest_dir: object, read_only: bool, source: str) -> Volume:
+    if not isinstance(host_dir, (str, os.PathLike)):
+        raise ConfigError(f"volume {host_dir!r} from {source}: expected a path")
+    host = Path(os.path.abspath(os.fspath(host_dir)))
+    try:
+        mode = os.stat(host).st_mode
+    except FileNotFoundError:
+        raise ConfigError(f"volume {str(host)!r} from {source}: does not exist") from None
+    except OSError as e:
+        raise ConfigError(f"volume {str(host)!r} from {source}: {e.strerror}") from None
+    if not stat.S_ISDIR(mode):
+        raise ConfigError(f"volume {str(host)!r} from {source}: not a directory")
+    guest = check_guest_path(str(host) if guest_dir is None else guest_dir, source)
+    if guest == "/":
+        raise ConfigError(f"volume {str(host)!r} from {source}: cannot be mounted over '/'")
+    return Volume(host, guest, bool(read_only))
+
+
+def prepare_image(path: Path, size: int | None, source: str) -> None:
+    """Create or grow ``path`` sparsely to ``size``; with None it must exist.
+
+    An existing file is never shrunk or rewritten: only its length may grow.
+    """
+    if size is None:
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            raise ConfigError(
+                f"image {str(path)!r} from {source}: does not exist (give a size to create it)"
+            ) from None
+        if not stat.S_ISREG(st.st_mode):
+            raise ConfigError(f"image {str(path)!r} from {source}: not a regular file")
+        if not os.access(path, os.R_OK | os.W_OK):
+            raise ConfigError(f"image {str(path)!r} from {source}: not readable and writable")
+        return
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+        raise ConfigError(f"image {str(path)!r} from {source}: {e.strerror}") from None
+    try:
+        current = os.fstat(fd).st_size
+        if current > size:
+            raise ConfigError(
+                f"image {str(path)!r} from {source}: the file holds {current} bytes, more than "
+                f"size={size}; refusing to truncate it"
+            )
+        if current < size:
+            try:
+                os.ftruncate(fd, size)  # grows sparsely: no blocks are written
+            except OSError as e:
+                raise ConfigError(
+                    f"image {str(path)!r} from {source}: cannot grow to {size} bytes: {e.strerror}"
+                ) from None
+    finally:
+        os.close(fd)

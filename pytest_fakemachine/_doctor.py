@@ -1,0 +1,75 @@
+"""``pytest --fakemachine-doctor``: check what a guest needs and say how to fix it."""
+
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from ._errors import FakeMachineError
+from ._initramfs import cache_dir, initramfs
+from ._uml import find_kernel, module_dir
+
+__all__ = ["run_doctor"]
+
+_MIN_FREE_BYTES = 512 << 20
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    problem: str | None  # None: fine
+    fix: str = ""
+    required: bool = True
+
+
+def _checks() -> list[Check]:
+    checks = []
+    arch = platform.machine()
+    checks.append(Check("x86-64 host", None if arch == "x86_64" else f"this host is {arch}",
+                        "run on an x86-64 machine: UML guests exist only there"))  # fmt: skip
+    try:
+        kernel = find_kernel(None)
+        checks.append(Check(f"UML kernel ({kernel})", None))
+        module_dir(kernel)
+        checks.append(Check("UML kernel modules", None))
+    except FakeMachineError as e:
+        checks.append(Check("UML kernel and modules", str(e),
+                            "sudo apt-get install user-mode-linux"))  # fmt: skip
+    for tool, package, required in (("busybox", "busybox", True),
+                                    ("libslirp-helper", "libslirp-helper", False)):  # fmt: skip
+        found = shutil.which(tool)
+        checks.append(Check(tool + ("" if required else " (for network=True)"),
+                            None if found else f"{tool} is not on PATH",
+                            f"sudo apt-get install {package}", required))  # fmt: skip
+    systemd = "/lib/systemd/systemd"
+    checks.append(Check("systemd", None if os.access(systemd, os.X_OK) else f"{systemd} missing",
+                        "sudo apt-get install systemd"))  # fmt: skip
+    shm = os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK)
+    checks.append(Check("/dev/shm (guest memory)", None if shm else "/dev/shm is not writable",
+                        "mount a tmpfs on /dev/shm (mount -t tmpfs tmpfs /dev/shm)"))  # fmt: skip
+    tmp = shutil.disk_usage(os.environ.get("TMPDIR", "/tmp")).free
+    checks.append(Check("free space for work directories",
+                        None if tmp >= _MIN_FREE_BYTES else f"only {tmp >> 20} MiB free",
+                        "free some space in $TMPDIR (/tmp)"))  # fmt: skip
+    try:
+        checks.append(Check(f"initramfs ({initramfs()})", None))
+    except (FakeMachineError, OSError) as e:
+        checks.append(Check(f"initramfs in {cache_dir()}", str(e), "see the message"))
+    return checks
+
+
+def run_doctor(say: Callable[[str], None]) -> int:
+    """Print one line per check; 0 if a guest can boot, 1 if not."""
+    failed = False
+    for check in _checks():
+        if check.problem is None:
+            say(f"ok      {check.name}")
+        else:
+            failed = failed or check.required
+            say(f"{'MISSING' if check.required else 'warning'} {check.name}: {check.problem}")
+            say(f"        fix: {check.fix}")
+    say("fakemachine doctor: " + ("a guest cannot boot here" if failed else "guests can boot here"))
+    return 1 if failed else 0

@@ -1,0 +1,82 @@
+"""The guest-side runner: runs selected tests inside the guest and streams reports.
+
+Started by the guest's job as ``python _guest.py SPEC.json`` with the host's
+own interpreter. It imports only the standard library and pytest (never the
+rest of pytest_fakemachine, whose host-side code has no business here).
+
+Events go to ``spec["events"]`` as JSON lines, flushed one by one so the host
+sees each phase as soon as it ends::
+
+    {"event": "start", "nodeid": ...}
+    {"event": "report", "nodeid": ..., "report": <pytest_report_to_serializable>}
+    {"event": "collecterror", "nodeid": ..., "longrepr": ...}
+    {"event": "done", "exitstatus": ...}
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import IO, Any
+
+import pytest
+
+
+class GuestReporter:
+    """A pytest plugin: narrows the session to the host's items, sends events."""
+
+    def __init__(self, spec: dict[str, Any], out: IO[str]) -> None:
+        self.nodeids: list[str] = spec["nodeids"]
+        self.options: dict[str, Any] = spec["options"]
+        self.out = out
+
+    def send(self, **event: Any) -> None:
+        self.out.write(json.dumps(event) + "\n")
+        self.out.flush()
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_configure(self, config: pytest.Config) -> None:
+        self.config = config
+        # The host session's option values (tbstyle, verbosity, conftest options...).
+        for name, value in self.options.items():
+            setattr(config.option, name, value)
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_collection_modifyitems(
+        self, session: pytest.Session, config: pytest.Config, items: list[pytest.Item]
+    ) -> None:
+        by_id = {item.nodeid: item for item in items}
+        selected = [by_id[nodeid] for nodeid in self.nodeids if nodeid in by_id]
+        deselected = [item for item in items if item.nodeid not in set(self.nodeids)]
+        if deselected:
+            config.hook.pytest_deselected(items=deselected)
+        items[:] = selected
+
+    def pytest_collectreport(self, report: pytest.CollectReport) -> None:
+        if report.failed:
+            self.send(event="collecterror", nodeid=report.nodeid, longrepr=str(report.longrepr))
+
+    def pytest_runtest_logstart(self, nodeid: str) -> None:
+        self.send(event="start", nodeid=nodeid)
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        config = self.config
+        data = config.hook.pytest_report_to_serializable(config=config, report=report)
+        self.send(event="report", nodeid=report.nodeid, report=data)
+
+
+def main(spec_path: str) -> int:
+    with open(spec_path) as f:
+        spec = json.load(f)
+    sys.path[:] = spec["sys_path"]
+    os.chdir(spec["invocation_dir"])
+    with open(spec["events"], "a", encoding="utf-8") as out:
+        reporter = GuestReporter(spec, out)
+        status = int(pytest.main(spec["args"], plugins=[reporter]))
+        reporter.send(event="done", exitstatus=status)
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1]))

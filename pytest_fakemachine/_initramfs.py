@@ -1,0 +1,183 @@
+"""Build the guest's initramfs from the host's own files, once per content.
+
+The archive holds busybox with the dynamic linker and libraries it needs, the
+``/init`` script, a minimal ``/etc`` and symlinks into the run's work
+directory. Everything else the guest runs comes from the host's ``/usr`` over
+hostfs. The archive is cached in the user's cache directory under a name
+derived from its inputs, so it is built once and shared (under a file lock)
+by every pytest process of the user.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from filelock import FileLock
+
+from . import _templates as t
+from ._cpio import CpioWriter
+from ._errors import BackendUnavailable
+
+__all__ = ["cache_dir", "initramfs"]
+
+# Bump when the layout changes in a way the inputs' fingerprint cannot see.
+_FORMAT = "1"
+_BUSYBOX = "/usr/bin/busybox"
+_GENERATOR_DIRS = ("/usr/lib/systemd/system-generators",)
+_DIRS = (
+    "dev", "proc", "sys", "run", "tmp", "root", "scratch", "mnt", "usr", "usr/bin",
+    "var", "var/tmp", "etc", "etc/systemd", "etc/systemd/system",
+    "etc/systemd/system-generators", "etc/udev", "etc/udev/rules.d",
+)  # fmt: skip
+_MERGED_USR = {"bin": "usr/bin", "sbin": "usr/sbin", "lib": "usr/lib", "lib64": "usr/lib64"}
+
+
+def cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "pytest-fakemachine"
+
+
+@dataclass(frozen=True)
+class _Inputs:
+    files: tuple[str, ...]  # host paths copied into the archive, links included
+    generators: tuple[str, ...]  # names of systemd generators to mask
+
+    def fingerprint(self) -> str:
+        digest = hashlib.sha256(_FORMAT.encode())
+        for name in (
+            t.INIT, t.PASSWD, t.GROUP, t.HOSTS, t.HOSTNAME, t.UNIT_NAME, *self.generators
+        ):
+            digest.update(name.encode() + b"\0")
+        for path in self.files:
+            st = os.lstat(path)
+            digest.update(f"{path}:{st.st_mode}:{st.st_size}:{st.st_mtime_ns}\0".encode())
+        return digest.hexdigest()[:24]
+
+
+def _library_paths(binary: str) -> list[str]:
+    """The shared objects ``binary`` loads, as ldd resolves them on this host."""
+    out = subprocess.run(
+        ["ldd", binary], capture_output=True, text=True, check=False, stdin=subprocess.DEVNULL
+    ).stdout
+    paths = []
+    for line in out.splitlines():
+        # "libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x...)" or "/lib64/ld-linux... (0x...)"
+        fields = line.split()
+        candidates = fields[2:3] if "=>" in fields else fields[:1]
+        paths += [p for p in candidates if p.startswith("/")]
+    return paths
+
+
+def _with_links(path: str) -> list[str]:
+    """``path`` and every symlink met resolving it, expressed under /usr."""
+    chain = []
+    seen = set()
+    current = path
+    while current not in seen:
+        seen.add(current)
+        top, _, rest = current.lstrip("/").partition("/")
+        if top in _MERGED_USR:  # /lib64/x is /usr/lib64/x on a merged-/usr host
+            current = "/" + _MERGED_USR[top] + "/" + rest
+        chain.append(current)
+        if not os.path.islink(current):
+            break
+        current = os.path.normpath(os.path.join(os.path.dirname(current), os.readlink(current)))
+    return chain
+
+
+def _collect_inputs() -> _Inputs:
+    unmerged = [
+        "/" + top for top, target in _MERGED_USR.items()
+        if os.path.exists("/" + top) and not os.path.islink("/" + top)
+    ]  # fmt: skip
+    if unmerged:
+        raise BackendUnavailable(
+            f"the host has no merged /usr ({', '.join(unmerged)} are directories): the guest "
+            "boots from the host's /usr alone; install usrmerge (apt-get install usrmerge)"
+        )
+    if not os.access(_BUSYBOX, os.X_OK):
+        raise BackendUnavailable(
+            f"{_BUSYBOX} is missing: the guest's init needs it; install it with "
+            "`apt-get install busybox`"
+        )
+    files: list[str] = []
+    for path in [_BUSYBOX, *_library_paths(_BUSYBOX)]:
+        files += [p for p in _with_links(path) if p not in files]
+    generators = sorted(
+        {name for d in _GENERATOR_DIRS if os.path.isdir(d) for name in os.listdir(d)}
+    )
+    return _Inputs(tuple(files), tuple(generators))
+
+
+def _archive(inputs: _Inputs) -> bytes:
+    buf = io.BytesIO()
+    cpio = CpioWriter(buf)
+    for d in _DIRS:
+        cpio.add_dir(d, 0o1777 if d in ("tmp", "var/tmp") else 0o755)
+    for link, target in _MERGED_USR.items():
+        cpio.add_symlink(link, target)
+    made = set(_DIRS)
+    for path in inputs.files:
+        parent = os.path.dirname(path).lstrip("/")
+        parts = parent.split("/")
+        for i in range(1, len(parts) + 1):
+            d = "/".join(parts[:i])
+            if d not in made:
+                cpio.add_dir(d)
+                made.add(d)
+        if os.path.islink(path):
+            cpio.add_symlink(path, os.readlink(path))
+        else:
+            cpio.add_file(path, Path(path).read_bytes(), os.stat(path).st_mode & 0o777)
+    cpio.add_file("init", t.INIT.encode(), 0o755)
+    cpio.add_file("etc/passwd", t.PASSWD.encode())
+    cpio.add_file("etc/group", t.GROUP.encode())
+    cpio.add_file("etc/hosts", t.HOSTS.encode())
+    cpio.add_file("etc/hostname", t.HOSTNAME.encode())
+    cpio.add_file("etc/machine-id", b"")
+    cpio.add_file("etc/fstab", b"")
+    cpio.add_file("etc/resolv.conf", b"")
+    cpio.add_symlink("etc/os-release", "../usr/lib/os-release")
+    cpio.add_symlink("etc/mtab", "../proc/self/mounts")
+    cpio.add_symlink(f"etc/systemd/system/{t.UNIT_NAME}", f"{t.GUEST_WORK}/{t.UNIT_NAME}")
+    cpio.add_symlink("etc/udev/rules.d/99-fakemachine.rules", f"{t.GUEST_WORK}/udev.rules")
+    for name in inputs.generators:
+        # Generators cost boot time and serve nothing here (no fstab, no getty).
+        cpio.add_symlink(f"etc/systemd/system-generators/{name}", "/dev/null")
+    cpio.close()
+    return buf.getvalue()
+
+
+_memo: dict[str, Path] = {}
+
+
+def initramfs() -> Path:
+    """The path of the cached initramfs for this host, built if needed."""
+    inputs = _collect_inputs()
+    key = inputs.fingerprint()
+    if key in _memo and _memo[key].exists():
+        return _memo[key]
+    directory = cache_dir()
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    path = directory / f"initramfs-{key}.cpio"
+    if not path.exists():
+        with FileLock(str(directory / "build.lock")):
+            if not path.exists():
+                data = _archive(inputs)
+                fd, tmp = tempfile.mkstemp(dir=directory, prefix=".initramfs-")
+                try:
+                    with os.fdopen(fd, "wb") as out:
+                        out.write(data)
+                    os.replace(tmp, path)
+                except BaseException:
+                    os.unlink(tmp)
+                    raise
+    _memo[key] = path
+    return path
+

@@ -1,0 +1,266 @@
+"""One guest boot's work directory: generated files, kernel command line, outcome.
+
+The work directory is private to the user (0700), holds every per-run file
+the guest reads (mounted at ``/run/fakemachine``) and the files it writes back
+(``stdout``, ``stderr``, ``status``), and is removed afterwards unless kept.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import shlex
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import _templates as t
+from ._config import ImageSpec, Volume
+from ._errors import BootError, FakeMachineError, GuestTimeout
+from ._initramfs import initramfs
+from ._uml import GuestProcess
+
+__all__ = ["BootOutcome", "Session", "command_body", "console_tail"]
+
+GUEST_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+# Read-only host directories the host's tools expect (as upstream fakemachine had).
+STATIC_MOUNTS = ("/etc/ssl", "/etc/ca-certificates", "/etc/alternatives", "/etc/dbus-1",
+                 "/var/lib/binfmts")  # fmt: skip
+# Boot-time RAID6/XOR benchmarks cost most of a second; btrfs RAID5/6 needs them.
+SKIP_RAID_BENCHMARKS = "initcall_blacklist=raid6_select_algo,calibrate_xor_blocks"
+_CONSOLE_TAIL_LINES = 30
+_SAFE_PATH_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789/._-+")
+
+
+def console_tail(console: str, lines: int = _CONSOLE_TAIL_LINES) -> str:
+    return "\n".join(console.rstrip().splitlines()[-lines:])
+
+
+def command_body(argv: list[str] | str, cwd: str, env: dict[str, str]) -> str:
+    """Shell lines that run ``argv`` (a shell string or a list) in ``cwd`` with ``env``."""
+    assignments = {"HOME": "/root", "PATH": GUEST_PATH, "LANG": "C.UTF-8", **env}
+    env_words = " ".join(shlex.quote(f"{k}={v}") for k, v in assignments.items())
+    if isinstance(argv, str):
+        command, rest = shlex.quote(argv), ""
+    else:  # "$@" hands every item over unchanged, whatever it contains
+        command, rest = shlex.quote('exec "$@"'), " sh " + " ".join(map(shlex.quote, argv))
+    return t.COMMAND_BODY.format(cwd=shlex.quote(cwd), env=env_words, command=command, argv=rest)
+
+
+@dataclass
+class BootOutcome:
+    """What the host found after the guest powered off."""
+
+    status: int
+    console: str
+    seconds: float
+
+
+@dataclass
+class Session:
+    """A validated configuration with its work directory; use as a context manager."""
+
+    kernel: Path
+    modules: Path
+    memory_mib: int
+    scratch_bytes: int | None
+    network: bool
+    images: tuple[ImageSpec, ...]
+    volumes: tuple[Volume, ...]
+    keep: bool = False
+    echo: Callable[[str], None] | None = None
+    extra_kernel_args: tuple[str, ...] = ()
+    workdir: Path = field(init=False)
+    _locks: list[int] = field(init=False, default_factory=list)
+
+    def __enter__(self) -> Session:
+        self.workdir = _make_workdir()
+        try:
+            self._lock_images()
+            self._write_static_files()
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for fd in self._locks:
+            os.close(fd)
+        self._locks.clear()
+        if not self.keep:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def _lock_images(self) -> None:
+        for image in self.images:
+            fd = os.open(image.path, os.O_RDONLY | os.O_CLOEXEC)
+            self._locks.append(fd)
+            try:
+                # flock, not fcntl: UML takes fcntl locks of its own on ubd files.
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise FakeMachineError(
+                    f"image {str(image.path)!r} (label {image.label!r}) is attached to another "
+                    "running guest; two kernels writing one disk would corrupt it"
+                ) from None
+
+    def _disk_paths(self) -> list[Path]:
+        disks = [image.path for image in self.images]
+        if self.scratch_bytes is not None:
+            disks.append(self.workdir / "scratch.img")
+        return disks
+
+    def _write_static_files(self) -> None:
+        work = self.workdir
+        mounts = []
+        for path in STATIC_MOUNTS:
+            if os.path.isdir(path):
+                mounts.append(_hostfs(path, path, read_only=True))
+        # The Debian UML kernel's modules, where modprobe looks for them.
+        mounts.append(_hostfs(str(self.modules), "/usr/lib/modules", read_only=True))
+        if self.scratch_bytes is None:
+            mounts.append(t.MOUNT_TMPFS.format(guest="/scratch", mode="1777"))
+        else:
+            _make_scratch(work / "scratch.img", self.scratch_bytes)
+            device = f"/dev/ubd{chr(ord('a') + len(self.images))}"
+            mounts.append(t.MOUNT_DEVICE.format(guest="/scratch", fstype="ext4", device=device))
+        for index, volume in enumerate(sorted(self.volumes, key=lambda v: v.guest.count("/"))):
+            link = work / f"volume{index}"
+            os.symlink(volume.host, link)
+            mounts.append(_hostfs(str(link), volume.guest, read_only=volume.read_only))
+        _write(work / "setup.sh", t.SETUP.format(mounts="\n".join(mounts)))
+        rules = "".join(
+            t.UDEV_RULE_DISK.format(kernel=f"ubd{chr(ord('a') + i)}", label=image.label)
+            for i, image in enumerate(self.images)
+        )
+        _write(work / "udev.rules", rules)
+        _write(
+            work / t.UNIT_NAME,
+            t.UNIT.format(dependencies=t.UNIT_UDEV if self.images else "", work=t.GUEST_WORK),
+            mode=0o644,  # systemd warns about units others cannot read
+        )
+        if self.network:
+            _write(work / "udhcpc.sh", t.UDHCPC_SCRIPT, mode=0o700)
+        for index, disk in enumerate(self._disk_paths()):
+            os.symlink(disk, work / f"disk{index}")
+
+    def kernel_args(self) -> list[str]:
+        work = str(self.workdir)
+        args = [
+            f"mem={self.memory_mib}M",
+            f"initrd={initramfs()}",
+            # Console 0 to our pipe (UML's stdout), every other line nowhere.
+            "con=null",
+            "con0=null,fd:1",
+            "ssl=null",
+            "panic=-1",
+            f"uml_dir={work}",
+            "umid=uml",
+            f"fakemachine.work={work}",
+            f"systemd.unit={t.UNIT_NAME}",
+            SKIP_RAID_BENCHMARKS,
+        ]
+        # Through links in the work dir: ubd takes ',' in a file name as a COW file.
+        args += [f"ubd{i}={work}/disk{i}" for i in range(len(self._disk_paths()))]
+        args += self.extra_kernel_args
+        return [a for a in args if a]
+
+    def launch(self, body: str) -> GuestProcess:
+        """Write the job with ``body`` and start the guest; the caller must kill it."""
+        work = self.workdir
+        for name in ("started", "status", "stdout", "stderr"):
+            (work / name).unlink(missing_ok=True)
+        prelude = []
+        if self.images:
+            prelude.append(t.PRELUDE_UDEV)
+        if self.network:
+            prelude.append(t.PRELUDE_NETWORK)
+        job = t.JOB.format(work=t.GUEST_WORK, prelude="\n".join(prelude), body=body)
+        _write(work / "job.sh", job)
+        guest = GuestProcess(
+            self.kernel,
+            self.kernel_args(),
+            workdir=work,
+            network=self.network,
+            console_log=work / "console.log" if self.keep else None,
+            echo=self.echo,
+        )
+        guest.start()
+        return guest
+
+    def outcome(self, guest: GuestProcess, finished: bool, timeout: float | None) -> BootOutcome:
+        """What the guest left behind; GuestTimeout or BootError if it has no status."""
+        console = guest.console()
+        if not finished:
+            raise GuestTimeout(
+                f"the guest timed out after {timeout or 0:g} s and was killed; last console "
+                f"lines:\n{console_tail(console)}",
+                timeout or 0.0,
+                console,
+            )
+        try:
+            status = int((self.workdir / "status").read_text())
+        except (FileNotFoundError, ValueError):
+            if (self.workdir / "started").exists():
+                what = "the guest powered off during the command"
+            else:
+                what = "the guest did not boot to the command"
+            raise BootError(
+                f"{what} (linux.uml exit status {guest.returncode}); last console lines:\n"
+                f"{console_tail(console)}",
+                console,
+            ) from None
+        return BootOutcome(status, console, guest.ended_at - guest.started_at)
+
+    def boot(
+        self, body: str, timeout: float | None, poll: Callable[[], None] | None = None
+    ) -> BootOutcome:
+        """Boot once with ``body`` as the job and wait for the guest to power off."""
+        guest = self.launch(body)
+        try:
+            finished = guest.wait(timeout, poll)
+        finally:
+            guest.kill()
+        return self.outcome(guest, finished, timeout)
+
+    def read_text(self, name: str) -> str:
+        try:
+            return (self.workdir / name).read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+
+def _hostfs(host: str, guest: str, *, read_only: bool) -> str:
+    options = ("ro," if read_only else "") + host
+    return t.MOUNT_HOSTFS.format(guest=shlex.quote(guest), options=shlex.quote(options))
+
+
+def _write(path: Path, text: str, mode: int = 0o600) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+
+
+def _make_workdir() -> Path:
+    base = tempfile.gettempdir()
+    if not set(base) <= _SAFE_PATH_CHARS:
+        base = "/tmp"  # the path goes on the kernel command line: no spaces or commas
+    return Path(tempfile.mkdtemp(prefix="fakemachine-", dir=base))
+
+
+def _make_scratch(path: Path, size: int) -> None:
+    with open(path, "wb") as f:
+        f.truncate(size)
+    mkfs = shutil.which("mkfs.ext4", path="/usr/sbin:/sbin:" + os.environ.get("PATH", ""))
+    if mkfs is None:
+        raise FakeMachineError("mkfs.ext4 is missing: install e2fsprogs to use a scratch disk")
+    proc = subprocess.run(
+        [mkfs, "-q", "-F", "-L", "scratch", "-E", "lazy_itable_init=1,lazy_journal_init=1",
+         str(path)],
+        stdin=subprocess.DEVNULL, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    if proc.returncode != 0:
+        raise FakeMachineError(f"mkfs.ext4 of the scratch disk failed: {proc.stderr.strip()}")
+

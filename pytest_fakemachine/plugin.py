@@ -1,0 +1,274 @@
+"""The pytest plugin: options, the marker, the ``fakemachine`` fixture, and the
+run-test protocol that runs marked tests in a guest and replays their reports."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from . import _settings, hooks
+from ._config import parse_timeout
+from ._errors import BackendUnavailable, FakeMachineError
+from ._machine import Machine, in_fakemachine
+from ._runs import GuestRun, MarkedTest, build_machine, marked_test, new_image_dir
+from ._session import BootOutcome
+from ._settings import Settings, settings_key
+from ._transport import failure_reports, skip_reports
+
+MARKER_HELP = (
+    "fakemachine(images=None, volumes=None, memory=None, scratch=None, network=False, "
+    "env=None, timeout=None, scope='function'): run the test (setup, call and teardown) "
+    "as root inside a User-Mode-Linux guest booted from the host's /usr"
+)
+
+
+@dataclass
+class _State:
+    """Per-session state of marked tests (in ``config.stash``)."""
+
+    settings: Settings
+    runs: dict[str, GuestRun] = field(default_factory=dict)  # nodeid -> its guest run
+    delivered: set[str] = field(default_factory=set)
+    marks: dict[str, MarkedTest | Exception | None] = field(default_factory=dict)
+    unavailable: str | None = None  # why no guest can boot, once checked
+    checked: bool = False
+    kept: list[Path] = field(default_factory=list)
+
+
+_state_key = pytest.StashKey[_State]()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    _settings.addoption(parser)
+
+
+def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
+    pluginmanager.add_hookspecs(hooks)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", MARKER_HELP)
+    try:
+        settings = _settings.resolve(config)
+    except FakeMachineError as e:
+        raise pytest.UsageError(str(e)) from None
+    config.stash[settings_key] = settings
+    config.stash[_state_key] = _State(settings)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_cmdline_main(config: pytest.Config) -> int | None:
+    if config.getoption("fakemachine_doctor", False):
+        from ._doctor import run_doctor
+
+        return run_doctor(print)
+    return None
+
+
+def pytest_report_header(config: pytest.Config) -> str | None:
+    if in_fakemachine():
+        return "fakemachine: inside a guest"
+    settings = config.stash[settings_key]
+    machine = _new_machine(config, "the pytest session")
+    try:
+        machine.check_backend()
+    except BackendUnavailable as e:
+        verb = "skipped" if settings.backend == "auto" else "errors"
+        return f"fakemachine: backend {settings.backend}, unavailable ({e}); guest tests: {verb}"
+    kernel = str(machine.kernel or "linux.uml")
+    version = subprocess.run([kernel, "--version"], capture_output=True, text=True,
+                             stdin=subprocess.DEVNULL, check=False).stdout.strip()  # fmt: skip
+    return f"fakemachine: backend {settings.backend}, UML kernel {kernel} ({version or '?'})"
+
+
+def _echo(config: pytest.Config) -> Callable[[str], None] | None:
+    """The live console echo of --fakemachine-show-boot, around pytest's capture."""
+    if not config.stash[settings_key].show_boot:
+        return None
+    capman = config.pluginmanager.getplugin("capturemanager")
+    writer = config.get_terminal_writer()
+
+    def echo(text: str) -> None:
+        with capman.global_and_fixture_disabled():
+            writer.write(text)
+            writer.flush()
+
+    return echo
+
+
+def _new_machine(config: pytest.Config, source: str) -> Machine:
+    settings = config.stash[settings_key]
+    machine = Machine(settings.backend, memory=settings.memory, timeout=settings.timeout,
+                      kernel=settings.kernel)  # fmt: skip
+    machine.source = source
+    machine._echo = _echo(config)
+    machine._keep = settings.keep
+    return machine
+
+
+@pytest.fixture
+def fakemachine(request: pytest.FixtureRequest) -> Iterator[Machine]:
+    """A fresh :class:`pytest_fakemachine.Machine`, preconfigured from the options.
+
+    Skips the test where UML cannot run (``--fakemachine-backend=auto``).
+    """
+    if in_fakemachine():
+        pytest.fail("the fakemachine fixture cannot boot a guest inside a guest", pytrace=False)
+    config = request.config
+    machine = _new_machine(config, f"the fakemachine fixture of {request.node.nodeid}")
+    try:
+        machine.check_backend()
+    except BackendUnavailable as e:
+        if config.stash[settings_key].backend == "auto":
+            pytest.skip(f"fakemachine: {e}")
+        raise
+    config.hook.pytest_fakemachine_configure(machine=machine, item=request.node)
+    state = config.stash[_state_key]
+    yield machine
+    if machine._keep and machine.last_workdir is not None:
+        state.kept.append(machine.last_workdir)
+
+
+def _mark(state: _State, item: pytest.Item) -> MarkedTest | None:
+    """``item``'s resolved marker, cached; raises the ConfigError of a bad marker."""
+    if item.nodeid not in state.marks:
+        try:
+            state.marks[item.nodeid] = marked_test(item)
+        except FakeMachineError as e:
+            state.marks[item.nodeid] = e
+    mark = state.marks[item.nodeid]
+    if isinstance(mark, Exception):
+        raise mark
+    return mark
+
+
+def _group(state: _State, item: pytest.Item, mark: MarkedTest) -> list[pytest.Item]:
+    """``item`` and the tests after it that share its guest, in run order."""
+    if mark.scope == "function":
+        return [item]
+    items = item.session.items
+    start = items.index(item)
+    # Under xdist a worker runs only what it is sent: keep a group to one module there.
+    same_module = hasattr(item.config, "workerinput")
+    group = []
+    for other in items[start:]:
+        if other.nodeid in state.delivered or (same_module and other.path != item.path):
+            continue
+        try:
+            other_mark = _mark(state, other)
+        except FakeMachineError:
+            continue
+        if other_mark is not None and other_mark.key == mark.key:
+            group.append(other)
+    return group
+
+
+def _start_run(state: _State, item: pytest.Item, mark: MarkedTest) -> GuestRun | None:
+    """Boot a guest for ``item``'s group; None if the test was reported skipped."""
+    config = item.config
+    if not state.checked:
+        state.checked = True
+        try:
+            _new_machine(config, "the pytest session").check_backend()
+        except BackendUnavailable as e:
+            state.unavailable = str(e)
+    if state.unavailable is not None:
+        if state.settings.backend == "auto":
+            for report in skip_reports(item, f"fakemachine: {state.unavailable}"):
+                item.ihook.pytest_runtest_logreport(report=report)
+            return None
+        raise BackendUnavailable(state.unavailable)
+    image_dir = new_image_dir()
+    try:
+        machine = build_machine(mark, state.settings, image_dir)
+        machine._echo = _echo(config)
+        machine._keep = state.settings.keep
+        config.hook.pytest_fakemachine_configure(machine=machine, item=item)
+        timeout = parse_timeout(machine.timeout, mark.source)
+    except BaseException:
+        shutil.rmtree(image_dir, ignore_errors=True)
+        raise
+
+    def on_outcome(outcome: BootOutcome) -> None:
+        config.hook.pytest_fakemachine_guest_result(machine=machine, item=item, outcome=outcome)
+
+    run = GuestRun(config, _group(state, item, mark), machine, image_dir, on_outcome, timeout)
+    for member in run.items:
+        state.runs[member.nodeid] = run
+    try:
+        run.start()
+    except BaseException:
+        _close(state, run)
+        raise
+    return run
+
+
+def _close(state: _State, run: GuestRun) -> None:
+    for member in run.items:
+        if state.runs.get(member.nodeid) is run:
+            del state.runs[member.nodeid]
+    if state.settings.keep and run.session is not None:
+        state.kept.append(run.session.workdir)
+    run.close()
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> bool | None:
+    if in_fakemachine():
+        return None
+    state = item.config.stash[_state_key]
+    try:
+        mark = _mark(state, item)
+    except FakeMachineError as e:
+        mark, error = None, e
+    else:
+        if mark is None:
+            return None
+        error = None
+    ihook = item.ihook
+    ihook.pytest_runtest_logstart(nodeid=item.nodeid, location=item.location)
+    run = state.runs.get(item.nodeid)
+    try:
+        if error is None and (run is None or run.dead):
+            assert mark is not None
+            if run is not None:
+                _close(state, run)
+            run = _start_run(state, item, mark)
+        if error is None and run is not None:
+            run.deliver(item)
+    except FakeMachineError as e:
+        error = e
+    except BaseException:  # Ctrl-C and the like: nothing may keep running
+        if run is not None:
+            _close(state, run)
+        raise
+    if error is not None:
+        message = f"{type(error).__name__}: {error}"
+        for report in failure_reports(item, [], message):
+            ihook.pytest_runtest_logreport(report=report)
+    state.delivered.add(item.nodeid)
+    if run is not None and (run.dead or not run.remaining(state.delivered)):
+        _close(state, run)
+    ihook.pytest_runtest_logfinish(nodeid=item.nodeid, location=item.location)
+    return True
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    state = session.config.stash.get(_state_key, None)
+    if state is None:
+        return
+    for run in list(dict.fromkeys(state.runs.values())):
+        _close(state, run)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    state = terminalreporter.config.stash.get(_state_key, None)
+    if state and state.kept:
+        terminalreporter.section("fakemachine: kept work directories")
+        for path in state.kept:
+            terminalreporter.write_line(str(path))
