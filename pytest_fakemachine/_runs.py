@@ -38,7 +38,7 @@ MARKER_KEYWORDS = ("images", "volumes", "memory", "scratch", "network", "env", "
 SCOPES = ("function", "module", "session")
 # Plugins that act on the host session only; the guest must not load them.
 HOST_ONLY_PLUGINS = frozenset({"xdist", "xdist.looponfail", "pytest_cov", "cacheprovider",
-                               "junitxml", "html", "pytest_html", "stepwise"})  # fmt: skip
+                               "html", "pytest_html", "stepwise"})  # fmt: skip
 # Host option values the guest must not take over (selection, output files, debugging).
 HOST_ONLY_OPTIONS = frozenset({
     "file_or_dir", "keyword", "markexpr", "deselect", "ignore", "ignore_glob", "xmlpath",
@@ -169,7 +169,7 @@ def python_mounts(config: pytest.Config) -> list[tuple[str, bool]]:
 
 def guest_spec(config: pytest.Config, items: list[pytest.Item], events: str) -> dict[str, Any]:
     """What the guest-side runner needs: its pytest args, options, node ids."""
-    args = ["-p", "no:cacheprovider", "-p", "no:junitxml", "-p", "no:stepwise",
+    args = ["-p", "no:cacheprovider", "-p", "no:stepwise",
             f"--rootdir={config.rootpath}", f"--capture={config.option.capture}",
             "-o", "addopts=", "-q"]  # fmt: skip
     if config.inipath is not None:
@@ -211,7 +211,7 @@ def _json_ok(value: object) -> bool:
     return True
 
 
-@dataclass
+@dataclass(eq=False)
 class GuestRun:
     """One guest running ``items`` in order, their reports delivered one test at a time."""
 
@@ -235,6 +235,7 @@ class GuestRun:
             check_guest_path(path, "the Python environment of the pytest session")
             self.machine.add_volume(path, read_only=not writable)
         self.session = self.machine.session()
+        self.session.cleanup.append(self.image_dir)
         self.session.__enter__()
         work = self.session.workdir
         spec = guest_spec(self.config, self.items, f"{GUEST_WORK}/events.jsonl")

@@ -73,6 +73,7 @@ class Session:
     keep: bool = False
     echo: Callable[[str], None] | None = None
     extra_kernel_args: tuple[str, ...] = ()
+    cleanup: list[Path] = field(default_factory=list)  # removed even if the host dies
     workdir: Path = field(init=False)
     _locks: list[int] = field(init=False, default_factory=list)
 
@@ -186,6 +187,7 @@ class Session:
             network=self.network,
             console_log=work / "console.log" if self.keep else None,
             echo=self.echo,
+            cleanup=[] if self.keep else [work, *self.cleanup],
         )
         guest.start()
         return guest

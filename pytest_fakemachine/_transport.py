@@ -47,6 +47,9 @@ class EventReader:
 
 
 def rebuild(config: pytest.Config, data: dict[str, Any]) -> pytest.TestReport:
+    if isinstance(data.get("longrepr"), list):
+        # A skip's (path, lineno, reason) tuple: JSON made it a list, pytest wants a tuple.
+        data = {**data, "longrepr": tuple(data["longrepr"])}
     report = config.hook.pytest_report_from_serializable(config=config, data=data)
     if not isinstance(report, pytest.TestReport):
         raise TypeError(f"the guest sent a {type(report).__name__}, not a TestReport")

@@ -26,13 +26,14 @@ from typing import IO, final
 
 from ._errors import BackendUnavailable
 
-__all__ = ["GuestProcess", "find_kernel", "find_slirp", "module_dir"]
+__all__ = ["OWNER_ENV", "GuestProcess", "find_kernel", "find_slirp", "leftovers", "module_dir"]
 
 _UML_PACKAGE = "user-mode-linux"
 _SLIRP = "libslirp-helper"
 _UML_MODULES = Path("/usr/lib/uml/modules")
 _PR_SET_PDEATHSIG = 1
 _POLL_SECONDS = 0.02
+OWNER_ENV = "PYTEST_FAKEMACHINE_OWNER"  # pid of the Python process that started a guest
 
 
 def find_kernel(kernel: str | os.PathLike[str] | None) -> Path:
@@ -112,6 +113,7 @@ class GuestProcess:
         network: bool,
         console_log: Path | None = None,
         echo: Callable[[str], None] | None = None,
+        cleanup: Sequence[Path] = (),
     ) -> None:
         self._kernel = kernel
         self._args = list(kernel_args)
@@ -124,6 +126,9 @@ class GuestProcess:
         self._console: _Console | None = None
         self._reader: threading.Thread | None = None
         self._echoed = 0  # console chunks already passed to echo
+        self._reaper: subprocess.Popen[bytes] | None = None
+        self._cleanup = tuple(cleanup)  # what the reaper removes if we die
+        self._reaper_pipe: int | None = None
         self.started_at = 0.0
         self.ended_at = 0.0
 
@@ -149,6 +154,7 @@ class GuestProcess:
                     stdout=subprocess.DEVNULL,
                     stderr=subprocess.DEVNULL,
                     start_new_session=True,
+                    env={**os.environ, OWNER_ENV: str(os.getpid())},
                 )
             finally:
                 host_end.close()
@@ -176,15 +182,37 @@ class GuestProcess:
         finally:
             if guest_end is not None:
                 guest_end.close()
+        self._start_reaper()
         assert self._uml.stdout is not None
         self._console = _Console(self._uml.stdout, log)
         self._reader = threading.Thread(target=self._console.pump, daemon=True)
         self._reader.start()
 
+    def _start_reaper(self) -> None:
+        """A watchdog that kills the guest's process groups when we die, however.
+
+        PR_SET_PDEATHSIG kills only the main UML process; its helper processes
+        would survive it. The reaper waits on a pipe only we hold open: when
+        our process ends, even by SIGKILL, the pipe closes and the reaper kills
+        the groups and removes the temporary directories.
+        """
+        groups = " ".join(f"-{p.pid}" for p in (self._uml, self._slirp) if p is not None)
+        script = f'read _; kill -9 {groups} 2>/dev/null; rm -rf -- "$@"'
+        read_end, self._reaper_pipe = os.pipe()
+        try:
+            self._reaper = subprocess.Popen(
+                ["/bin/sh", "-c", script, "fakemachine-reaper", *map(str, self._cleanup)],
+                stdin=read_end, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                start_new_session=True,
+            )  # fmt: skip
+        finally:
+            os.close(read_end)
+
     def _uml_env(self) -> dict[str, str]:
-        # UML keeps its memory in a file of TMPDIR; point it at our work dir's
-        # file system only if the user chose one, else UML uses /dev/shm.
+        # UML needs little of ours: TMPDIR picks where its memory file lives
+        # (else /dev/shm). OWNER_ENV lets tests find guests that outlived us.
         env = {k: v for k, v in os.environ.items() if k in ("PATH", "TMPDIR", "LANG")}
+        env[OWNER_ENV] = str(os.getpid())
         return env
 
     def wait(self, timeout: float | None, poll: Callable[[], None] | None = None) -> bool:
@@ -232,6 +260,13 @@ class GuestProcess:
 
     def kill(self) -> None:
         """Kill the UML process group and the slirp helper; reap them."""
+        if self._reaper is not None:  # first, so it never kills a reused group id
+            self._reaper.kill()
+            self._reaper.wait()
+            self._reaper = None
+        if self._reaper_pipe is not None:
+            os.close(self._reaper_pipe)
+            self._reaper_pipe = None
         for proc in (self._uml, self._slirp):
             if proc is None:
                 continue
@@ -251,3 +286,29 @@ class GuestProcess:
             self._console.pipe.close()
             if self._console.log is not None:
                 self._console.log.close()
+
+
+def leftovers(owner: int | None) -> list[int]:
+    """Pids of linux.uml and libslirp-helper processes started by process ``owner``.
+
+    With ``owner=None``: those whose starting process no longer exists (orphans).
+    """
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/comm", "rb") as f:
+                if f.read().strip() not in (b"linux.uml", b"libslirp-helper"):
+                    continue
+            with open(f"/proc/{entry}/environ", "rb") as f:
+                variables = f.read().split(b"\0")
+        except OSError:  # gone meanwhile, or not ours to read
+            continue
+        tags = [v.partition(b"=")[2] for v in variables if v.startswith(OWNER_ENV.encode() + b"=")]
+        if not tags:
+            continue
+        started_by = int(tags[0])
+        if started_by == owner or (owner is None and not os.path.exists(f"/proc/{started_by}")):
+            found.append(int(entry))
+    return found

@@ -1,0 +1,33 @@
+"""Shared test support: pytester, and a check that no test leaves a guest behind."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from pytest_fakemachine._uml import leftovers
+
+pytest_plugins = ["pytester"]
+
+
+def wait_for_no_leftovers(owner: int | None, seconds: float = 5.0) -> list[int]:
+    """Pids of guests (and slirp helpers) ``owner`` started that still run after ``seconds``.
+
+    ``owner=None`` looks for orphans: guests whose starting process is gone.
+    """
+    deadline = time.monotonic() + seconds
+    while (pids := leftovers(owner)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return pids
+
+
+@pytest.fixture(autouse=True)
+def _no_guest_left_behind() -> Iterator[None]:
+    yield
+    pids = wait_for_no_leftovers(os.getpid())
+    assert not pids, f"guest processes left running after the test: {pids}"
+    orphans = wait_for_no_leftovers(None)
+    assert not orphans, f"guest processes outlived the process that started them: {orphans}"

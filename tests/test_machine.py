@@ -1,0 +1,603 @@
+"""Integration tests of ``Machine.run()``: every guest here is a real UML boot.
+
+Tests that only need to look at a default guest share one boot (the module
+fixture ``probe``); everything else boots its own guest through the
+``fakemachine`` fixture, a fresh :class:`pytest_fakemachine.Machine` per test.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+import shlex
+import shutil
+import socketserver
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+import pytest_fakemachine
+from pytest_fakemachine import (
+    ConfigError,
+    FakeMachineError,
+    GuestTimeout,
+    Machine,
+    RunResult,
+    in_fakemachine,
+)
+from pytest_fakemachine._uml import leftovers
+
+MiB = 1 << 20
+LABEL_DIR = "/dev/disk/by-fakemachine-label"
+_USR_PROBE = "/usr/.fakemachine-write-probe"
+
+
+def sha256(data: str | bytes) -> str:
+    return hashlib.sha256(data.encode() if isinstance(data, str) else data).hexdigest()
+
+
+def key_values(text: str) -> dict[str, str]:
+    """``key=value`` lines of a guest's output as a dict."""
+    return dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
+
+
+def host_tool(name: str) -> str:
+    found = shutil.which(name, path="/usr/sbin:/sbin:/usr/bin:/bin")
+    if found is None:
+        pytest.skip(f"{name} is not installed on the host")
+    return found
+
+
+@pytest.fixture
+def private_tempdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A tempfile.gettempdir() of this test's own, so other guests running
+    meanwhile (other xdist workers, other users of the machine) cannot disturb a
+    check for leftover work directories."""
+    path = tmp_path / "tempdir"
+    path.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(path))
+    assert tempfile.gettempdir() == str(path)
+    return path
+
+
+# --------------------------------------------------------------------------
+# One default guest, looked at by several tests
+# --------------------------------------------------------------------------
+
+PROBE = f"""\
+echo "uid=$(id -u)"
+echo "uml_cpus=$(grep -c 'User Mode Linux' /proc/cpuinfo)"
+echo "pwd=$(pwd)"
+echo "home=$HOME"
+echo "scratch_fs=$(stat -f -c %T /scratch)"
+echo "net=$(ls /sys/class/net | tr '\\n' ' ')"
+echo "usr_options=$(sed -n 's#^[^ ]* /usr [^ ]* \\([^ ]*\\) .*#\\1#p' /proc/mounts)"
+if error=$(touch {_USR_PROBE} 2>&1); then
+    echo usr_write=succeeded
+    rm -f {_USR_PROBE}
+else
+    echo "usr_write=refused: $error"
+fi
+"""
+
+
+@pytest.fixture(scope="module")
+def probe() -> RunResult:
+    """One boot of a default machine running ``PROBE``."""
+    return Machine().run(PROBE, check=True)
+
+
+def test_result_is_a_completed_process_with_the_console(probe: RunResult) -> None:
+    assert isinstance(probe, RunResult)
+    assert isinstance(probe, subprocess.CompletedProcess)
+    assert probe.args == PROBE
+    assert probe.returncode == 0
+    assert isinstance(probe.console, str)
+    assert "Linux version" in probe.console  # the kernel's own lines
+    assert "systemd[1]:" in probe.console  # and systemd's
+    assert "uid=" not in probe.console  # the command's output is not on the console
+
+
+def test_runs_as_root(probe: RunResult) -> None:
+    assert key_values(probe.stdout)["uid"] == "0"
+
+
+def test_runs_inside_user_mode_linux(probe: RunResult) -> None:
+    assert int(key_values(probe.stdout)["uml_cpus"]) >= 1
+    with open("/proc/cpuinfo") as f:
+        assert "User Mode Linux" not in f.read()  # the probe really looked elsewhere
+
+
+def test_default_cwd_is_scratch_and_home_is_root(probe: RunResult) -> None:
+    values = key_values(probe.stdout)
+    assert values["pwd"] == "/scratch"
+    assert values["home"] == "/root"
+
+
+def test_scratch_is_tmpfs_by_default(probe: RunResult) -> None:
+    assert key_values(probe.stdout)["scratch_fs"] == "tmpfs"
+
+
+def test_without_network_only_loopback_exists(probe: RunResult) -> None:
+    assert key_values(probe.stdout)["net"].split() == ["lo"]
+
+
+def test_host_usr_is_read_only(probe: RunResult) -> None:
+    values = key_values(probe.stdout)
+    assert "ro" in values["usr_options"].split(",")
+    assert values["usr_write"].startswith("refused:")
+    assert "Read-only file system" in values["usr_write"]
+    assert not os.path.exists(_USR_PROBE)
+
+
+# --------------------------------------------------------------------------
+# Commands, output, exit status
+# --------------------------------------------------------------------------
+
+
+def test_success_keeps_stdout_and_stderr_apart_and_complete(fakemachine: Machine) -> None:
+    result = fakemachine.run(
+        "echo 'first line out'; echo 'first line err' >&2; echo second; "
+        "echo 'second err' >&2; printf 'last, no newline'"
+    )
+    assert result.returncode == 0
+    assert result.stdout == "first line out\nsecond\nlast, no newline"
+    assert result.stderr == "first line err\nsecond err\n"
+
+
+def test_large_output_comes_back_complete(fakemachine: Machine) -> None:
+    # About 5.5 MB on stdout and 1 MB on stderr, written at the same time.
+    out_lines, err_lines = 800_000, 160_000
+    result = fakemachine.run(
+        f"seq 1 {err_lines} >&2 & seq 1 {out_lines}; wait", check=True, timeout=300
+    )
+    expected_out = "".join(f"{i}\n" for i in range(1, out_lines + 1))
+    expected_err = "".join(f"{i}\n" for i in range(1, err_lines + 1))
+    assert len(expected_out) > 5_000_000 and len(expected_err) > 1_000_000
+    assert len(result.stdout) == len(expected_out)
+    assert sha256(result.stdout) == sha256(expected_out)
+    assert len(result.stderr) == len(expected_err)
+    assert sha256(result.stderr) == sha256(expected_err)
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["no-such-command-fakemachine", "arg"], "no-such-command-fakemachine arg"],
+    ids=["argv", "shell"],
+)
+def test_missing_command_exits_127(fakemachine: Machine, command: str | list[str]) -> None:
+    result = fakemachine.run(command)
+    assert result.returncode == 127
+    assert result.stdout == ""
+    assert "no-such-command-fakemachine" in result.stderr
+    assert "not found" in result.stderr
+
+
+def test_argv_items_reach_the_program_unchanged(fakemachine: Machine) -> None:
+    items = [
+        "$s'n\\akes",
+        "a b",
+        "*",
+        "",
+        "semi;colon && `id` $(id) | >out",
+        "\"double\" 'single'",
+        "new\nline",
+        "tab\there",
+        "--",
+        "-n",
+        "ünïcødé",
+    ]
+    command = ["printf", "%s\\n", *items]
+    result = fakemachine.run(command, check=True)
+    assert result.args == command
+    assert result.stdout == "".join(f"{item}\n" for item in items)
+    assert result.stderr == ""
+
+
+def test_shell_string_runs_with_sh_semantics(fakemachine: Machine) -> None:
+    script = (
+        'x=world; for w in hello "$x"; do printf "%s|" "$w"; done; echo\n'
+        "echo $((6 * 7)) | tr 4 X\n"
+        "false || echo or-branch\n"
+        "cat <<EOF\n"
+        "here $x\n"
+        "EOF\n"
+        "exit 7\n"
+    )
+    result = fakemachine.run(script)
+    assert result.returncode == 7
+    assert result.stdout == "hello|world|\nX2\nor-branch\nhere world\n"
+    assert result.stderr == ""
+
+
+def test_check_raises_called_process_error(fakemachine: Machine) -> None:
+    command = "echo out; echo err >&2; exit 3"
+    with pytest.raises(subprocess.CalledProcessError) as info:
+        fakemachine.run(command, check=True)
+    error = info.value
+    assert error.returncode == 3
+    assert error.cmd == command
+    assert error.stdout == "out\n"
+    assert error.stderr == "err\n"
+
+
+# --------------------------------------------------------------------------
+# Environment and working directory
+# --------------------------------------------------------------------------
+
+
+def test_env_of_machine_and_run_without_host_leaks(
+    fakemachine: Machine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FAKEMACHINE_HOST_ONLY", "must-not-leak")
+    fakemachine.env["FROM_MACHINE"] = "machine"
+    fakemachine.env["OVERRIDDEN"] = "machine"
+    fakemachine.env["TRICKY"] = 'it\'s a $HOME "quote" `x` \\ ;'
+    result = fakemachine.run("env", env={"OVERRIDDEN": "run", "FROM_RUN": "run"}, check=True)
+    env = key_values(result.stdout)
+    assert env["FROM_MACHINE"] == "machine"
+    assert env["OVERRIDDEN"] == "run"
+    assert env["FROM_RUN"] == "run"
+    assert env["TRICKY"] == 'it\'s a $HOME "quote" `x` \\ ;'
+    assert env["HOME"] == "/root"
+    assert "FAKEMACHINE_HOST_ONLY" not in env
+    assert "must-not-leak" not in result.stdout
+    # The per-run env does not change the machine's.
+    assert fakemachine.env == {
+        "FROM_MACHINE": "machine",
+        "OVERRIDDEN": "machine",
+        "TRICKY": 'it\'s a $HOME "quote" `x` \\ ;',
+    }
+
+
+def test_cwd_is_honoured(fakemachine: Machine) -> None:
+    result = fakemachine.run(["pwd"], cwd="/usr/share", check=True)
+    assert result.stdout == "/usr/share\n"
+
+
+# --------------------------------------------------------------------------
+# Disk images
+# --------------------------------------------------------------------------
+
+
+def test_images_appear_under_their_labels(fakemachine: Machine, tmp_path: Path) -> None:
+    default = fakemachine.add_image(tmp_path / "a.img", size="64M")
+    named = fakemachine.add_image(tmp_path / "b.img", size=32 * MiB, label="data")
+    assert default == f"{LABEL_DIR}/fakedisk-0"
+    assert named == f"{LABEL_DIR}/data"
+    result = fakemachine.run(
+        f'for d in {default} {named}; do test -b "$d" && echo "$d $(readlink -f "$d") '
+        f'$(blockdev --getss "$d") $(blockdev --getsize64 "$d")"; done',
+        check=True,
+    )
+    lines = [line.split() for line in result.stdout.splitlines()]
+    assert [line[0] for line in lines] == [default, named]
+    devices = [line[1] for line in lines]
+    assert all(d.startswith("/dev/") for d in devices) and devices[0] != devices[1]
+    assert [line[2] for line in lines] == ["512", "512"]  # sector size
+    assert [int(line[3]) for line in lines] == [64 * MiB, 32 * MiB]
+
+
+def test_new_image_is_created_sparse(tmp_path: Path) -> None:
+    image = tmp_path / "sparse.img"
+    Machine().add_image(image, size="1G")
+    st = os.stat(image)
+    assert st.st_size == 1 << 30
+    assert st.st_blocks * 512 < MiB
+
+
+def test_existing_image_is_not_shrunk(tmp_path: Path) -> None:
+    image = tmp_path / "big.img"
+    data = secrets.token_bytes(2 * MiB)
+    image.write_bytes(data)
+    with pytest.raises(ConfigError):
+        Machine().add_image(image, size="1M")
+    assert image.read_bytes() == data
+
+
+def test_existing_image_is_reused_as_is(fakemachine: Machine, tmp_path: Path) -> None:
+    image = tmp_path / "existing.img"
+    data = secrets.token_bytes(3 * MiB + 4096)  # not a whole number of MiB
+    image.write_bytes(data)
+    disk = fakemachine.add_image(image, label="existing")
+    result = fakemachine.run(
+        f"blockdev --getsize64 {disk}; sha256sum <{disk}; head -c 16 {disk} | od -An -tx1",
+        check=True,
+    )
+    size, digest, head = result.stdout.splitlines()
+    assert int(size) == len(data)
+    assert digest.split()[0] == sha256(data)
+    assert head.split() == [f"{b:02x}" for b in data[:16]]
+    assert image.stat().st_size == len(data)
+    assert image.read_bytes() == data
+
+
+def test_filesystem_written_in_guest_is_readable_on_host(
+    fakemachine: Machine, tmp_path: Path
+) -> None:
+    debugfs, e2fsck = host_tool("debugfs"), host_tool("e2fsck")
+    image = tmp_path / "fs.img"
+    disk = fakemachine.add_image(image, size="64M", label="fs")
+    # No umount: the file system must be clean when run() returns anyway.
+    fakemachine.run(
+        f"mkfs.ext4 -q {disk} && mkdir -p /mnt/fs && mount {disk} /mnt/fs && "
+        "echo 'written in the guest' >/mnt/fs/file",
+        check=True,
+    )
+    cat = subprocess.run(
+        [debugfs, "-R", "cat /file", str(image)],
+        capture_output=True, text=True, check=True, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert cat.stdout == "written in the guest\n"
+    fsck = subprocess.run(
+        [e2fsck, "-fn", str(image)],
+        capture_output=True, text=True, check=False, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert fsck.returncode == 0, fsck.stdout + fsck.stderr
+
+
+def test_partitions_get_part_links(fakemachine: Machine, tmp_path: Path) -> None:
+    image = tmp_path / "parts.img"
+    disk = fakemachine.add_image(image, size="64M", label="parts")
+    result = fakemachine.run(
+        f"printf 'label: dos\\n,16M\\n,\\n' | sfdisk -q {disk} && udevadm settle && "
+        f'for p in {disk}-part1 {disk}-part2; do test -b "$p" && '
+        f'echo "$p $(blockdev --getsize64 "$p")"; done',
+        check=True,
+    )
+    lines = [line.split() for line in result.stdout.splitlines()]
+    assert [line[0] for line in lines] == [f"{disk}-part1", f"{disk}-part2"]
+    assert int(lines[0][1]) == 16 * MiB
+    assert 40 * MiB < int(lines[1][1]) < 48 * MiB
+    with open(image, "rb") as f:  # the partition table reached the host file
+        f.seek(510)
+        assert f.read(2) == b"\x55\xaa"
+
+
+# --------------------------------------------------------------------------
+# Scratch and memory
+# --------------------------------------------------------------------------
+
+
+def test_scratch_size_gives_an_ext4_disk(fakemachine: Machine) -> None:
+    fakemachine.scratch = "256M"
+    result = fakemachine.run(
+        "grep ' /scratch ' /proc/mounts; stat -f -c '%b %S' /scratch; "
+        "echo data >/scratch/f && cat /scratch/f",
+        check=True,
+    )
+    mount, blocks, data = result.stdout.splitlines()
+    assert mount.split()[2] == "ext4"
+    count, block_size = map(int, blocks.split())
+    assert 200 * MiB < count * block_size <= 256 * MiB
+    assert data == "data"
+
+
+@pytest.mark.parametrize(("memory", "low_mib", "high_mib"), [("512M", 300, 512), ("1G", 700, 1024)])
+def test_memory_is_honoured(fakemachine: Machine, memory: str, low_mib: int, high_mib: int) -> None:
+    fakemachine.memory = memory
+    result = fakemachine.run("grep MemTotal /proc/meminfo", check=True)
+    name, kib, unit = result.stdout.split()
+    assert (name, unit) == ("MemTotal:", "kB")
+    assert low_mib * 1024 < int(kib) < high_mib * 1024
+
+
+# --------------------------------------------------------------------------
+# Volumes
+# --------------------------------------------------------------------------
+
+
+def test_read_write_volume_writes_reach_the_host(fakemachine: Machine, tmp_path: Path) -> None:
+    shared = tmp_path / "rw"
+    shared.mkdir()
+    (shared / "in.txt").write_text("from host\n")
+    fakemachine.add_volume(shared)
+    result = fakemachine.run(
+        f"cat {shared}/in.txt && echo from-guest >{shared}/out.txt && "
+        f"mkdir {shared}/sub && echo nested >{shared}/sub/n && rm {shared}/in.txt",
+        check=True,
+    )
+    assert result.stdout == "from host\n"
+    assert (shared / "out.txt").read_text() == "from-guest\n"
+    assert (shared / "sub" / "n").read_text() == "nested\n"
+    assert not (shared / "in.txt").exists()
+
+
+def test_read_only_volume_refuses_writes(fakemachine: Machine, tmp_path: Path) -> None:
+    shared = tmp_path / "ro"
+    shared.mkdir()
+    (shared / "in.txt").write_text("from host\n")
+    fakemachine.add_volume(shared, "/ro", read_only=True)
+    result = fakemachine.run(
+        "cat /ro/in.txt\n"
+        "if echo x >/ro/new 2>/dev/null; then echo write=ok; else echo write=refused; fi\n"
+        "if rm /ro/in.txt 2>/dev/null; then echo rm=ok; else echo rm=refused; fi\n",
+        check=True,
+    )
+    assert result.stdout == "from host\nwrite=refused\nrm=refused\n"
+    assert sorted(os.listdir(shared)) == ["in.txt"]
+    assert (shared / "in.txt").read_text() == "from host\n"
+
+
+def test_volume_guest_dir_differs_from_host_path(fakemachine: Machine, tmp_path: Path) -> None:
+    shared = tmp_path / "elsewhere"
+    shared.mkdir()
+    (shared / "in.txt").write_text("from host\n")
+    fakemachine.add_volume(shared, "/srv/shared")
+    result = fakemachine.run(
+        f"cat /srv/shared/in.txt && echo hi >/srv/shared/out && "
+        f"if test -e {shared}; then echo host_path=present; else echo host_path=absent; fi",
+        check=True,
+    )
+    assert result.stdout == "from host\nhost_path=absent\n"
+    assert (shared / "out").read_text() == "hi\n"
+
+
+VolumeArgs = Callable[[Path], "tuple[str | Path, str | None]"]
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        pytest.param(lambda tmp: (tmp / "missing", None), id="missing"),
+        pytest.param(lambda tmp: ("/dev/null", None), id="device-file"),
+        pytest.param(lambda tmp: (tmp / "file.txt", None), id="regular-file"),
+        pytest.param(lambda tmp: (tmp, "/with space"), id="space-in-guest-path"),
+        pytest.param(lambda tmp: (tmp, "/with\ttab"), id="tab-in-guest-path"),
+        pytest.param(lambda tmp: (tmp, "relative/dir"), id="relative-guest-path"),
+    ],
+)
+def test_bad_volume_is_a_config_error_before_any_guest(
+    fakemachine: Machine, tmp_path: Path, private_tempdir: Path, make: VolumeArgs
+) -> None:
+    (tmp_path / "file.txt").write_text("not a directory\n")
+    host, guest = make(tmp_path)
+    with pytest.raises(ConfigError) as info:
+        fakemachine.add_volume(host, guest)
+    assert isinstance(info.value, ValueError)
+    assert isinstance(info.value, FakeMachineError)
+    assert fakemachine.volumes == ()
+    assert leftovers(os.getpid()) == []
+    assert os.listdir(private_tempdir) == []
+
+
+def test_duplicate_labels_are_refused(fakemachine: Machine, tmp_path: Path) -> None:
+    fakemachine.add_image(tmp_path / "a.img", size="1M", label="same")
+    with pytest.raises(ConfigError, match="same"):
+        fakemachine.add_image(tmp_path / "b.img", size="1M", label="same")
+    fakemachine.add_image(tmp_path / "c.img", size="1M")  # fakedisk-1
+    with pytest.raises(ConfigError, match="fakedisk-1"):
+        fakemachine.add_image(tmp_path / "d.img", size="1M", label="fakedisk-1")
+    assert [image.label for image in fakemachine.images] == ["same", "fakedisk-1"]
+
+
+# --------------------------------------------------------------------------
+# Time limit, clean-up
+# --------------------------------------------------------------------------
+
+
+def test_timeout_kills_the_guest(fakemachine: Machine, private_tempdir: Path) -> None:
+    started = time.monotonic()
+    with pytest.raises(GuestTimeout) as info:
+        fakemachine.run("sleep 60", timeout=2)
+    elapsed = time.monotonic() - started
+    assert isinstance(info.value, TimeoutError)
+    assert isinstance(info.value, FakeMachineError)
+    assert 2 <= elapsed < 30
+    assert leftovers(os.getpid()) == []
+    assert os.listdir(private_tempdir) == []
+
+
+def test_no_temp_directories_left_behind(
+    fakemachine: Machine, tmp_path: Path, private_tempdir: Path
+) -> None:
+    fakemachine.scratch = "64M"
+    fakemachine.add_image(tmp_path / "disk.img", size="16M")
+    fakemachine.run("echo x >/scratch/x", check=True)
+    assert os.listdir(private_tempdir) == []
+
+
+# --------------------------------------------------------------------------
+# Network
+# --------------------------------------------------------------------------
+
+
+class _LineServer(socketserver.TCPServer):
+    """Records each connection's first line and answers ``ack:<line>``."""
+
+    allow_reuse_address = True
+
+    def __init__(self) -> None:
+        self.lines: list[bytes] = []
+        super().__init__(("127.0.0.1", 0), _LineHandler)
+
+
+class _LineHandler(socketserver.StreamRequestHandler):
+    timeout = 10  # a silent client cannot hold the server
+
+    def handle(self) -> None:
+        server = self.server
+        assert isinstance(server, _LineServer)
+        try:
+            line = self.rfile.readline(256)
+            server.lines.append(line)
+            self.wfile.write(b"ack:" + line)
+        except OSError:
+            pass
+
+
+@pytest.fixture
+def line_server() -> Iterator[_LineServer]:
+    server = _LineServer()
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1})
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        thread.join(timeout=10)
+        server.server_close()
+
+
+GUEST_CLIENT = """\
+import socket, sys, time
+port, token = int(sys.argv[1]), sys.argv[2]
+for attempt in range(15):
+    try:
+        with socket.create_connection(("10.0.2.2", port), timeout=5) as s:
+            s.sendall(token.encode() + b"\\n")
+            print(s.makefile("rb").readline().decode().strip())
+            break
+    except OSError as e:
+        print(f"attempt {attempt}: {e}", file=sys.stderr)
+        time.sleep(0.5)
+else:
+    sys.exit(1)
+"""
+
+
+def test_network_reaches_a_server_on_host_loopback(
+    fakemachine: Machine, line_server: _LineServer
+) -> None:
+    fakemachine.network = True
+    port = line_server.server_address[1]
+    token = secrets.token_hex(8)
+    result = fakemachine.run(
+        f"ip -4 -o addr show; /usr/bin/python3 -c {shlex.quote(GUEST_CLIENT)} {port} {token}",
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "inet 10.0.2." in result.stdout
+    assert result.stdout.splitlines()[-1] == f"ack:{token}"
+    assert f"{token}\n".encode() in line_server.lines
+
+
+# --------------------------------------------------------------------------
+# in_fakemachine()
+# --------------------------------------------------------------------------
+
+
+def test_in_fakemachine_is_false_on_the_host() -> None:
+    assert in_fakemachine() is False
+
+
+def test_in_fakemachine_is_true_in_a_guest(fakemachine: Machine) -> None:
+    # This interpreter and the package, at their host paths, read-only.
+    package_root = Path(pytest_fakemachine.__file__).resolve().parent.parent
+    for path in dict.fromkeys([sys.prefix, sys.base_prefix, str(package_root)]):
+        if not path.startswith("/usr/"):
+            fakemachine.add_volume(path, read_only=True)
+    result = fakemachine.run(
+        [sys.executable, "-c", "import pytest_fakemachine as p; print(p.in_fakemachine())"],
+        env={"PYTHONDONTWRITEBYTECODE": "1"},
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "True\n"

@@ -1,0 +1,267 @@
+"""Marked tests run in a real guest and report their true outcome on the host."""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+# Every outcome pytest knows, in one module: run once in one shared guest and
+# once on the host (plugin disabled), the two junitxml files must agree.
+OUTCOMES = '''
+import logging, os, sys, pytest
+
+pytestmark = pytest.mark.fakemachine(scope="module")
+
+@pytest.fixture
+def broken_setup():
+    raise RuntimeError("setup went wrong")
+
+@pytest.fixture
+def broken_teardown():
+    yield
+    raise RuntimeError("teardown went wrong")
+
+def test_pass(tmp_path, record_property):
+    (tmp_path / "f").write_text("x")
+    record_property("answer", 42)
+    print("to stdout"); print("to stderr", file=sys.stderr)
+    logging.getLogger("t").warning("a log line")
+
+def test_fail():
+    x = 41
+    print("captured before failing")
+    assert x == 42
+
+def test_skip():
+    pytest.skip("not today")
+
+@pytest.mark.skipif("os.getuid() != 0", reason="needs root")
+def test_skipif_root():
+    pass
+
+@pytest.mark.xfail(reason="known bug")
+def test_xfail():
+    assert False
+
+@pytest.mark.xfail(reason="fixed meanwhile")
+def test_xpass():
+    pass
+
+@pytest.mark.xfail(strict=True, reason="must fail")
+def test_xpass_strict():
+    pass
+
+def test_setup_error(broken_setup):
+    pass
+
+def test_teardown_error(broken_teardown):
+    pass
+
+@pytest.mark.parametrize("n", [1, 2, 3])
+def test_param(n, from_conftest):
+    assert from_conftest == "conftest" and n < 3
+
+class TestClass:
+    def test_method(self):
+        assert True
+'''
+
+CONFTEST = '''
+import pytest
+
+@pytest.fixture
+def from_conftest():
+    return "conftest"
+'''
+
+
+def _cases(path: Path) -> dict[str, tuple[str, str]]:
+    """junitxml testcases: name -> (outcome tag, message)."""
+    cases = {}
+    for case in ET.parse(path).getroot().iter("testcase"):
+        name = f"{case.get('classname')}.{case.get('name')}"
+        outcome = [child for child in case if child.tag in ("failure", "error", "skipped")]
+        tags = ",".join(f"{c.tag}:{c.get('message', '')}" for c in outcome)
+        props = [(p.get("name"), p.get("value")) for p in case.iter("property")]
+        cases[name] = (tags or "passed", repr(props))
+    return cases
+
+
+def test_every_outcome_matches_a_local_run(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_outcomes=OUTCOMES)
+    pytester.makeconftest(CONFTEST)
+    guest = pytester.runpytest_subprocess("-rA", "--junitxml=guest.xml", "-o",
+                                          "junit_family=xunit1")  # fmt: skip
+    local = pytester.runpytest_subprocess("-p", "no:fakemachine", "--junitxml=local.xml",
+                                          "-o", "junit_family=xunit1")  # fmt: skip
+    outcomes = {"passed": 6, "failed": 3, "skipped": 1, "xfailed": 1, "xpassed": 1, "errors": 2}
+    guest.assert_outcomes(**outcomes)
+    local.assert_outcomes(**outcomes)
+    guest.stdout.fnmatch_lines([
+        "*ERROR at setup of test_setup_error*",
+        "E       RuntimeError: setup went wrong",
+        "*ERROR at teardown of test_teardown_error*",
+        "E       RuntimeError: teardown went wrong",
+        "*def test_fail():*",
+        "E       assert 41 == 42",
+        "*Captured stdout call*",
+        "captured before failing",
+        "*XPASS(strict)*must fail*",
+        "PASSED test_outcomes.py::test_pass",
+        "SKIPPED*not today*",
+    ])  # fmt: skip
+    assert _cases(pytester.path / "guest.xml") == _cases(pytester.path / "local.xml")
+
+
+def test_marked_test_runs_in_uml_and_unmarked_on_the_host(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        f"""
+        import os, pytest
+        from pytest_fakemachine import in_fakemachine
+
+        def uml():
+            with open("/proc/cpuinfo") as f:
+                return "User Mode Linux" in f.read()
+
+        @pytest.mark.fakemachine(memory="1G", env={{"WHERE": "guest"}})
+        def test_guest():
+            assert uml() and in_fakemachine() and os.getuid() == 0
+            assert os.environ["WHERE"] == "guest"
+            assert os.getcwd() == {str(pytester.path)!r}
+
+        def test_host():
+            assert not uml() and not in_fakemachine()
+        """
+    )
+    result = pytester.runpytest_subprocess("-v")
+    result.assert_outcomes(passed=2)
+    result.stdout.fnmatch_lines(["*test_guest PASSED*", "*test_host PASSED*"])
+
+
+def test_unknown_marker_keyword_is_a_config_error_naming_the_test(
+    pytester: pytest.Pytester,
+) -> None:
+    pytester.makepyfile(
+        """
+        import pytest
+
+        @pytest.mark.fakemachine(memroy="1G")
+        def test_typo():
+            pass
+
+        @pytest.mark.fakemachine(memory="many")
+        def test_bad_memory():
+            pass
+        """
+    )
+    result = pytester.runpytest_subprocess()
+    result.assert_outcomes(errors=2)
+    result.stdout.fnmatch_lines([
+        "*ConfigError: @pytest.mark.fakemachine on test_*.py::test_typo: unknown keyword 'memroy'*",
+        "*ConfigError: memory='many' from @pytest.mark.fakemachine on test_*.py::test_bad_memory*",
+    ])  # fmt: skip
+
+
+def test_guest_powering_off_or_hanging_fails_that_test_and_the_run_goes_on(
+    pytester: pytest.Pytester,
+) -> None:
+    pytester.makepyfile(
+        """
+        import os, time, pytest
+
+        pytestmark = pytest.mark.fakemachine(scope="module", timeout=20)
+
+        def test_power_off():
+            os.system("echo o > /proc/sysrq-trigger")
+            time.sleep(30)
+
+        def test_after_power_off():
+            pass
+
+        def test_hang():
+            time.sleep(600)
+
+        def test_after_hang():
+            pass
+        """
+    )
+    result = pytester.runpytest_subprocess("-rA")
+    result.assert_outcomes(passed=2, failed=2)
+    result.stdout.fnmatch_lines([
+        "*the guest powered off during the test*",
+        "*fakemachine console*",
+        "*the guest timed out after 20 s and was killed*",
+        "PASSED test_*::test_after_power_off",
+        "PASSED test_*::test_after_hang",
+    ])  # fmt: skip
+
+
+def test_module_scope_shares_one_guest_and_streams_each_result(
+    pytester: pytest.Pytester,
+) -> None:
+    pytester.makepyfile(
+        """
+        import pytest
+
+        pytestmark = pytest.mark.fakemachine(scope="module")
+
+        def boot_id():
+            with open("/proc/sys/kernel/random/boot_id") as f:
+                return f.read()
+
+        seen = []
+
+        @pytest.mark.parametrize("n", range(5))
+        def test_same_guest(n):
+            seen.append(boot_id())
+            assert len(set(seen)) == 1 and len(seen) == n + 1
+        """
+    )
+    result = pytester.runpytest_subprocess("-v")
+    result.assert_outcomes(passed=5)
+
+
+def test_exitfirst_stops_and_leaves_no_guest(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        """
+        import pytest
+
+        pytestmark = pytest.mark.fakemachine(scope="module")
+
+        def test_one():
+            assert False
+
+        def test_two():
+            pass
+        """
+    )
+    result = pytester.runpytest_subprocess("-x")
+    result.assert_outcomes(failed=1)
+
+
+def test_backend_unavailable_skips_under_auto_and_errors_under_uml(
+    pytester: pytest.Pytester,
+) -> None:
+    pytester.makepyfile(
+        """
+        import pytest
+
+        @pytest.mark.fakemachine
+        def test_marked():
+            pass
+
+        def test_fixture(fakemachine):
+            pass
+        """
+    )
+    missing = str(pytester.path / "no-such-linux.uml")
+    auto = pytester.runpytest_subprocess(f"--fakemachine-kernel={missing}", "-rs")
+    auto.assert_outcomes(skipped=2)
+    auto.stdout.fnmatch_lines(["*no-such-linux.uml*is not an executable file*"])
+    uml = pytester.runpytest_subprocess(
+        f"--fakemachine-kernel={missing}", "--fakemachine-backend=uml"
+    )
+    uml.assert_outcomes(errors=2)
+    uml.stdout.fnmatch_lines(["*BackendUnavailable*no-such-linux.uml*"])
