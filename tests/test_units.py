@@ -15,7 +15,7 @@ import shutil
 import stat
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -1041,9 +1041,14 @@ def recorded(pytester: pytest.Pytester) -> _Recorder:
     recorder = _Recorder()
     reprec = pytester.inline_run("-p", "no:fakemachine", "-p", "no:cacheprovider",
                                  plugins=[recorder])  # fmt: skip
-    reprec.assertoutcome(passed=2, failed=3, skipped=2)
-    assert len(recorder.reports) == 7 * 3
+    reprec.assertoutcome(passed=3, failed=3, skipped=2)
+    assert len(recorder.reports) == 7 * 3 - 1  # test_setup_error has no call phase
     return recorder
+
+
+def _pairs(value: Iterable[Iterable[object]]) -> list[tuple[object, ...]]:
+    """A list of pairs as pytest makes it, whatever JSON made of the pairs."""
+    return [tuple(pair) for pair in value]
 
 
 def _split_points(blob: bytes) -> list[int]:
@@ -1092,10 +1097,11 @@ def test_event_reader_chunks_and_rebuild(
         assert report.nodeid == original.nodeid
         assert report.when == original.when
         assert report.outcome == original.outcome
-        assert report.location == original.location
+        # JSON turns tuples into lists: compare values here, types in the xfail tests below.
+        assert tuple(report.location) == original.location
         assert report.longreprtext == original.longreprtext
-        assert report.sections == original.sections
-        assert report.user_properties == original.user_properties
+        assert _pairs(report.sections) == original.sections
+        assert _pairs(report.user_properties) == original.user_properties
         assert report.duration == original.duration
         assert report.keywords == original.keywords
         assert getattr(report, "wasxfail", None) == getattr(original, "wasxfail", None)
@@ -1109,20 +1115,20 @@ def test_event_reader_chunks_and_rebuild(
     }
     passed = rebuilt["test_pass", "call"]
     assert passed.passed
-    assert passed.user_properties == [("key", "value"), ("number", 3)]
-    assert ("Captured stdout call", "out-pass \u2713\n") in passed.sections
-    assert ("Captured stderr call", "err-pass\n") in passed.sections
+    assert _pairs(passed.user_properties) == [("key", "value"), ("number", 3)]
+    assert ("Captured stdout call", "out-pass \u2713\n") in _pairs(passed.sections)
+    assert ("Captured stderr call", "err-pass\n") in _pairs(passed.sections)
     assert passed.duration > 0
 
     failed = rebuilt["test_fail", "call"]
     assert failed.failed
     assert "arith-broken" in failed.longreprtext
     assert "assert 1 + 1 == 3" in failed.longreprtext
-    assert ("Captured stdout call", "out-fail\n") in failed.sections
+    assert ("Captured stdout call", "out-fail\n") in _pairs(failed.sections)
 
     skipped = rebuilt["test_skip", "call"]
     assert skipped.skipped
-    assert isinstance(skipped.longrepr, tuple)
+    assert isinstance(skipped.longrepr, (tuple, list))
     assert skipped.longrepr[2] == "Skipped: skip-reason"
 
     xfailed = rebuilt["test_xfail", "call"]
@@ -1175,10 +1181,65 @@ def test_rebuild_constructed_report(pytestconfig: pytest.Config) -> None:
     report = rebuild(pytestconfig, json.loads(json.dumps(data)))
     assert report.failed
     assert report.longreprtext == "Traceback: boom"
-    assert report.sections == [("Captured stdout call", "hi\n")]
+    assert _pairs(report.sections) == [("Captured stdout call", "hi\n")]
     assert report.duration == 1.25
-    assert report.user_properties == [("k", "v")]
+    assert _pairs(report.user_properties) == [("k", "v")]
+    assert tuple(report.location) == ("test_x.py", 3, "test_y")
+
+
+_JSON_TUPLES_BUG = (
+    "bug: _transport.py:316 rebuild() returns what JSON made of pytest's tuples: lists for "
+    "longrepr of skips, location, sections and user_properties; the host's -rs summary "
+    "asserts a skip's longrepr is a tuple and crashes with INTERNALERROR"
+)
+
+
+@pytest.mark.xfail(strict=True, reason=_JSON_TUPLES_BUG)
+def test_rebuild_keeps_tuples(pytestconfig: pytest.Config) -> None:
+    original = pytest.TestReport(
+        "test_x.py::test_y", ("test_x.py", 3, "test_y"), {}, "skipped",
+        ("test_x.py", 4, "Skipped: why"), "call", sections=[("Captured stdout call", "hi\n")],
+        user_properties=[("k", "v")],
+    )  # fmt: skip
+    data = pytestconfig.hook.pytest_report_to_serializable(config=pytestconfig, report=original)
+    report = rebuild(pytestconfig, json.loads(json.dumps(data)))
+    assert report.longrepr == ("test_x.py", 4, "Skipped: why")
     assert report.location == ("test_x.py", 3, "test_y")
+    assert report.sections == [("Captured stdout call", "hi\n")]
+    assert report.user_properties == [("k", "v")]
+
+
+ROUND_TRIP_CONFTEST = """
+import json
+import pytest
+from pytest_fakemachine._transport import rebuild
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    # What a marked test's reports go through: guest serialization, JSON, rebuild().
+    report = yield
+    config = item.config
+    data = config.hook.pytest_report_to_serializable(config=config, report=report)
+    return rebuild(config, json.loads(json.dumps(data)))
+"""
+
+
+@pytest.mark.xfail(strict=True, reason=_JSON_TUPLES_BUG)
+def test_rebuilt_skip_in_short_summary(pytester: pytest.Pytester) -> None:
+    pytester.makeconftest(ROUND_TRIP_CONFTEST)
+    pytester.makepyfile(
+        """
+        import pytest
+
+        def test_skip():
+            pytest.skip("skip-reason")
+        """
+    )
+    result = pytester.runpytest("-p", "no:fakemachine", "-p", "no:cacheprovider", "-rs")
+    assert "INTERNALERROR" not in result.stdout.str()
+    result.stdout.fnmatch_lines(["SKIPPED [[]1[]] test_*.py:*: skip-reason"])
+    result.assert_outcomes(skipped=1)
+    assert result.ret == 0
 
 
 # --------------------------------------------------------------------------------------
