@@ -78,10 +78,20 @@ class Session:
     _locks: list[int] = field(init=False, default_factory=list)
 
     def __enter__(self) -> Session:
-        self.workdir = _make_workdir()
+        try:
+            self.workdir = _make_workdir()
+        except OSError as e:
+            raise FakeMachineError(
+                f"cannot create a work directory in {tempfile.gettempdir()}: {e.strerror}"
+            ) from None
         try:
             self._lock_images()
             self._write_static_files()
+        except OSError as e:
+            self.__exit__()
+            raise FakeMachineError(
+                f"cannot prepare the guest's work directory {self.workdir}: {e}"
+            ) from None
         except BaseException:
             self.__exit__()
             raise
@@ -247,6 +257,7 @@ def _write(path: Path, text: str, mode: int = 0o600) -> None:
 
 def _make_workdir() -> Path:
     base = tempfile.gettempdir()
+    # mkdtemp makes it 0700: the guest's files are the user's business only.
     if not set(base) <= _SAFE_PATH_CHARS:
         base = "/tmp"  # the path goes on the kernel command line: no spaces or commas
     return Path(tempfile.mkdtemp(prefix="fakemachine-", dir=base))

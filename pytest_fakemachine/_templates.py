@@ -69,6 +69,9 @@ StandardOutput=tty
 StandardError=tty
 TTYPath=/dev/console
 TimeoutStartSec=infinity
+# An OOM kill must end the command, not the job that reports its status.
+OOMPolicy=continue
+OOMScoreAdjust=-1000
 """
 
 UNIT_UDEV = """\
@@ -85,6 +88,7 @@ fm={work}
 {prelude}
 : >"$fm/started"
 (
+echo 0 >/proc/self/oom_score_adj
 {body}
 ) </dev/null >"$fm/stdout" 2>"$fm/stderr"
 echo $? >"$fm/status.part"
@@ -120,8 +124,8 @@ UDHCPC_SCRIPT = """\
 case "$1" in
 bound|renew)
     ip addr flush dev "$interface"
-    ip addr add "$ip/${{mask:-24}}" dev "$interface"
-    [ -n "$router" ] && ip route replace default via "${{router%% *}}" dev "$interface"
+    ip addr add "$ip/${mask:-24}" dev "$interface"
+    [ -n "$router" ] && ip route replace default via "${router%% *}" dev "$interface"
     : >/etc/resolv.conf
     for ns in $dns; do echo "nameserver $ns" >>/etc/resolv.conf; done
     ;;

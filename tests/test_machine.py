@@ -563,12 +563,6 @@ else:
 """
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: _templates.UDHCPC_SCRIPT keeps the doubled braces of a format template "
-    "(`${{mask:-24}}`) but _session.py writes it without .format(), so the guest's udhcpc "
-    "script dies with 'Bad substitution' and vec0 never gets the DHCP address",
-)
 def test_network_reaches_a_server_on_host_loopback(
     fakemachine: Machine, line_server: _LineServer
 ) -> None:

@@ -1,0 +1,207 @@
+"""The fault matrix: every fault a CI run meets ends cleanly, nothing left running."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import wait_for_no_leftovers
+from pytest_fakemachine import BackendUnavailable, BootError, FakeMachineError, Machine
+from pytest_fakemachine import _uml
+
+RUN_ECHO = "from pytest_fakemachine import Machine; print(Machine().run('echo hi').stdout, end='')"
+
+
+def _temp_entries() -> set[str]:
+    return {n for n in os.listdir(tempfile.gettempdir()) if n.startswith("fakemachine-")}
+
+
+@pytest.mark.parametrize(
+    "how",
+    [
+        pytest.param("exec 0<&-; exec {python} -c {code!r}", id="stdin-closed"),
+        pytest.param("exec {python} -c {code!r} </dev/null", id="stdin-devnull"),
+        pytest.param("exec {python} -c {code!r} </dev/null >{out} 2>&1", id="output-to-file"),
+    ],
+)
+def test_runs_without_stdin_tty_or_terminal(how: str, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    script = how.format(python=sys.executable, code=RUN_ECHO, out=out)
+    # start_new_session: no controlling TTY; capture_output: stdout is a pipe.
+    proc = subprocess.run(["/bin/sh", "-c", script], capture_output=True, text=True,
+                          start_new_session=True, timeout=120, check=False)  # fmt: skip
+    output = out.read_text() if out.exists() else proc.stdout
+    assert (proc.returncode, output) == (0, "hi\n"), proc.stderr
+
+
+def test_guest_panic_in_the_middle_of_a_command_is_a_boot_error(fakemachine: Machine) -> None:
+    with pytest.raises(BootError, match="powered off during the command") as info:
+        fakemachine.run("echo partial; echo c > /proc/sysrq-trigger; sleep 30")
+    assert "sysrq" in info.value.console.lower()
+    # the next run on the same machine is unaffected
+    assert fakemachine.run("echo again").stdout == "again\n"
+
+
+def test_out_of_memory_kills_the_command_not_the_run(fakemachine: Machine) -> None:
+    fakemachine.memory = "128M"
+    result = fakemachine.run("tail /dev/zero")  # grows until the OOM killer ends it
+    assert result.returncode == 128 + signal.SIGKILL
+    assert "Out of memory" in result.console or "oom" in result.console.lower()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL])
+def test_signal_to_pytest_during_a_guest_run_leaves_nothing(
+    pytester: pytest.Pytester, sig: signal.Signals
+) -> None:
+    started = pytester.path / "started"
+    pytester.makepyfile(
+        f"""
+        import pytest, time
+
+        @pytest.mark.fakemachine
+        def test_sleeps():
+            open({str(started)!r}, "w").close()
+            time.sleep(120)
+        """
+    )
+    tmp = pytester.path / "tmp"  # the run's own TMPDIR: other runs cannot blur the check
+    tmp.mkdir()
+    proc = subprocess.Popen([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q"],
+                            cwd=pytester.path, stdin=subprocess.DEVNULL,
+                            env={**os.environ, "TMPDIR": str(tmp)},
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while not started.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert started.exists(), "the marked test never started in the guest"
+        assert _uml.leftovers(proc.pid), "no guest is running for the test"
+        proc.send_signal(sig)
+        output, _ = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+        proc.wait()
+    if sig == signal.SIGINT:
+        assert b"KeyboardInterrupt" in output
+        assert proc.returncode == pytest.ExitCode.INTERRUPTED
+    assert wait_for_no_leftovers(proc.pid, seconds=5) == []
+    assert [n for n in os.listdir(tmp) if n.startswith("fakemachine-")] == []
+
+
+def test_linux_uml_missing_says_what_to_install(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(BackendUnavailable, match=r"apt-get install user-mode-linux"):
+        Machine().run("true")
+
+
+def test_uml_modules_missing_says_what_to_install(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setattr(_uml, "_UML_MODULES", tmp_path / "modules")
+    with pytest.raises(BackendUnavailable, match=r"modules.*apt-get install user-mode-linux"):
+        Machine().run("true")
+
+
+def test_slirp_missing_with_network_says_what_to_install(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    kernel = _uml.find_kernel(None)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(BackendUnavailable, match=r"apt-get install libslirp-helper"):
+        Machine(network=True, kernel=kernel).run("true")
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="mounts a small tmpfs to fill up")
+def test_full_disk_for_the_work_directory_is_a_clear_error(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    full = tmp_path / "full"
+    full.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(full)], check=True)
+    try:
+        subprocess.run(["dd", "if=/dev/zero", f"of={full}/filler", "bs=4k"],
+                       capture_output=True, check=False)  # fmt: skip
+        monkeypatch.setattr(tempfile, "tempdir", str(full))
+        with pytest.raises(FakeMachineError, match=str(full)):
+            Machine().run("true")
+        assert sorted(os.listdir(full)) == ["filler"]
+    finally:
+        subprocess.run(["umount", str(full)], check=True)
+
+
+def test_image_in_an_unwritable_place_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(FakeMachineError, match=str(tmp_path / "missing")):
+        Machine().add_image(tmp_path / "missing" / "disk.img", size="1M")
+
+
+def test_the_same_image_in_two_guests_at_once_is_refused(tmp_path: Path) -> None:
+    image = tmp_path / "shared.img"
+    first = Machine()
+    first.add_image(image, size="16M", label="shared")
+    second = Machine()
+    second.add_image(image, label="shared")
+    errors: list[BaseException] = []
+
+    def run_first() -> None:
+        try:
+            first.run("sleep 8")
+        except BaseException as e:  # reported below
+            errors.append(e)
+
+    thread = threading.Thread(target=run_first)
+    thread.start()
+    try:
+        time.sleep(1)  # the first guest holds the image now
+        with pytest.raises(FakeMachineError, match="attached to another running guest"):
+            second.run("true")
+    finally:
+        thread.join()
+    assert errors == []
+
+
+def test_data_written_to_a_volume_is_on_the_host_when_run_returns(
+    fakemachine: Machine, tmp_path: Path
+) -> None:
+    fakemachine.add_volume(tmp_path)
+    fakemachine.run(f"head -c 3000000 /dev/urandom > {tmp_path}/blob && sha256sum {tmp_path}/blob"
+                    f" > {tmp_path}/sum", check=True)  # fmt: skip
+    digest = subprocess.run(["sha256sum", str(tmp_path / "blob")], capture_output=True,
+                            text=True, check=True).stdout  # fmt: skip
+    assert (tmp_path / "sum").read_text() == digest
+
+
+def test_what_was_synced_before_a_crash_is_intact(fakemachine: Machine, tmp_path: Path) -> None:
+    disk = fakemachine.add_image(tmp_path / "disk.img", size="32M", label="data")
+    with pytest.raises(BootError):
+        fakemachine.run(textwrap.dedent(f"""
+            mkfs.ext4 -q {disk} && mkdir /mnt/d && mount {disk} /mnt/d &&
+            echo durable > /mnt/d/file && sync &&
+            echo c > /proc/sysrq-trigger
+        """))  # fmt: skip
+    result = fakemachine.run(f"mkdir /mnt/d && mount {disk} /mnt/d && cat /mnt/d/file")
+    assert result.stdout == "durable\n", result.stderr
+
+
+def test_work_directory_is_private_and_removed(fakemachine: Machine) -> None:
+    before = _temp_entries()
+    result = fakemachine.run("stat -c %a /run/fakemachine /run/fakemachine/job.sh")
+    assert result.stdout.split() == ["700", "600"]
+    assert _temp_entries() <= before
+
+
+@pytest.mark.slow
+def test_twenty_boots_in_a_row_without_a_flake() -> None:
+    machine = Machine()
+    outputs = [machine.run(["echo", str(i)]).stdout for i in range(20)]
+    assert outputs == [f"{i}\n" for i in range(20)]
