@@ -32,7 +32,9 @@ Size = Union[int, str]
 DEFAULT_MEMORY_MIB = 2048
 MAX_LABEL_LENGTH = 19
 _LABEL_RE = re.compile(r"[A-Za-z0-9._-]+")
-_SIZE_RE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(i?B)?\s*", re.IGNORECASE)
+# "512", "64M", "2GiB", "1.5g", "4096B": a number, then a unit with optional
+# "iB"/"B", or a bare "B" for bytes.
+_SIZE_RE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(?:([KMGT])(?:i?B)?|(B))?\s*", re.IGNORECASE)
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
 
@@ -50,7 +52,10 @@ def _parse_quantity(value: object, what: str, source: str, default_unit: str) ->
                 "unit K, M, G or T, e.g. '512M', '2G', '1GiB')"
             )
         number = float(match.group(1))
-        unit = match.group(2).upper() if match.group(2) else default_unit
+        if match.group(2):
+            unit = match.group(2).upper()
+        else:
+            unit = "" if match.group(3) else default_unit
     if number < 0:
         raise ConfigError(f"{what}={value!r} from {source}: must not be negative")
     result = int(number * _UNITS[unit])
@@ -99,6 +104,8 @@ def check_label(label: object, source: str) -> str:
         raise ConfigError(
             f"label={label!r} from {source}: only letters, digits, '.', '_' and '-' allowed"
         )
+    if label in (".", ".."):  # would name the link directory itself
+        raise ConfigError(f"label={label!r} from {source}: not a usable file name")
     return label
 
 
@@ -110,7 +117,7 @@ def check_guest_path(path: object, source: str) -> str:
         raise ConfigError(f"guest path {text!r} from {source}: must be absolute")
     if any(c.isspace() for c in text) or "\0" in text:
         raise ConfigError(f"guest path {text!r} from {source}: must not contain whitespace")
-    return os.path.normpath(text)
+    return "/" + os.path.normpath(text).lstrip("/")  # normpath keeps a leading "//"
 
 
 @final

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import shutil
 import subprocess
 import tempfile
 from dataclasses import dataclass
@@ -62,9 +63,13 @@ class _Inputs:
 
 def _library_paths(binary: str) -> list[str]:
     """The shared objects ``binary`` loads, as ldd resolves them on this host."""
-    out = subprocess.run(
-        ["ldd", binary], capture_output=True, text=True, check=False, stdin=subprocess.DEVNULL
-    ).stdout
+    ldd = shutil.which("ldd") or "/usr/bin/ldd"
+    try:
+        out = subprocess.run(
+            [ldd, binary], capture_output=True, text=True, check=False, stdin=subprocess.DEVNULL
+        ).stdout
+    except OSError as e:
+        raise BackendUnavailable(f"cannot run ldd to find busybox's libraries: {e}") from None
     paths = []
     for line in out.splitlines():
         # "libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x...)" or "/lib64/ld-linux... (0x...)"

@@ -229,6 +229,8 @@ class GuestRun:
     done: bool = False
     dead: str = ""  # why the guest stopped early, once it did
     deadline: float | None = None
+    launched_at: float = 0.0
+    boot_seconds: float | None = None  # launch to the first test's start, once known
 
     def start(self) -> None:
         for path, writable in python_mounts(self.config):
@@ -245,6 +247,7 @@ class GuestRun:
         argv = [sys.executable, _guest.__file__, f"{GUEST_WORK}/guest.json"]
         body = command_body(argv, str(self.config.invocation_params.dir), env)
         self.reader = EventReader(work / "events.jsonl")
+        self.launched_at = time.monotonic()
         self.guest = self.session.launch(body)
         self._arm()
 
@@ -257,6 +260,8 @@ class GuestRun:
             kind = event.get("event")
             if kind == "start":
                 self._arm()  # the time limit counts per test
+                if self.boot_seconds is None:
+                    self.boot_seconds = time.monotonic() - self.launched_at
             elif kind == "report":
                 self.events.setdefault(event["nodeid"], []).append(event["report"])
             elif kind == "collecterror":
@@ -272,6 +277,8 @@ class GuestRun:
             self._pump()
             for data in self.events.pop(item.nodeid, []):
                 report = rebuild(self.config, data)
+                if item is self.items[0]:  # the test that paid for the boot
+                    report.fakemachine_boot = self.boot_seconds  # type: ignore[attr-defined]
                 item.ihook.pytest_runtest_logreport(report=report)
                 received.append(report)
                 if report.when == "teardown":

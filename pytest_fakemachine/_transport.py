@@ -53,6 +53,10 @@ def rebuild(config: pytest.Config, data: dict[str, Any]) -> pytest.TestReport:
     report = config.hook.pytest_report_from_serializable(config=config, data=data)
     if not isinstance(report, pytest.TestReport):
         raise TypeError(f"the guest sent a {type(report).__name__}, not a TestReport")
+    # JSON has no tuples: restore the ones pytest and plugins compare and hash.
+    report.location = tuple(report.location)  # type: ignore[assignment]
+    report.sections = [tuple(s) for s in report.sections]  # type: ignore[misc]
+    report.user_properties = [tuple(p) for p in report.user_properties]  # type: ignore[misc]
     return report
 
 

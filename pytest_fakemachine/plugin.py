@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -256,6 +257,19 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> 
         _close(state, run)
     ihook.pytest_runtest_logfinish(nodeid=item.nodeid, location=item.location)
     return True
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_report_teststatus(
+    report: pytest.TestReport, config: pytest.Config
+) -> Generator[None, tuple[str, str, Any], tuple[str, str, Any]]:
+    """With -v, a marked test's line says what its guest's boot cost."""
+    status = yield
+    boot = getattr(report, "fakemachine_boot", None)
+    category, letter, word = status
+    if boot is not None and report.when == "call" and isinstance(word, str) and word:
+        word = f"{word} (guest boot {boot:.1f} s)"
+    return category, letter, word
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:

@@ -373,20 +373,10 @@ def test_config_error_is_a_value_error() -> None:
         c.parse_size("many", SOURCE)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: _config.py:53 an explicit byte unit ('B' without K/M/G/T) falls back to the "
-    "default unit, so memory='4294967296B' is read as 4294967296 MiB",
-)
 def test_parse_memory_explicit_bytes() -> None:
     assert c.parse_memory("4294967296B", SOURCE) == 4096
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: _config.py:35 the size regex accepts 'iB' without a K/M/G/T prefix, "
-    "so garbage like '512iB' is taken as 512 bytes",
-)
 def test_parse_size_refuses_bare_ib() -> None:
     with pytest.raises(ConfigError):
         c.parse_size("512iB", SOURCE)
@@ -441,11 +431,6 @@ def test_check_label_length_boundary() -> None:
         c.check_label("x" * 20, SOURCE)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: _config.py:98 labels '.' and '..' pass the character check but name the "
-    "label directory itself or its parent (/dev/disk), so udev cannot create the link",
-)
 @pytest.mark.parametrize("label", [".", ".."])
 def test_check_label_refuses_dot_names(label: str) -> None:
     with pytest.raises(ConfigError):
@@ -541,11 +526,6 @@ def test_check_volume_bad_guest_path(tmp_path: Path, guest: str) -> None:
     assert SOURCE in str(excinfo.value)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: _config.py:113/155 os.path.normpath keeps a leading '//', so guest_dir='//' "
-    "is not recognised as '/' and the volume would be mounted over the guest's root",
-)
 def test_check_volume_refuses_double_slash_root(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="over '/'"):
         c.check_volume(tmp_path, "//", False, SOURCE)
@@ -1202,12 +1182,6 @@ def test_rebuild_constructed_report(pytestconfig: pytest.Config) -> None:
     assert tuple(report.location) == ("test_x.py", 3, "test_y")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: _transport.py:49 rebuild() turns a skip's longrepr back into a tuple but "
-    "leaves location, sections and user_properties as the lists JSON made of pytest's tuples "
-    "(report.location is unhashable, ('Captured stdout call', text) in report.sections is False)",
-)
 def test_rebuild_keeps_tuples(pytestconfig: pytest.Config) -> None:
     original = pytest.TestReport(
         "test_x.py::test_y", ("test_x.py", 3, "test_y"), {}, "skipped",
