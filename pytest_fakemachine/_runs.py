@@ -325,7 +325,7 @@ class GuestRun:
         """Wait briefly for a normal power-off, then kill and clean up everything."""
         try:
             if self.guest is not None:
-                if not self.dead and self.done:
+                if not self.dead:  # let the job unmount, sync and power off cleanly
                     self.guest.wait(_GRACE_SECONDS)
                 self.guest.kill()
                 if self.session is not None:

@@ -39,6 +39,7 @@ class _State:
     unavailable: str | None = None  # why no guest can boot, once checked
     checked: bool = False
     kept: list[Path] = field(default_factory=list)
+    summarizing: bool = False  # the terminal summary has begun
 
 
 _state_key = pytest.StashKey[_State]()
@@ -267,6 +268,9 @@ def pytest_report_teststatus(
     status = yield
     boot = getattr(report, "fakemachine_boot", None)
     category, letter, word = status
+    state = config.stash.get(_state_key, None)
+    if state is None or state.summarizing:  # the short summary keeps pytest's words
+        return status
     if boot is not None and report.when == "call" and isinstance(word, str) and word:
         word = f"{word} (guest boot {boot:.1f} s)"
     return category, letter, word
@@ -280,8 +284,11 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
         _close(state, run)
 
 
+@pytest.hookimpl(tryfirst=True)
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     state = terminalreporter.config.stash.get(_state_key, None)
+    if state is not None:
+        state.summarizing = True
     if state and state.kept:
         terminalreporter.section("fakemachine: kept work directories")
         for path in state.kept:
