@@ -19,8 +19,6 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from filelock import FileLock
-
 from . import _templates as t
 from ._cpio import CpioWriter
 from ._errors import BackendUnavailable
@@ -172,6 +170,9 @@ def initramfs() -> Path:
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
     path = directory / f"initramfs-{key}.cpio"
     if not path.exists():
+        # Imported here: filelock pulls in asyncio, and guests import this module too.
+        from filelock import FileLock  # noqa: PLC0415
+
         with FileLock(str(directory / "build.lock")):
             if not path.exists():
                 data = _archive(inputs)
