@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _pytest.runner import CallInfo
 
 from . import _settings, hooks
 from ._config import parse_timeout
@@ -154,12 +155,14 @@ def _group(state: _State, item: pytest.Item, mark: MarkedTest) -> list[pytest.It
     if mark.scope == "function":
         return [item]
     items = item.session.items
-    start = items.index(item)
-    # Under xdist a worker runs only what it is sent: keep a group to one module there.
-    same_module = hasattr(item.config, "workerinput")
+    queued = _xdist_queue(item.config)
+    if queued is None:
+        candidates = items[items.index(item) :]
+    else:  # an xdist worker runs only what it was sent: the guest takes no more
+        candidates = [item, *(items[i] for i in queued)]
     group = []
-    for other in items[start:]:
-        if other.nodeid in state.delivered or (same_module and other.path != item.path):
+    for other in candidates:
+        if other.nodeid in state.delivered:
             continue
         try:
             other_mark = _mark(state, other)
@@ -168,6 +171,22 @@ def _group(state: _State, item: pytest.Item, mark: MarkedTest) -> list[pytest.It
         if other_mark is not None and other_mark.key == mark.key:
             group.append(other)
     return group
+
+
+def _xdist_queue(config: pytest.Config) -> list[int] | None:
+    """On an xdist worker, the indexes of the tests it was sent and has not run yet.
+
+    Reads pytest-xdist's WorkerInteractor (its ``nextitem_index`` and ``torun``
+    queue): tests a later batch brings get a guest of their own.
+    """
+    if not hasattr(config, "workerinput"):
+        return None
+    for plugin in config.pluginmanager.get_plugins():
+        if type(plugin).__name__ == "WorkerInteractor":
+            with plugin.torun.lock() as pending:
+                queued = [plugin.nextitem_index, *pending]
+            return [i for i in queued if isinstance(i, int)]
+    return []
 
 
 def _start_run(state: _State, item: pytest.Item, mark: MarkedTest) -> GuestRun | None:
@@ -256,8 +275,20 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> 
     state.delivered.add(item.nodeid)
     if run is not None and (run.dead or not run.remaining(state.delivered)):
         _close(state, run)
+    _teardown_host_nodes(item, nextitem)
     ihook.pytest_runtest_logfinish(nodeid=item.nodeid, location=item.location)
     return True
+
+
+def _teardown_host_nodes(item: pytest.Item, nextitem: pytest.Item | None) -> None:
+    """Finish host-side fixtures of nodes ``nextitem`` does not share, as pytest's
+    own teardown step would (e.g. the module of a host test that ran before)."""
+    call = CallInfo.from_call(
+        lambda: item.session._setupstate.teardown_exact(nextitem), when="teardown"
+    )
+    if call.excinfo is not None:
+        report = item.ihook.pytest_runtest_makereport(item=item, call=call)
+        item.ihook.pytest_runtest_logreport(report=report)
 
 
 @pytest.hookimpl(wrapper=True)

@@ -10,7 +10,7 @@ export DEBIAN_FRONTEND=noninteractive
 # user-mode-linux: the guest kernel and its modules; busybox: the guest's init;
 # libslirp-helper: network=True; fdisk, e2fsprogs, util-linux, kmod, iproute2:
 # what the tests and examples run inside the guest.
-packages="user-mode-linux busybox libslirp-helper fdisk e2fsprogs util-linux kmod iproute2 udev"
+packages="user-mode-linux busybox libslirp-helper fdisk e2fsprogs dosfstools util-linux kmod iproute2 udev"
 missing=""
 for p in $packages; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"

@@ -264,3 +264,49 @@ def test_backend_unavailable_skips_under_auto_and_errors_under_uml(
     )
     uml.assert_outcomes(errors=2)
     uml.stdout.fnmatch_lines(["*BackendUnavailable*no-such-linux.uml*"])
+
+
+def test_host_fixtures_are_torn_down_around_marked_tests(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        test_a="""
+        import pytest
+
+        @pytest.fixture(scope="module")
+        def module_resource():
+            yield
+            print("module_resource torn down")
+
+        def test_on_host(module_resource):
+            pass
+
+        @pytest.mark.fakemachine
+        def test_in_guest():
+            pass
+        """,
+        test_b="""
+        def test_next_module_on_host():
+            pass
+        """,
+    )
+    result = pytester.runpytest_subprocess("-s")
+    result.assert_outcomes(passed=3)
+    result.stdout.fnmatch_lines(["*module_resource torn down*"])
+
+
+def test_xdist_workers_run_each_shared_guest_test_once(pytester: pytest.Pytester) -> None:
+    log = pytester.path / "runs.log"
+    pytester.makepyfile(
+        f"""
+        import pytest
+
+        pytestmark = pytest.mark.fakemachine(scope="module")
+
+        @pytest.mark.parametrize("n", range(6))
+        def test_counted(n):
+            with open({str(log)!r}, "a") as f:
+                f.write(f"{{n}}\\n")
+        """
+    )
+    result = pytester.runpytest_subprocess("-n", "2")
+    result.assert_outcomes(passed=6)
+    assert sorted(log.read_text().split()) == [str(n) for n in range(6)]
