@@ -41,7 +41,9 @@ _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 def _parse_quantity(value: object, what: str, source: str, default_unit: str) -> int:
     """``value`` in bytes: an int counts ``default_unit``s, a string may carry its unit."""
     if isinstance(value, bool) or not isinstance(value, (int, str)):
-        raise ConfigError(f"{what}={value!r} from {source}: expected an int or a string like '512M'")
+        raise ConfigError(
+            f"{what}={value!r} from {source}: expected an int or a string like '512M'"
+        )
     if isinstance(value, int):
         number, unit = float(value), default_unit
     else:
@@ -52,10 +54,8 @@ def _parse_quantity(value: object, what: str, source: str, default_unit: str) ->
                 "unit K, M, G or T, e.g. '512M', '2G', '1GiB')"
             )
         number = float(match.group(1))
-        if match.group(2):
-            unit = match.group(2).upper()
-        else:
-            unit = "" if match.group(3) else default_unit
+        unit = match.group(2) or ("" if match.group(3) else default_unit)
+        unit = unit.upper()
     if number < 0:
         raise ConfigError(f"{what}={value!r} from {source}: must not be negative")
     result = int(number * _UNITS[unit])

@@ -49,9 +49,7 @@ class _Inputs:
 
     def fingerprint(self) -> str:
         digest = hashlib.sha256(_FORMAT.encode())
-        for name in (
-            t.INIT, t.PASSWD, t.GROUP, t.HOSTS, t.HOSTNAME, t.UNIT_NAME, *self.generators
-        ):
+        for name in (t.INIT, t.PASSWD, t.GROUP, t.HOSTS, t.HOSTNAME, t.UNIT_NAME, *self.generators):
             digest.update(name.encode() + b"\0")
         for path in self.files:
             st = os.lstat(path)
@@ -186,4 +184,3 @@ def initramfs() -> Path:
                     raise
     _memo[key] = path
     return path
-

@@ -34,17 +34,13 @@ def in_fakemachine() -> bool:
         return False
 
 
-
 @final
 class RunResult(subprocess.CompletedProcess[str]):
     """What ``Machine.run()`` returns: a CompletedProcess plus the guest console."""
 
-    def __init__(
-        self, args: Any, returncode: int, stdout: str, stderr: str, console: str
-    ) -> None:
+    def __init__(self, args: Any, returncode: int, stdout: str, stderr: str, console: str) -> None:
         super().__init__(args, returncode, stdout, stderr)
         self.console = console
-
 
 
 @final
@@ -217,4 +213,3 @@ def _check_env(env: dict[str, object], source: str) -> dict[str, str]:
         if not isinstance(value, str) or "\0" in value:
             raise ConfigError(f"env[{key!r}]={value!r} from {source}: expected a string")
     return {k: str(v) for k, v in env.items()}
-

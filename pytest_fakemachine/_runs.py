@@ -153,10 +153,10 @@ def python_mounts(config: pytest.Config) -> list[tuple[str, bool]]:
     for path in (package_parent, sys.prefix, sys.base_prefix, sys.exec_prefix,
                  os.path.dirname(os.path.realpath(sys.executable)), *sys.path):  # fmt: skip
         if path and os.path.isabs(path) and os.path.exists(path):
-            path = os.path.realpath(path)
-            if os.path.isfile(path):  # a zip or egg on sys.path
-                path = os.path.dirname(path)
-            wanted.setdefault(path, False)
+            real = os.path.realpath(path)
+            if os.path.isfile(real):  # a zip or egg on sys.path
+                real = os.path.dirname(real)
+            wanted.setdefault(real, False)
     result: list[tuple[str, bool]] = []
     for path in sorted(wanted, key=len):
         if path == "/usr" or path.startswith("/usr/"):
@@ -184,15 +184,19 @@ def guest_spec(config: pytest.Config, items: list[pytest.Item], events: str) -> 
         args += ["-o", override]
     for warning in config.known_args_namespace.pythonwarnings or ():
         args += ["-W", warning]
-    names = {config.pluginmanager.get_name(p) for p, _ in config.pluginmanager.list_plugin_distinfo()}
+    manager = config.pluginmanager
+    names = {manager.get_name(plugin) for plugin, _ in manager.list_plugin_distinfo()}
     for name in sorted(n for n in names if n and n not in HOST_ONLY_PLUGINS):
         args += ["-p", name]
     for name in config.option.plugins or ():
         if name.removeprefix("no:") not in HOST_ONLY_PLUGINS and name not in names:
             args += ["-p", name]
     paths = list(dict.fromkeys(str(item.path) for item in items))
-    options = {k: v for k, v in vars(config.option).items()
-               if k not in HOST_ONLY_OPTIONS and not k.startswith("fakemachine") and _json_ok(v)}  # fmt: skip
+    options = {
+        name: value
+        for name, value in vars(config.option).items()
+        if name not in HOST_ONLY_OPTIONS and not name.startswith("fakemachine") and _json_ok(value)
+    }
     return {
         "args": args + paths,
         "nodeids": [item.nodeid for item in items],

@@ -276,4 +276,3 @@ def _make_scratch(path: Path, size: int) -> None:
     )  # fmt: skip
     if proc.returncode != 0:
         raise FakeMachineError(f"mkfs.ext4 of the scratch disk failed: {proc.stderr.strip()}")
-

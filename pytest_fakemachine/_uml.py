@@ -9,6 +9,7 @@ regular file (epoll refuses it).
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import platform
@@ -270,10 +271,8 @@ class GuestProcess:
         for proc in (self._uml, self._slirp):
             if proc is None:
                 continue
-            try:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(proc.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
             try:
                 proc.wait(timeout=10)
             except subprocess.TimeoutExpired:  # pragma: no cover - a stuck kernel task

@@ -15,6 +15,7 @@ from _pytest.runner import CallInfo
 
 from . import _settings, hooks
 from ._config import parse_timeout
+from ._doctor import run_doctor
 from ._errors import BackendUnavailable, FakeMachineError
 from ._machine import Machine, in_fakemachine
 from ._runs import GuestRun, MarkedTest, build_machine, marked_test, new_image_dir
@@ -67,8 +68,6 @@ def pytest_configure(config: pytest.Config) -> None:
 @pytest.hookimpl(tryfirst=True)
 def pytest_cmdline_main(config: pytest.Config) -> int | None:
     if config.getoption("fakemachine_doctor", False):
-        from ._doctor import run_doctor
-
         return run_doctor(print)
     return None
 
@@ -243,6 +242,7 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> 
     if in_fakemachine():
         return None
     state = item.config.stash[_state_key]
+    error: FakeMachineError | None = None
     try:
         mark = _mark(state, item)
     except FakeMachineError as e:
@@ -250,7 +250,6 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> 
     else:
         if mark is None:
             return None
-        error = None
     ihook = item.ihook
     ihook.pytest_runtest_logstart(nodeid=item.nodeid, location=item.location)
     run = state.runs.get(item.nodeid)

@@ -40,8 +40,10 @@ def boots(count: int) -> int:
         if leftovers(os.getpid()):
             print(f"boot {i}: guest processes left running: {leftovers(os.getpid())}")
             failures += 1
-    print(f"{count} boots: {failures} failures; wall median {statistics.median(times):.2f} s, "
-          f"min {min(times):.2f} s, max {max(times):.2f} s")
+    print(
+        f"{count} boots: {failures} failures; wall median {statistics.median(times):.2f} s, "
+        f"min {min(times):.2f} s, max {max(times):.2f} s"
+    )
     return failures
 
 
@@ -49,7 +51,8 @@ def marked_suite(count: int) -> int:
     with tempfile.TemporaryDirectory(prefix="fm-stress-") as tmp:
         path = Path(tmp)
         (path / "pytest.ini").write_text("[pytest]\n")
-        (path / "test_stress.py").write_text(textwrap.dedent(f"""
+        (path / "test_stress.py").write_text(
+            textwrap.dedent(f"""
             import pytest
 
             @pytest.mark.fakemachine(timeout=120)
@@ -57,11 +60,17 @@ def marked_suite(count: int) -> int:
             def test_trivial(n):
                 with open("/proc/cpuinfo") as f:
                     assert "User Mode Linux" in f.read()
-        """))
+        """)
+        )
         start = time.perf_counter()
-        proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"],
-                              cwd=path, stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                              check=False)
+        proc = subprocess.run(
+            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"],
+            cwd=path,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
         elapsed = time.perf_counter() - start
     summary = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else proc.stderr
     print(f"{count} marked tests: {summary} ({elapsed:.0f} s)")

@@ -15,8 +15,7 @@ from pathlib import Path
 import pytest
 
 from conftest import wait_for_no_leftovers
-from pytest_fakemachine import BackendUnavailable, BootError, FakeMachineError, Machine
-from pytest_fakemachine import _uml
+from pytest_fakemachine import BackendUnavailable, BootError, FakeMachineError, Machine, _uml
 
 RUN_ECHO = "from pytest_fakemachine import Machine; print(Machine().run('echo hi').stdout, end='')"
 

@@ -9,7 +9,7 @@ import pytest
 
 # Every outcome pytest knows, in one module: run once in one shared guest and
 # once on the host (plugin disabled), the two junitxml files must agree.
-OUTCOMES = '''
+OUTCOMES = """
 import logging, os, sys, pytest
 
 pytestmark = pytest.mark.fakemachine(scope="module")
@@ -66,15 +66,15 @@ def test_param(n, from_conftest):
 class TestClass:
     def test_method(self):
         assert True
-'''
+"""
 
-CONFTEST = '''
+CONFTEST = """
 import pytest
 
 @pytest.fixture
 def from_conftest():
     return "conftest"
-'''
+"""
 
 
 def _cases(path: Path) -> dict[str, tuple[str, str]]:
