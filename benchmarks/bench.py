@@ -50,11 +50,10 @@ if str(REPO) not in sys.path:  # `python benchmarks/bench.py` puts only benchmar
     sys.path.insert(0, str(REPO))
 
 from pytest_fakemachine import FakeMachineError, Machine  # noqa: E402
-from pytest_fakemachine._config import DEFAULT_MEMORY_MIB  # noqa: E402
 from pytest_fakemachine._cpio import CpioWriter  # noqa: E402
 from pytest_fakemachine._initramfs import _collect_inputs  # noqa: E402
-from pytest_fakemachine._session import SKIP_RAID_BENCHMARKS, command_body  # noqa: E402
-from pytest_fakemachine._uml import OWNER_ENV, find_kernel, leftovers  # noqa: E402
+from pytest_fakemachine._session import command_body  # noqa: E402
+from pytest_fakemachine._uml import GuestProcess, find_kernel, leftovers  # noqa: E402
 
 MARK_START = "<!-- bench:start -->"
 MARK_END = "<!-- bench:end -->"
@@ -220,6 +219,15 @@ def _tail(text: str | bytes, lines: int = 8) -> str:
     return "\n".join(text.rstrip().splitlines()[-lines:])
 
 
+def _python_error(stderr: str) -> str:
+    """The exception line of a Python traceback in ``stderr``, then what follows it."""
+    lines = stderr.rstrip().splitlines()
+    for i, line in enumerate(lines):
+        if re.match(r"[A-Za-z_][\w.]*(Error|Exception|Timeout|Exit)\b", line):
+            return "\n".join(lines[i : i + 40])
+    return "\n".join(lines[-40:])
+
+
 # --------------------------------------------------------------------------------------------
 # The measurements
 
@@ -229,6 +237,7 @@ class Context:
     tmp: Path
     kernel: Path
     initrd: Path
+    floor_args: list[str]
     module_tests: int
     xdist_tests: int
     one_test: Path = field(init=False)
@@ -270,48 +279,40 @@ def build_floor_initramfs(path: Path) -> None:
         cpio.close()
 
 
+def floor_args(initrd: Path) -> list[str]:
+    """Our Session's kernel command line, minus what serves systemd and the job.
+
+    Taken from ``Session.kernel_args()`` itself, so the floor keeps up with the
+    console wiring and boot-time skips (initcall_blacklist...) the Session uses.
+    """
+    with Machine().session() as session:
+        work = str(session.workdir)
+        args = session.kernel_args()
+    drop = re.compile(r"(initrd|systemd\.[\w.]+|ubd\d+|vec\d+)=")
+    return [f"initrd={initrd}", *(a for a in args if work not in a and not drop.match(a))]
+
+
 def floor_boot(ctx: Context, *, blacklist: bool) -> float:
-    """Wall time of a bare UML boot to an /init that powers off, as our Session starts it."""
+    """UML lifetime of a bare boot to an /init that powers off, started as our guests are.
+
+    GuestProcess starts it (same environment, session, CPU pinning and
+    parent-death signal as every guest); only the initramfs and the job differ.
+    """
     uml_dir = Path(tempfile.mkdtemp(prefix="uml-", dir=ctx.tmp))
-    args = [
-        str(ctx.kernel),
-        f"mem={DEFAULT_MEMORY_MIB}M",
-        f"initrd={ctx.initrd}",
-        "con=null",
-        "con0=null,fd:1",
-        "ssl=null",
-        "panic=-1",
-        f"uml_dir={uml_dir}",
-        "umid=uml",
-    ]
-    if blacklist:
-        args.append(SKIP_RAID_BENCHMARKS)
-    env = {k: v for k, v in os.environ.items() if k in ("PATH", "LANG")}
-    env[OWNER_ENV] = str(os.getpid())  # so leftovers() finds it like any of our guests
-    start = time.monotonic()
-    proc = subprocess.Popen(
-        args,
-        cwd=uml_dir,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-        env=env,
-    )
+    args = [a for a in ctx.floor_args if blacklist or not a.startswith("initcall_blacklist=")]
+    guest = GuestProcess(ctx.kernel, [*args, f"uml_dir={uml_dir}"], workdir=uml_dir, network=False)
     try:
-        console, _ = proc.communicate(timeout=FLOOR_TIMEOUT)
-        elapsed = time.monotonic() - start
-    except subprocess.TimeoutExpired:
-        _kill_group(proc.pid)
-        proc.communicate()
-        raise StepFailed(f"the bare guest did not power off within {FLOOR_TIMEOUT:g} s") from None
+        guest.start()
+        finished = guest.wait(FLOOR_TIMEOUT)
     finally:
-        # No killpg once the process is reaped: its group id could belong to a new process.
-        # Whatever of its tree survives is our descendant, and sweep() kills it.
+        guest.kill()
         shutil.rmtree(uml_dir, ignore_errors=True)
-    if b"Run /init as init process" not in console or b"Kernel panic" in console:
+    console = guest.console()
+    if not finished:
+        raise StepFailed(f"the bare guest did not power off within {FLOOR_TIMEOUT:g} s")
+    if "Run /init as init process" not in console or "Kernel panic" in console:
         raise StepFailed(f"the bare guest did not run /init:\n{_tail(console)}")
-    return elapsed
+    return guest.ended_at - guest.started_at
 
 
 def machine_process(ctx: Context) -> float:
@@ -333,7 +334,7 @@ def machine_process(ctx: Context) -> float:
         raise StepFailed(f"Machine().run('true') took over {RUN_TIMEOUT:g} s") from None
     elapsed = time.monotonic() - start
     if proc.returncode != 0:
-        raise StepFailed(f"exit status {proc.returncode}:\n{_tail(proc.stderr)}")
+        raise StepFailed(f"exit status {proc.returncode}: {_python_error(proc.stderr)}")
     return elapsed
 
 
@@ -380,6 +381,17 @@ def fakemachine_cli(ctx: Context) -> float:
     return elapsed
 
 
+def remove_cli_dirs(ctx: Context) -> list[str]:
+    """Remove the temporary directories the CLI left behind (call once its tree is gone)."""
+    removed = []
+    for cli_dir in sorted(ctx.cli_dirs):
+        if os.path.exists(cli_dir):
+            shutil.rmtree(cli_dir, ignore_errors=True)
+            removed.append(cli_dir)
+    ctx.cli_dirs.clear()
+    return removed
+
+
 def pytest_run(path: Path, passed: int, extra: tuple[str, ...] = ()) -> float:
     """A whole `python -m pytest -q -p no:cacheprovider [extra] FILE` run in FILE's directory."""
     argv = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *extra, path.name]
@@ -405,7 +417,7 @@ def pytest_run(path: Path, passed: int, extra: tuple[str, ...] = ()) -> float:
         or not re.search(rf"\b{passed} passed\b", summary)
         or re.search(r"failed|error|skipped|xfail|xpass|deselected", summary)
     ):
-        raise StepFailed(f"pytest exit status {proc.returncode}:\n{_tail(proc.stdout)}")
+        raise StepFailed(f"pytest exit status {proc.returncode}:\n{_tail(proc.stdout, 40)}")
     return elapsed
 
 
@@ -723,7 +735,9 @@ def chart_lines(parts: list[dict[str, float]], process_median: float | None) -> 
     return lines
 
 
-def machine_lines(started: float, load_start: tuple[float, ...], others: int) -> list[str]:
+def machine_lines(
+    started: float, load_start: tuple[float, ...], others: int, floor: str
+) -> list[str]:
     cpu = "unknown"
     with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
         for line in f:
@@ -745,19 +759,22 @@ def machine_lines(started: float, load_start: tuple[float, ...], others: int) ->
         f"took {(time.time() - started) / 60:.1f} min",
         f"- load average (1 min) at start {load_start[0]:.2f}, at end {load_end[0]:.2f}; "
         f"{others} linux.uml processes not started by the benchmark were running at the start",
+        f"- floor kernel command line: `{floor}`",
     ]
 
 
 def write_markdown(path: Path, section: list[str]) -> None:
-    text = path.read_text() if path.exists() else ""
-    block = MARK_START + "\n" + "\n".join(section) + "\n" + MARK_END
-    if MARK_START in text and MARK_END in text:
-        head, _, rest = text.partition(MARK_START)
-        _, _, tail = rest.partition(MARK_END)
-        text = head + block + tail
+    """Replace the lines between the marker lines of ``path`` (append them if missing)."""
+    lines = path.read_text().splitlines() if path.exists() else []
+    stripped = [line.strip() for line in lines]
+    block = [MARK_START, *section, MARK_END]
+    if MARK_START in stripped and MARK_END in stripped[stripped.index(MARK_START) :]:
+        start = stripped.index(MARK_START)
+        end = stripped.index(MARK_END, start)
+        lines[start : end + 1] = block
     else:
-        text = text.rstrip("\n") + ("\n\n" if text else "") + block + "\n"
-    path.write_text(text)
+        lines += ([""] if lines else []) + block
+    path.write_text("\n".join(lines) + "\n")
 
 
 # --------------------------------------------------------------------------------------------
@@ -840,6 +857,7 @@ def main(argv: list[str] | None = None) -> int:
             tmp=tmp,
             kernel=kernel,
             initrd=tmp / "floor.cpio",
+            floor_args=floor_args(tmp / "floor.cpio"),
             module_tests=30,
             xdist_tests=4 if args.quick else 10,
         )
@@ -879,7 +897,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         step(
             "floor_all",
-            "floor without initcall_blacklist (RAID6/XOR benchmarks run)",
+            "floor without initcall_blacklist (the skipped initcalls run)",
             lambda: floor_boot(ctx, blacklist=False),
         )
         step(
@@ -920,42 +938,42 @@ def main(argv: list[str] | None = None) -> int:
         parts: list[dict[str, float]] = []
         breakdown_failures: list[str] = []
 
-        for round_no in range(1, args.runs + 1):
-            for key, fn in steps:
-                row = rows[key]
-                log(f"bench: round {round_no}/{args.runs}: {row.label} ...")
+        try:
+            for round_no in range(1, args.runs + 1):
+                for key, fn in steps:
+                    row = rows[key]
+                    log(f"bench: round {round_no}/{args.runs}: {row.label} ...")
+                    try:
+                        value = fn()
+                    except StepFailed as e:
+                        row.failures.append(str(e))
+                        log(f"bench:   failed: {str(e).splitlines()[0]}")
+                    else:
+                        row.values.append(value)
+                        log(f"bench:   {_fmt(value, row.unit)}")
+                    stray = sweep()
+                    if stray:
+                        names = ", ".join(stray)
+                        message = f"run {round_no} left running, killed by the benchmark: {names}"
+                        row.notes.append(message)
+                        if key != "cli":  # a known fault of the CLI; one of ours is a bug
+                            problems.append(f"{row.label}: {message}")
+                        log(f"bench:   {message}")
+                    if key == "cli":  # the CLI's own temporary directory, once its tree is gone
+                        for cli_dir in remove_cli_dirs(ctx):
+                            row.notes.append(f"run {round_no} left {cli_dir} behind (removed)")
+                log(f"bench: round {round_no}/{args.runs}: time breakdown ...")
                 try:
-                    value = fn()
+                    parts.append(breakdown_run())
                 except StepFailed as e:
-                    row.failures.append(str(e))
+                    breakdown_failures.append(str(e))
                     log(f"bench:   failed: {str(e).splitlines()[0]}")
-                else:
-                    row.values.append(value)
-                    log(f"bench:   {_fmt(value, row.unit)}")
                 stray = sweep()
                 if stray:
-                    message = (
-                        f"run {round_no} left running, killed by the benchmark: {', '.join(stray)}"
-                    )
-                    row.notes.append(message)
-                    if key != "cli":  # a known fault of the CLI; one of ours is a bug
-                        problems.append(f"{row.label}: {message}")
-                    log(f"bench:   {message}")
-                if key == "cli":  # the CLI's own temporary directory, once its tree is gone
-                    for cli_dir in sorted(ctx.cli_dirs):
-                        if os.path.exists(cli_dir):
-                            shutil.rmtree(cli_dir, ignore_errors=True)
-                            row.notes.append(f"run {round_no} left {cli_dir} behind (removed)")
-                    ctx.cli_dirs.clear()
-            log(f"bench: round {round_no}/{args.runs}: time breakdown ...")
-            try:
-                parts.append(breakdown_run())
-            except StepFailed as e:
-                breakdown_failures.append(str(e))
-                log(f"bench:   failed: {str(e).splitlines()[0]}")
-            stray = sweep()
-            if stray:
-                problems.append(f"breakdown: left running: {', '.join(stray)}")
+                    problems.append(f"breakdown: left running: {', '.join(stray)}")
+        finally:  # also on Ctrl-C or SIGTERM: the CLI's directory of an interrupted run
+            sweep(grace=0)
+            remove_cli_dirs(ctx)
 
     mine = leftovers(os.getpid())
     if mine:
@@ -971,7 +989,8 @@ def main(argv: list[str] | None = None) -> int:
     verdict = verdicts(rows, ctx.module_tests)
     process_median = rows["run"].median
     chart = chart_lines(parts, process_median) if parts else ["(no breakdown run succeeded)"]
-    info = machine_lines(started, load_start, others)
+    floor = " ".join([*ctx.floor_args, "uml_dir=<tmp>"]).replace(str(ctx.tmp), "<tmp>")
+    info = machine_lines(started, load_start, others, floor)
     notes = failure_lines(rows) + [f"- breakdown: {f}" for f in breakdown_failures]
     command = (
         "python benchmarks/bench.py"

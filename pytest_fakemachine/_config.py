@@ -21,6 +21,7 @@ __all__ = [
     "Image",
     "Size",
     "Volume",
+    "check_env",
     "check_guest_path",
     "check_label",
     "parse_memory",
@@ -31,6 +32,7 @@ __all__ = [
 Size = Union[int, str]
 DEFAULT_MEMORY_MIB = 2048
 MAX_LABEL_LENGTH = 19
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _LABEL_RE = re.compile(r"[A-Za-z0-9._-]+")
 # "512", "64M", "2GiB", "1.5g", "4096B": a number, then a unit with optional
 # "iB"/"B", or a bare "B" for bytes.
@@ -201,3 +203,12 @@ def prepare_image(path: Path, size: int | None, source: str) -> None:
                 ) from None
     finally:
         os.close(fd)
+
+
+def check_env(env: dict[str, object], source: str) -> dict[str, str]:
+    for key, value in env.items():
+        if not isinstance(key, str) or not _ENV_NAME.fullmatch(key):
+            raise ConfigError(f"env name {key!r} from {source}: not a valid variable name")
+        if not isinstance(value, str) or "\0" in value:
+            raise ConfigError(f"env[{key!r}]={value!r} from {source}: expected a string")
+    return {k: str(v) for k, v in env.items()}

@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 
 from . import _guest
-from ._config import Image, check_guest_path
+from ._config import Image, check_env, check_guest_path
 from ._errors import ConfigError
 from ._machine import Machine
 from ._session import BootOutcome, Session, command_body, console_tail
@@ -118,7 +118,7 @@ def build_machine(marked: MarkedTest, settings: Settings, image_dir: Path) -> Ma
     env = kw.get("env") or {}
     if not isinstance(env, dict):
         raise ConfigError(f"env={env!r} from {source}: expected a dict")
-    machine.env.update(env)
+    machine.env.update(check_env(env, source))
     images = kw.get("images") or {}
     if not isinstance(images, dict):
         raise ConfigError(f"images={images!r} from {source}: expected {{label: size or Image}}")

@@ -29,8 +29,12 @@ GUEST_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # Read-only host directories the host's tools expect (as upstream fakemachine had).
 STATIC_MOUNTS = ("/etc/ssl", "/etc/ca-certificates", "/etc/alternatives", "/etc/dbus-1",
                  "/var/lib/binfmts")  # fmt: skip
-# Boot-time RAID6/XOR benchmarks cost most of a second; btrfs RAID5/6 needs them.
-SKIP_RAID_BENCHMARKS = "initcall_blacklist=raid6_select_algo,calibrate_xor_blocks"
+# Boot-time costs that serve no test: the RAID6/XOR benchmarks (most of a
+# second; btrfs RAID5/6 needs them, see Machine.raid_benchmarks), zswap and
+# strparser set-up, 256 legacy BSD ptys, and the delay-loop calibration.
+SKIP_RAID_BENCHMARKS = ("raid6_select_algo", "calibrate_xor_blocks")
+SKIP_INITCALLS = ("init_zswap", "strp_dev_init")
+FAST_BOOT_ARGS = ("pty.legacy_count=0", "lpj=10000000", "printk.time=1")
 _CONSOLE_TAIL_LINES = 30
 _SAFE_PATH_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789/._-+")
 
@@ -73,6 +77,7 @@ class Session:
     keep: bool = False
     echo: Callable[[str], None] | None = None
     extra_kernel_args: tuple[str, ...] = ()
+    raid_benchmarks: bool = False
     cleanup: list[Path] = field(default_factory=list)  # removed even if the host dies
     workdir: Path = field(init=False)
     _locks: list[int] = field(init=False, default_factory=list)
@@ -125,23 +130,22 @@ class Session:
 
     def _write_static_files(self) -> None:
         work = self.workdir
-        mounts = []
-        for path in STATIC_MOUNTS:
-            if os.path.isdir(path):
-                mounts.append(_hostfs(path, path, read_only=True))
+        mounts = [_hostfs(path, path, read_only=True) for path in STATIC_MOUNTS
+                  if os.path.isdir(path)]  # fmt: skip
         # The Debian UML kernel's modules, where modprobe looks for them.
         mounts.append(_hostfs(str(self.modules), "/usr/lib/modules", read_only=True))
         if self.scratch_bytes is None:
-            mounts.append(t.MOUNT_TMPFS.format(guest="/scratch", mode="1777"))
+            mounts.append(_mount("tmpfs", "/scratch", "tmpfs", "mode=1777"))
         else:
             _make_scratch(work / "scratch.img", self.scratch_bytes)
             device = f"/dev/ubd{chr(ord('a') + len(self.images))}"
-            mounts.append(t.MOUNT_DEVICE.format(guest="/scratch", fstype="ext4", device=device))
+            mounts.append(_mount(device, "/scratch", "ext4", "defaults"))
         for index, volume in enumerate(sorted(self.volumes, key=lambda v: v.guest.count("/"))):
             link = work / f"volume{index}"
             os.symlink(volume.host, link)
             mounts.append(_hostfs(str(link), volume.guest, read_only=volume.read_only))
-        _write(work / "setup.sh", t.SETUP.format(mounts="\n".join(mounts)))
+        _write(work / "fstab", "".join(mounts))
+        _write(work / "setup.sh", t.SETUP.format(work=t.GUEST_WORK))
         rules = "".join(
             t.UDEV_RULE_DISK.format(kernel=f"ubd{chr(ord('a') + i)}", label=image.label)
             for i, image in enumerate(self.images)
@@ -149,7 +153,7 @@ class Session:
         _write(work / "udev.rules", rules)
         _write(
             work / t.UNIT_NAME,
-            t.UNIT.format(dependencies=t.UNIT_UDEV if self.images else "", work=t.GUEST_WORK),
+            t.UNIT.format(work=t.GUEST_WORK),
             mode=0o644,  # systemd warns about units others cannot read
         )
         if self.network:
@@ -167,11 +171,17 @@ class Session:
             "con0=null,fd:1",
             "ssl=null",
             "panic=-1",
+            # A tmpfs root, not ramfs: / and the /run bound from it report free
+            # space, which `systemctl daemon-reload` insists on.
+            "rootfstype=tmpfs",
             f"uml_dir={work}",
             "umid=uml",
             f"fakemachine.work={work}",
+            f"FAKEMACHINE_WORK={work}",
             f"systemd.unit={t.UNIT_NAME}",
-            SKIP_RAID_BENCHMARKS,
+            "initcall_blacklist="
+            + ",".join(SKIP_INITCALLS + (() if self.raid_benchmarks else SKIP_RAID_BENCHMARKS)),
+            *FAST_BOOT_ARGS,
         ]
         # Through links in the work dir: ubd takes ',' in a file name as a COW file.
         args += [f"ubd{i}={work}/disk{i}" for i in range(len(self._disk_paths()))]
@@ -244,9 +254,16 @@ class Session:
             return ""
 
 
+def _mount(source: str, guest: str, fstype: str, options: str) -> str:
+    return t.FSTAB_LINE.format(
+        source=source, guest=guest, fstype=fstype, options=f"X-mount.mkdir,{options}"
+    )
+
+
 def _hostfs(host: str, guest: str, *, read_only: bool) -> str:
-    options = ("ro," if read_only else "") + host
-    return t.MOUNT_HOSTFS.format(guest=shlex.quote(guest), options=shlex.quote(options))
+    # hostfs takes the host path as its mount data; the paths are ours (links in
+    # the work dir) or checked to hold no whitespace, so fstab needs no escapes.
+    return _mount("none", guest, "hostfs", ("ro," if read_only else "") + host)
 
 
 def _write(path: Path, text: str, mode: int = 0o600) -> None:

@@ -310,3 +310,46 @@ def test_xdist_workers_run_each_shared_guest_test_once(pytester: pytest.Pytester
     result = pytester.runpytest_subprocess("-n", "2")
     result.assert_outcomes(passed=6)
     assert sorted(log.read_text().split()) == [str(n) for n in range(6)]
+
+
+BAD_MARKERS = {
+    "memory": ('memory="lots"', "memory='lots' from @pytest.mark.fakemachine on *::test_memory"),
+    "scratch": ('scratch="-4G"', "scratch='-4G' from @pytest.mark.fakemachine on *::test_scratch"),
+    "timeout": ("timeout=-1", "timeout=-1 from @pytest.mark.fakemachine on *::test_timeout"),
+    "label": (
+        'images={"bad label": "1M"}',
+        "label='bad label' from add_image() of @pytest.mark.fakemachine on *::test_label*",
+    ),
+    "long_label": (
+        'images={"x" * 20: "1M"}',
+        "label='xxxxxxxxxxxxxxxxxxxx' from * on *::test_long_label: 20 characters*",
+    ),
+    "volume": (
+        'volumes=["/no/such/dir"]',
+        "volume '/no/such/dir' from add_volume() of @pytest.mark.fakemachine on *::test_volume*",
+    ),
+    "guest_path": (
+        'volumes=[("/tmp", "relative/path")]',
+        "guest path 'relative/path' from * on *::test_guest_path: must be absolute",
+    ),
+    "scope": ('scope="class"', "scope='class' from @pytest.mark.fakemachine on *::test_scope*"),
+    "env": ('env={"1BAD": "x"}', "env name '1BAD' from *test_env*: not a valid variable name"),
+    "positional": ('"1G"', "*@pytest.mark.fakemachine on *::test_positional: takes keywords only*"),
+}
+
+
+def test_bad_marker_values_are_config_errors_naming_value_and_test(
+    pytester: pytest.Pytester,
+) -> None:
+    pytester.makepyfile(
+        "import pytest\n"
+        + "".join(
+            f"\n@pytest.mark.fakemachine({args})\ndef test_{name}():\n    pass\n"
+            for name, (args, _) in BAD_MARKERS.items()
+        )
+    )
+    result = pytester.runpytest_subprocess("-rE")
+    result.assert_outcomes(errors=len(BAD_MARKERS))
+    for _, expected in BAD_MARKERS.values():
+        result.stdout.fnmatch_lines([f"*ConfigError: {expected}"])
+    assert "Run /init" not in result.stdout.str()  # refused before any guest booted
