@@ -695,13 +695,23 @@ def table_lines(rows: dict[str, Row], verdict: dict[str, Verdict], *, markdown: 
     return lines
 
 
-def failure_lines(rows: dict[str, Row]) -> list[str]:
+def _printable(text: str) -> str:
+    """``text`` without terminal escapes and control characters (the console has them)."""
+    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", text)
+    return "".join(c for c in text if c in "\n\t" or c.isprintable())
+
+
+def failure_lines(rows: dict[str, Row], extra: list[str], *, markdown: bool) -> list[str]:
+    """Each failure and note: a list item, then its detail (a fenced block in markdown)."""
+    items = [(row.label, text) for row in rows.values() for text in row.notes + row.failures]
+    items += [("time breakdown", text) for text in extra]
     lines = []
-    for row in rows.values():
-        lines += [f"- {row.label}: {note}" for note in row.notes]
-        for failure in row.failures:
-            first, *rest = failure.splitlines() or [""]
-            lines.append(f"- {row.label}: {first}")
+    for label, text in items:
+        first, *rest = _printable(text).strip().splitlines() or [""]
+        lines.append(f"- {label}: {first}")
+        if rest and markdown:
+            lines += ["", "  ```text", *(f"  {line}" for line in rest), "  ```", ""]
+        else:
             lines += [f"    {line}" for line in rest]
     return lines
 
@@ -991,7 +1001,8 @@ def main(argv: list[str] | None = None) -> int:
     chart = chart_lines(parts, process_median) if parts else ["(no breakdown run succeeded)"]
     floor = " ".join([*ctx.floor_args, "uml_dir=<tmp>"]).replace(str(ctx.tmp), "<tmp>")
     info = machine_lines(started, load_start, others, floor)
-    notes = failure_lines(rows) + [f"- breakdown: {f}" for f in breakdown_failures]
+    notes = failure_lines(rows, breakdown_failures, markdown=False)
+    md_notes = failure_lines(rows, breakdown_failures, markdown=True)
     command = (
         "python benchmarks/bench.py"
         + (" --quick" if args.quick else "")
@@ -1014,7 +1025,7 @@ def main(argv: list[str] | None = None) -> int:
             "",
             *table_lines(rows, verdict, markdown=True),
             "",
-            *(["Failures and notes:", "", *notes, ""] if notes else []),
+            *(["Failures and notes:", "", *md_notes, ""] if md_notes else []),
             "```text",
             *chart,
             "```",

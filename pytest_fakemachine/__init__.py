@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from ._config import Image
 from ._errors import BackendUnavailable, BootError, ConfigError, FakeMachineError, GuestTimeout
-from ._machine import Machine, RunResult, in_fakemachine
+from ._guest import in_fakemachine
+
+if TYPE_CHECKING:
+    from ._machine import Machine, RunResult
 
 __all__ = [
     "BackendUnavailable",
@@ -17,3 +22,13 @@ __all__ = [
     "RunResult",
     "in_fakemachine",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # The host-side machinery loads on first use: inside a guest, tests import
+    # this package (for in_fakemachine) and every import costs there.
+    if name in ("Machine", "RunResult"):
+        from . import _machine  # noqa: PLC0415
+
+        return getattr(_machine, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

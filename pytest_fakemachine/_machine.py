@@ -10,6 +10,7 @@ from typing import Any, Union, final
 
 from . import _config as c
 from ._errors import ConfigError
+from ._guest import in_fakemachine
 from ._initramfs import initramfs
 from ._session import Session, command_body
 from ._templates import LABEL_DIR
@@ -21,15 +22,6 @@ Command = Union[str, Sequence[str]]
 BACKENDS = ("auto", "uml")
 MAX_DISKS = 16  # UML's ubd driver has 16 devices
 _CONSOLE_TAIL_LINES = 30
-
-
-def in_fakemachine() -> bool:
-    """True inside a pytest-fakemachine guest, False on the host."""
-    try:
-        with open("/proc/cmdline") as f:
-            return "fakemachine.work=" in f.read()
-    except OSError:
-        return False
 
 
 @final

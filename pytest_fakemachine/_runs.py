@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import pytest
@@ -185,11 +186,18 @@ def guest_spec(config: pytest.Config, items: list[pytest.Item], events: str) -> 
     for warning in config.known_args_namespace.pythonwarnings or ():
         args += ["-W", warning]
     manager = config.pluginmanager
-    names = {manager.get_name(plugin) for plugin, _ in manager.list_plugin_distinfo()}
-    for name in sorted(n for n in names if n and n not in HOST_ONLY_PLUGINS):
-        args += ["-p", name]
+    # The host's plugins (from entry points or -p) go to the guest as module
+    # names it imports and registers itself: `-p NAME` would make pytest scan
+    # every installed distribution's metadata, over hostfs, once per plugin.
+    modules: dict[str, str] = {}
+    wanted = [manager.get_name(plugin) for plugin, _ in manager.list_plugin_distinfo()]
+    wanted += [n for n in config.option.plugins or () if not n.startswith("no:")]
+    for name in wanted:
+        plugin = manager.get_plugin(name) if name else None
+        if name and name not in HOST_ONLY_PLUGINS and isinstance(plugin, ModuleType):
+            modules[name] = plugin.__name__
     for name in config.option.plugins or ():
-        if name.removeprefix("no:") not in HOST_ONLY_PLUGINS and name not in names:
+        if name.startswith("no:") and name[3:] not in HOST_ONLY_PLUGINS:
             args += ["-p", name]
     paths = list(dict.fromkeys(str(item.path) for item in items))
     options = {
@@ -199,6 +207,7 @@ def guest_spec(config: pytest.Config, items: list[pytest.Item], events: str) -> 
     }
     return {
         "args": args + paths,
+        "plugins": list(dict.fromkeys(modules.values())),
         "nodeids": [item.nodeid for item in items],
         "options": options,
         "sys_path": [p for p in sys.path if p],
@@ -325,11 +334,11 @@ class GuestRun:
         for report in failure_reports(item, received, message, tail):
             item.ihook.pytest_runtest_logreport(report=report)
 
-    def close(self) -> None:
-        """Wait briefly for a normal power-off, then kill and clean up everything."""
+    def close(self, *, graceful: bool = True) -> None:
+        """Wait briefly for a normal power-off (if ``graceful``), then kill and clean up."""
         try:
             if self.guest is not None:
-                if not self.dead:  # let the job unmount, sync and power off cleanly
+                if graceful and not self.dead:  # the job unmounts, syncs, powers off
                     self.guest.wait(_GRACE_SECONDS)
                 self.guest.kill()
                 if self.session is not None:

@@ -1,5 +1,10 @@
 """The pytest plugin: options, the marker, the ``fakemachine`` fixture, and the
-run-test protocol that runs marked tests in a guest and replays their reports."""
+run-test protocol that runs marked tests in a guest and replays their reports.
+
+Guests load this plugin too (for the marker, options and hooks), and every
+import costs there; so the host-side machinery (``_machine``, ``_runs``,
+``_doctor``) is imported inside the functions that only run on the host.
+"""
 
 from __future__ import annotations
 
@@ -8,20 +13,22 @@ import subprocess
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from _pytest.runner import CallInfo
 
 from . import _settings, hooks
 from ._config import parse_timeout
-from ._doctor import run_doctor
 from ._errors import BackendUnavailable, FakeMachineError
-from ._machine import Machine, in_fakemachine
-from ._runs import GuestRun, MarkedTest, build_machine, marked_test, new_image_dir
-from ._session import BootOutcome
+from ._guest import in_fakemachine
 from ._settings import Settings, settings_key
 from ._transport import failure_reports, skip_reports
+
+if TYPE_CHECKING:
+    from ._machine import Machine
+    from ._runs import GuestRun, MarkedTest
+    from ._session import BootOutcome
 
 MARKER_HELP = (
     "fakemachine(images=None, volumes=None, memory=None, scratch=None, network=False, "
@@ -68,6 +75,8 @@ def pytest_configure(config: pytest.Config) -> None:
 @pytest.hookimpl(tryfirst=True)
 def pytest_cmdline_main(config: pytest.Config) -> int | None:
     if config.getoption("fakemachine_doctor", False):
+        from ._doctor import run_doctor  # noqa: PLC0415 (host only, see the docstring)
+
         return run_doctor(print)
     return None
 
@@ -104,6 +113,8 @@ def _echo(config: pytest.Config) -> Callable[[str], None] | None:
 
 
 def _new_machine(config: pytest.Config, source: str) -> Machine:
+    from ._machine import Machine  # noqa: PLC0415 (host only, see the docstring)
+
     settings = config.stash[settings_key]
     machine = Machine(settings.backend, memory=settings.memory, timeout=settings.timeout,
                       kernel=settings.kernel)  # fmt: skip
@@ -139,6 +150,8 @@ def fakemachine(request: pytest.FixtureRequest) -> Iterator[Machine]:
 def _mark(state: _State, item: pytest.Item) -> MarkedTest | None:
     """``item``'s resolved marker, cached; raises the ConfigError of a bad marker."""
     if item.nodeid not in state.marks:
+        from ._runs import marked_test  # noqa: PLC0415 (host only, see the docstring)
+
         try:
             state.marks[item.nodeid] = marked_test(item)
         except FakeMachineError as e:
@@ -190,6 +203,8 @@ def _xdist_queue(config: pytest.Config) -> list[int] | None:
 
 def _start_run(state: _State, item: pytest.Item, mark: MarkedTest) -> GuestRun | None:
     """Boot a guest for ``item``'s group; None if the test was reported skipped."""
+    from ._runs import GuestRun, build_machine, new_image_dir  # noqa: PLC0415 (host only)
+
     config = item.config
     if not state.checked:
         state.checked = True
@@ -228,13 +243,13 @@ def _start_run(state: _State, item: pytest.Item, mark: MarkedTest) -> GuestRun |
     return run
 
 
-def _close(state: _State, run: GuestRun) -> None:
+def _close(state: _State, run: GuestRun, *, graceful: bool = True) -> None:
     for member in run.items:
         if state.runs.get(member.nodeid) is run:
             del state.runs[member.nodeid]
     if state.settings.keep and run.session is not None:
         state.kept.append(run.session.workdir)
-    run.close()
+    run.close(graceful=graceful)
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -265,7 +280,7 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> 
         error = e
     except BaseException:  # Ctrl-C and the like: nothing may keep running
         if run is not None:
-            _close(state, run)
+            _close(state, run, graceful=False)
         raise
     if error is not None:
         message = f"{type(error).__name__}: {error}"
@@ -310,8 +325,8 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     state = session.config.stash.get(_state_key, None)
     if state is None:
         return
-    for run in list(dict.fromkeys(state.runs.values())):
-        _close(state, run)
+    for run in list(dict.fromkeys(state.runs.values())):  # left over by -x or --maxfail
+        _close(state, run, graceful=False)
 
 
 @pytest.hookimpl(tryfirst=True)

@@ -84,7 +84,7 @@ def test_signal_to_pytest_during_a_guest_run_leaves_nothing(
         output, _ = proc.communicate(timeout=30)
     finally:
         proc.kill()
-        proc.wait()
+        proc.communicate()
     if sig == signal.SIGINT:
         assert b"KeyboardInterrupt" in output
         assert proc.returncode == pytest.ExitCode.INTERRUPTED
