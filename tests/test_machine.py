@@ -601,3 +601,11 @@ def test_in_fakemachine_is_true_in_a_guest(fakemachine: Machine) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout == "True\n"
+
+
+def test_raid_benchmarks_are_skipped_unless_asked_for(fakemachine: Machine) -> None:
+    # Skipped by default (most of a second per boot); btrfs RAID5/6 needs them.
+    assert "raid6: " not in fakemachine.run("true").console
+    fakemachine.raid_benchmarks = True
+    console = fakemachine.run("true").console
+    assert "raid6: using algorithm" in console
