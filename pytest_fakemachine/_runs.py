@@ -304,7 +304,7 @@ class GuestRun:
                 self._fail(item, received, "the test was not collected in the guest"
                            + (f":\n{errors}" if errors else ""))  # fmt: skip
                 return
-            if self.guest.returncode is not None:
+            if self.guest.exited():
                 self._pump()
                 if item.nodeid in self.events:
                     continue

@@ -242,11 +242,10 @@ class GuestProcess:
             self._echo_new()
             if poll is not None:
                 poll()
-            try:
-                self._uml.wait(_POLL_SECONDS)
-            except subprocess.TimeoutExpired:
+            if not self.exited():
                 if deadline is not None and time.monotonic() >= deadline:
                     return False
+                time.sleep(_POLL_SECONDS)
                 continue
             self.ended_at = time.monotonic()
             if self._reader is not None:
@@ -264,12 +263,24 @@ class GuestProcess:
             self._echo(self._console.text(self._echoed))
             self._echoed = end
 
+    def exited(self) -> bool:
+        """Whether the UML process has ended. It is left unreaped until kill():
+        while it is a zombie, its process group id cannot be reused."""
+        if self._uml is None or self._uml.returncode is not None:
+            return True
+        try:
+            info = os.waitid(os.P_PID, self._uml.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except ChildProcessError:
+            return True
+        return info is not None
+
     @property
     def returncode(self) -> int | None:
+        """The exit status of linux.uml, once kill() has reaped it."""
         return None if self._uml is None else self._uml.returncode
 
     def console(self) -> str:
-        if self._reader is not None and self._uml is not None and self._uml.poll() is not None:
+        if self._reader is not None and self.exited():
             self._reader.join(timeout=5)
         return "" if self._console is None else self._console.text()
 
@@ -285,8 +296,9 @@ class GuestProcess:
         for proc in (self._uml, self._slirp):
             if proc is None:
                 continue
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(proc.pid, signal.SIGKILL)
+            if proc.returncode is None:  # unreaped, so the group id is still ours
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(proc.pid, signal.SIGKILL)
             try:
                 proc.wait(timeout=10)
             except subprocess.TimeoutExpired:  # pragma: no cover - a stuck kernel task

@@ -7,16 +7,37 @@ cd "$(dirname "$0")/.."
 sudo=""
 [ "$(id -u)" -eq 0 ] || sudo="sudo"
 export DEBIAN_FRONTEND=noninteractive
+
 # user-mode-linux: the guest kernel and its modules; busybox: the guest's init;
-# libslirp-helper: network=True; fdisk, e2fsprogs, util-linux, kmod, iproute2:
-# what the tests and examples run inside the guest.
-packages="user-mode-linux busybox libslirp-helper fdisk e2fsprogs dosfstools util-linux kmod iproute2 udev"
-missing=""
-for p in $packages; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
-done
-if [ -n "$missing" ]; then
-    $sudo apt-get update -qq
-    $sudo apt-get install -y -qq --no-install-recommends $missing
+# libslirp-helper: network=True; the rest: what tests and examples run inside
+# the guest (sfdisk, mkfs.ext4, losetup, modprobe, ip, udevadm).
+required="user-mode-linux busybox libslirp-helper fdisk e2fsprogs util-linux kmod iproute2 udev"
+# Nice to have: the vfat example uses mkfs.vfat when it is there.
+optional="dosfstools"
+
+missing() {
+    for p in "$@"; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || echo "$p"
+    done
+}
+
+apt_install() {  # the mirrors can be briefly unreachable: try a few times
+    for attempt in 1 2 3; do
+        if $sudo apt-get update -qq && $sudo apt-get install -y -qq --no-install-recommends "$@"; then
+            return 0
+        fi
+        echo "setup: apt-get failed (attempt $attempt), retrying" >&2
+        sleep $((attempt * 5))
+    done
+    return 1
+}
+
+need=$(missing $required)
+if [ -n "$need" ]; then
+    apt_install $need
+fi
+want=$(missing $optional)
+if [ -n "$want" ]; then
+    apt_install $want || echo "setup: optional packages not installed: $want" >&2
 fi
 python3 -m pip install -q -e ".[test]"
