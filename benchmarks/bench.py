@@ -51,7 +51,7 @@ if str(REPO) not in sys.path:  # `python benchmarks/bench.py` puts only benchmar
 
 from pytest_fakemachine import FakeMachineError, Machine  # noqa: E402
 from pytest_fakemachine._cpio import CpioWriter  # noqa: E402
-from pytest_fakemachine._initramfs import _collect_inputs  # noqa: E402
+from pytest_fakemachine._initramfs import _collect_inputs, write_base  # noqa: E402
 from pytest_fakemachine._session import command_body  # noqa: E402
 from pytest_fakemachine._uml import GuestProcess, find_kernel, leftovers  # noqa: E402
 
@@ -250,31 +250,9 @@ class Context:
 
 def build_floor_initramfs(path: Path) -> None:
     """busybox, its libraries and an /init that powers off at once, in a newc archive."""
-    dirs = ["dev", "proc", "sys", "usr"]
     with open(path, "wb") as out:
         cpio = CpioWriter(out)
-        for d in dirs:
-            cpio.add_dir(d)
-        for link, target in (
-            ("bin", "usr/bin"),
-            ("sbin", "usr/sbin"),
-            ("lib", "usr/lib"),
-            ("lib64", "usr/lib64"),
-        ):
-            cpio.add_symlink(link, target)
-        made = set(dirs)
-        for host_path in _collect_inputs().files:  # busybox and its libraries, links included
-            parts = os.path.dirname(host_path).lstrip("/").split("/")
-            for i in range(1, len(parts) + 1):
-                d = "/".join(parts[:i])
-                if d not in made:
-                    cpio.add_dir(d)
-                    made.add(d)
-            if os.path.islink(host_path):
-                cpio.add_symlink(host_path, os.readlink(host_path))
-            else:
-                mode = os.stat(host_path).st_mode & 0o777
-                cpio.add_file(host_path, Path(host_path).read_bytes(), mode)
+        write_base(cpio, _collect_inputs().files, ["dev", "proc", "sys", "usr"])
         cpio.add_file("init", FLOOR_INIT.encode(), 0o755)
         cpio.close()
 

@@ -16,6 +16,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -121,17 +122,16 @@ def _names_in(directories: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(sorted({n for d in directories if os.path.isdir(d) for n in os.listdir(d)}))
 
 
-def _archive(inputs: _Inputs) -> bytes:
-    buf = io.BytesIO()
-    cpio = CpioWriter(buf)
-    for d in _DIRS:
+def write_base(cpio: CpioWriter, files: Iterable[str], dirs: Iterable[str]) -> None:
+    """``dirs``, the merged-/usr links, and the host ``files`` with their parents."""
+    made = set()
+    for d in dirs:
         cpio.add_dir(d, 0o1777 if d in ("tmp", "var/tmp") else 0o755)
+        made.add(d)
     for link, target in _MERGED_USR.items():
         cpio.add_symlink(link, target)
-    made = set(_DIRS)
-    for path in inputs.files:
-        parent = os.path.dirname(path).lstrip("/")
-        parts = parent.split("/")
+    for path in files:
+        parts = os.path.dirname(path).lstrip("/").split("/")
         for i in range(1, len(parts) + 1):
             d = "/".join(parts[:i])
             if d not in made:
@@ -141,6 +141,12 @@ def _archive(inputs: _Inputs) -> bytes:
             cpio.add_symlink(path, os.readlink(path))
         else:
             cpio.add_file(path, Path(path).read_bytes(), os.stat(path).st_mode & 0o777)
+
+
+def _archive(inputs: _Inputs) -> bytes:
+    buf = io.BytesIO()
+    cpio = CpioWriter(buf)
+    write_base(cpio, inputs.files, _DIRS)
     cpio.add_file("init", t.INIT.format(unit_path=UNIT_PATH).encode(), 0o755)
     cpio.add_file("etc/passwd", t.PASSWD.encode())
     cpio.add_file("etc/group", t.GROUP.encode())
