@@ -1,7 +1,7 @@
 """Every file generated for a guest, as small templates in one place.
 
-Static files (``INIT``, ``PASSWD``...) go into the cached initramfs. Per-run
-files (``SETUP``, ``UNIT``, ``JOB``, ``UDEV_RULES``) are written to the run's
+Static files (``INIT``, ``FSTAB``, ``PASSWD``...) go into the cached initramfs.
+Per-run files (``SETUP``, fstab lines, ``UNIT``, ``JOB``, udev rules) go to the run's
 work directory, which the guest mounts over hostfs at ``GUEST_WORK``; the
 initramfs holds symlinks from the places systemd and udev look to them.
 """
@@ -15,8 +15,8 @@ LABEL_DIR = "/dev/disk/by-fakemachine-label"
 # PID 1 until systemd takes over. busybox is the initramfs' only program, and
 # each program start costs ~20 ms in UML: one `mount -a` does every mount.
 # FAKEMACHINE_WORK reaches init as an environment variable (no dot in its
-# name); SYSTEMD_UNIT_PATH keeps systemd from loading the host's ~120 units
-# over hostfs at start (1.4 s); units named on demand are still found there.
+# name). SYSTEMD_UNIT_PATH: our units, then the host's, and none of systemd's
+# other default directories, each a lookup over hostfs for every unit name.
 INIT = """\
 #!/bin/busybox sh
 # pytest-fakemachine guest init: mount everything, then hand over to systemd.
