@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._config import Image
 from ._errors import BackendUnavailable, BootError, ConfigError, FakeMachineError, GuestTimeout
-from ._guest import in_fakemachine
+from ._inguest import in_fakemachine
 
 if TYPE_CHECKING:
     from ._machine import Machine, RunResult

@@ -24,15 +24,6 @@ from typing import IO, Any
 import pytest
 
 
-def in_fakemachine() -> bool:
-    """True inside a pytest-fakemachine guest, False on the host."""
-    try:
-        with open("/proc/cmdline") as f:
-            return "fakemachine.work=" in f.read()
-    except OSError:
-        return False
-
-
 class GuestReporter:
     """A pytest plugin: narrows the session to the host's items, sends events."""
 

@@ -10,13 +10,12 @@ from typing import Any, Union, final
 
 from . import _config as c
 from ._errors import ConfigError
-from ._guest import in_fakemachine
 from ._initramfs import initramfs
 from ._session import Session, command_body
 from ._templates import LABEL_DIR
 from ._uml import find_kernel, find_slirp, module_dir
 
-__all__ = ["Machine", "RunResult", "in_fakemachine"]
+__all__ = ["Machine", "RunResult"]
 
 Command = Union[str, Sequence[str]]
 BACKENDS = ("auto", "uml")

@@ -21,7 +21,7 @@ from _pytest.runner import CallInfo
 from . import _settings, hooks
 from ._config import parse_timeout
 from ._errors import BackendUnavailable, FakeMachineError
-from ._guest import in_fakemachine
+from ._inguest import in_fakemachine
 from ._settings import Settings, settings_key
 from ._transport import failure_reports, skip_reports
 
