@@ -212,7 +212,7 @@ def guest_spec(config: pytest.Config, items: list[pytest.Item], events: str) -> 
         "options": options,
         "sys_path": [p for p in sys.path if p],
         "invocation_dir": str(config.invocation_params.dir),
-        "events": f"{GUEST_WORK}/events.jsonl",
+        "events": events,
     }
 
 
