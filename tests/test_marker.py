@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socketserver
+import threading
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -353,3 +355,67 @@ def test_bad_marker_values_are_config_errors_naming_value_and_test(
     for _, expected in BAD_MARKERS.values():
         result.stdout.fnmatch_lines([f"*ConfigError: {expected}*"])
     assert "Run /init" not in result.stdout.str()  # refused before any guest booted
+
+
+def test_marker_keywords_images_volumes_scratch_network(
+    pytester: pytest.Pytester, tmp_path: Path
+) -> None:
+    mine = tmp_path / "mine.img"
+    mine.write_bytes(b"user data" + bytes(1 << 20))
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    (shared / "in.txt").write_text("from the host\n")
+    received: list[bytes] = []
+
+    class Handler(socketserver.StreamRequestHandler):
+        def handle(self) -> None:
+            received.append(self.rfile.readline().strip())
+            self.wfile.write(b"ack\n")
+
+    with socketserver.TCPServer(("127.0.0.1", 0), Handler) as server:
+        port = server.server_address[1]
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        pytester.makepyfile(
+            f"""
+            import os, socket, subprocess, time, pytest
+            from pytest_fakemachine import Image
+
+            LABELS = "/dev/disk/by-fakemachine-label"
+
+            @pytest.mark.fakemachine(
+                images={{"fresh": "32M", "mine": Image({str(mine)!r})}},
+                volumes=[{str(shared)!r}, ({str(shared)!r}, "/elsewhere")],
+                scratch="128M", network=True, env={{"PORT": "{port}"}},
+            )
+            def test_everything():
+                size = subprocess.run(["blockdev", "--getsize64", LABELS + "/fresh"],
+                                      capture_output=True, text=True, check=True).stdout
+                assert int(size) == 32 << 20
+                with open(LABELS + "/mine", "rb") as f:
+                    assert f.read(9) == b"user data"
+                assert open({str(shared / "in.txt")!r}).read() == "from the host\\n"
+                with open("/elsewhere/out.txt", "w") as f:
+                    f.write("from the guest\\n")
+                fstype = subprocess.run(["stat", "-f", "-c", "%T", "/scratch"],
+                                        capture_output=True, text=True).stdout.strip()
+                assert fstype == "ext2/ext3"
+                for attempt in range(20):
+                    try:
+                        with socket.create_connection(("10.0.2.2", int(os.environ["PORT"])),
+                                                      timeout=5) as s:
+                            s.sendall(b"hello from the guest\\n")
+                            assert s.makefile().readline() == "ack\\n"
+                            break
+                    except OSError:
+                        time.sleep(0.5)
+                else:
+                    pytest.fail("no connection to the host's server")
+            """
+        )
+        result = pytester.runpytest_subprocess()
+        server.shutdown()
+    result.assert_outcomes(passed=1)
+    assert received == [b"hello from the guest"]
+    assert (shared / "out.txt").read_text() == "from the guest\n"
+    assert mine.stat().st_size == 9 + (1 << 20)  # the user's image, never truncated
