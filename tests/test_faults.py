@@ -162,7 +162,10 @@ def test_the_same_image_in_two_guests_at_once_is_refused(tmp_path: Path) -> None
     thread = threading.Thread(target=run_first)
     thread.start()
     try:
-        time.sleep(1)  # the first guest holds the image now
+        deadline = time.monotonic() + 60
+        while not _uml.leftovers(os.getpid()) and time.monotonic() < deadline:
+            time.sleep(0.05)  # once its kernel runs, the first guest holds the image
+        assert _uml.leftovers(os.getpid()), "the first guest did not start"
         with pytest.raises(FakeMachineError, match="attached to another running guest"):
             second.run("true")
     finally:
