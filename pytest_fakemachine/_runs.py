@@ -28,12 +28,11 @@ from ._config import Image, check_env, check_guest_path
 from ._errors import ConfigError
 from ._machine import Machine
 from ._session import BootOutcome, Session, command_body, console_tail
-from ._settings import Settings
 from ._templates import GUEST_WORK
 from ._transport import EventReader, failure_reports, rebuild
 from ._uml import GuestProcess
 
-__all__ = ["GuestRun", "MarkedTest", "marked_test"]
+__all__ = ["GuestRun", "MarkedTest", "apply_marker", "marked_test"]
 
 MARKER_KEYWORDS = ("images", "volumes", "memory", "scratch", "network", "env", "timeout", "scope")
 SCOPES = ("function", "module", "session")
@@ -103,19 +102,14 @@ def _describe(value: object) -> object:
     return repr(value)
 
 
-def build_machine(marked: MarkedTest, settings: Settings, image_dir: Path) -> Machine:
-    """A Machine from the options' defaults and the marker's keywords."""
+def apply_marker(machine: Machine, marked: MarkedTest, image_dir: Path) -> None:
+    """Set the marker's keywords on ``machine``, which carries the options' defaults."""
     kw, source = marked.kwargs, marked.source
-    machine = Machine(
-        settings.backend,
-        memory=kw.get("memory") if kw.get("memory") is not None else settings.memory,
-        scratch=kw.get("scratch"),
-        network=kw.get("network", False),
-        timeout=kw.get("timeout") if kw.get("timeout") is not None else settings.timeout,
-        env=None,
-        kernel=settings.kernel,
-    )
-    machine.source = source
+    for name in ("memory", "timeout"):  # None keeps the option's default
+        if kw.get(name) is not None:
+            setattr(machine, name, kw[name])
+    machine.scratch = kw.get("scratch")
+    machine.network = kw.get("network", False)
     env = kw.get("env") or {}
     if not isinstance(env, dict):
         raise ConfigError(f"env={env!r} from {source}: expected a dict")
@@ -138,7 +132,6 @@ def build_machine(marked: MarkedTest, settings: Settings, image_dir: Path) -> Ma
             machine.add_volume(volume[0], volume[1])
         else:
             machine.add_volume(volume)
-    return machine
 
 
 def python_mounts(config: pytest.Config) -> list[tuple[str, bool]]:

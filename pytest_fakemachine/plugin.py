@@ -203,7 +203,7 @@ def _xdist_queue(config: pytest.Config) -> list[int] | None:
 
 def _start_run(state: _State, item: pytest.Item, mark: MarkedTest) -> GuestRun | None:
     """Boot a guest for ``item``'s group; None if the test was reported skipped."""
-    from ._runs import GuestRun, build_machine, new_image_dir  # noqa: PLC0415 (host only)
+    from ._runs import GuestRun, apply_marker, new_image_dir  # noqa: PLC0415 (host only)
 
     config = item.config
     if not state.checked:
@@ -220,9 +220,8 @@ def _start_run(state: _State, item: pytest.Item, mark: MarkedTest) -> GuestRun |
         raise BackendUnavailable(state.unavailable)
     image_dir = new_image_dir()
     try:
-        machine = build_machine(mark, state.settings, image_dir)
-        machine._echo = _echo(config)
-        machine._keep = state.settings.keep
+        machine = _new_machine(config, mark.source)
+        apply_marker(machine, mark, image_dir)
         config.hook.pytest_fakemachine_configure(machine=machine, item=item)
         timeout = parse_timeout(machine.timeout, mark.source)
     except BaseException:
