@@ -133,18 +133,28 @@ def fakemachine(request: pytest.FixtureRequest) -> Iterator[Machine]:
     if in_fakemachine():
         pytest.fail("the fakemachine fixture cannot boot a guest inside a guest", pytrace=False)
     config = request.config
-    machine = _new_machine(config, f"the fakemachine fixture of {request.node.nodeid}")
-    try:
-        machine.check_backend()
-    except BackendUnavailable as e:
-        if config.stash[settings_key].backend == "auto":
-            pytest.skip(f"fakemachine: {e}")
-        raise
-    config.hook.pytest_fakemachine_configure(machine=machine, item=request.node)
     state = config.stash[_state_key]
+    unavailable = _unavailable(state, config)
+    if unavailable is not None:
+        if state.settings.backend == "auto":
+            pytest.skip(f"fakemachine: {unavailable}")
+        raise BackendUnavailable(unavailable)
+    machine = _new_machine(config, f"the fakemachine fixture of {request.node.nodeid}")
+    config.hook.pytest_fakemachine_configure(machine=machine, item=request.node)
     yield machine
     if machine._keep and machine.last_workdir is not None:
         state.kept.append(machine.last_workdir)
+
+
+def _unavailable(state: _State, config: pytest.Config) -> str | None:
+    """Why no guest can boot here (None if one can), checked once per session."""
+    if not state.checked:
+        state.checked = True
+        try:
+            _new_machine(config, "the pytest session").check_backend()
+        except BackendUnavailable as e:
+            state.unavailable = str(e)
+    return state.unavailable
 
 
 def _mark(state: _State, item: pytest.Item) -> MarkedTest | None:
@@ -206,18 +216,13 @@ def _start_run(state: _State, item: pytest.Item, mark: MarkedTest) -> GuestRun |
     from ._runs import GuestRun, apply_marker, new_image_dir  # noqa: PLC0415 (host only)
 
     config = item.config
-    if not state.checked:
-        state.checked = True
-        try:
-            _new_machine(config, "the pytest session").check_backend()
-        except BackendUnavailable as e:
-            state.unavailable = str(e)
-    if state.unavailable is not None:
+    unavailable = _unavailable(state, config)
+    if unavailable is not None:
         if state.settings.backend == "auto":
-            for report in skip_reports(item, f"fakemachine: {state.unavailable}"):
+            for report in skip_reports(item, f"fakemachine: {unavailable}"):
                 item.ihook.pytest_runtest_logreport(report=report)
             return None
-        raise BackendUnavailable(state.unavailable)
+        raise BackendUnavailable(unavailable)
     image_dir = new_image_dir()
     try:
         machine = _new_machine(config, mark.source)
