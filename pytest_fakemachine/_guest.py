@@ -42,6 +42,9 @@ class GuestReporter:
         # The host session's option values (tbstyle, verbosity, conftest options...).
         for name, value in self.options.items():
             setattr(config.option, name, value)
+        # Nobody reads the guest's terminal, and its summary hooks cost: one
+        # plugin's imports all of hypothesis there (half a second in UML).
+        config.option.no_summary = True
 
     @pytest.hookimpl(trylast=True)
     def pytest_collection_modifyitems(

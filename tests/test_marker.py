@@ -136,9 +136,22 @@ def test_marked_test_runs_in_uml_and_unmarked_on_the_host(pytester: pytest.Pytes
             assert not uml() and not in_fakemachine()
         """
     )
+    # The guest skips the terminal summary (nobody reads it; a plugin's summary
+    # hook imported all of hypothesis there); the host's runs as usual.
+    pytester.makeconftest(
+        """
+        from pytest_fakemachine import in_fakemachine
+
+        def pytest_terminal_summary(config):
+            where = "guest" if in_fakemachine() else "host"
+            (config.rootpath / f"{where}-summary").write_text("ran")
+        """
+    )
     result = pytester.runpytest_subprocess("-v")
     result.assert_outcomes(passed=2)
     result.stdout.fnmatch_lines(["*test_guest PASSED*", "*test_host PASSED*"])
+    assert (pytester.path / "host-summary").exists()
+    assert not (pytester.path / "guest-summary").exists()
 
 
 def test_unknown_marker_keyword_is_a_config_error_naming_the_test(
