@@ -27,16 +27,18 @@ from ._errors import BackendUnavailable
 __all__ = ["cache_dir", "initramfs"]
 
 # Bump when the layout changes in a way the inputs' fingerprint cannot see.
-_FORMAT = "1"
+_FORMAT = "2"
 _BUSYBOX = "/usr/bin/busybox"
-_GENERATOR_DIRS = ("/usr/lib/systemd/system-generators",)
 _UDEV_RULE_DIRS = ("/usr/lib/udev/rules.d",)
 # systemd looks here first; the host's own units only when a name is asked for.
 UNIT_PATH = "/etc/systemd/system:/usr/lib/systemd/system"
+# No such directory: systemd then runs no generators (fstab, getty... serve
+# nothing here) and does not even fork to look for them.
+NO_GENERATORS = "/run/fakemachine-no-generators"
 _DIRS = (
-    "dev", "proc", "sys", "run", "tmp", "root", "scratch", "mnt", "usr", "usr/bin",
-    "var", "var/tmp", "etc", "etc/systemd", "etc/systemd/system", "run/fakemachine",
-    "etc/systemd/system-generators", "etc/udev", "etc/udev/rules.d",
+    "dev", "proc", "sys", "run", "run/mount", "run/fakemachine", "tmp", "root", "scratch",
+    "mnt", "usr", "usr/bin", "var", "var/tmp", "etc", "etc/systemd", "etc/systemd/system",
+    "etc/systemd/system/mount.d", "etc/udev", "etc/udev/rules.d",
 )  # fmt: skip
 _MERGED_USR = {"bin": "usr/bin", "sbin": "usr/sbin", "lib": "usr/lib", "lib64": "usr/lib64"}
 
@@ -49,12 +51,13 @@ def cache_dir() -> Path:
 @dataclass(frozen=True)
 class _Inputs:
     files: tuple[str, ...]  # host paths copied into the archive, links included
-    generators: tuple[str, ...]  # names of systemd generators to mask
     udev_rules: tuple[str, ...]  # names of the host's udev rules to mask
 
     def fingerprint(self) -> str:
         digest = hashlib.sha256(_FORMAT.encode())
-        for name in (t.INIT, t.PASSWD, t.GROUP, t.HOSTS, t.HOSTNAME, t.UNIT_NAME, *self.generators):
+        for name, content in _generated_files().items():
+            digest.update(name.encode() + b"\0" + content + b"\0")
+        for name in self.udev_rules:
             digest.update(name.encode() + b"\0")
         for path in self.files:
             st = os.lstat(path)
@@ -115,7 +118,7 @@ def _collect_inputs() -> _Inputs:
     files: list[str] = []
     for path in [_BUSYBOX, *_library_paths(_BUSYBOX)]:
         files += [p for p in _with_links(path) if p not in files]
-    return _Inputs(tuple(files), _names_in(_GENERATOR_DIRS), _names_in(_UDEV_RULE_DIRS))
+    return _Inputs(tuple(files), _names_in(_UDEV_RULE_DIRS))
 
 
 def _names_in(directories: tuple[str, ...]) -> tuple[str, ...]:
@@ -143,25 +146,32 @@ def write_base(cpio: CpioWriter, files: Iterable[str], dirs: Iterable[str]) -> N
             cpio.add_file(path, Path(path).read_bytes(), os.stat(path).st_mode & 0o777)
 
 
+def _generated_files() -> dict[str, bytes]:
+    """The archive's files written from templates: path -> content."""
+    init = t.INIT.format(unit_path=UNIT_PATH, no_generators=NO_GENERATORS)
+    return {
+        "init": init.encode(),
+        "etc/passwd": t.PASSWD.encode(),
+        "etc/group": t.GROUP.encode(),
+        "etc/hosts": t.HOSTS.encode(),
+        "etc/hostname": t.HOSTNAME.encode(),
+        "etc/machine-id": b"",
+        "etc/fstab": t.FSTAB.encode(),
+        "etc/resolv.conf": b"",
+        "etc/systemd/system/mount.d/fakemachine.conf": t.MOUNT_DROPIN.encode(),
+    }
+
+
 def _archive(inputs: _Inputs) -> bytes:
     buf = io.BytesIO()
     cpio = CpioWriter(buf)
     write_base(cpio, inputs.files, _DIRS)
-    cpio.add_file("init", t.INIT.format(unit_path=UNIT_PATH).encode(), 0o755)
-    cpio.add_file("etc/passwd", t.PASSWD.encode())
-    cpio.add_file("etc/group", t.GROUP.encode())
-    cpio.add_file("etc/hosts", t.HOSTS.encode())
-    cpio.add_file("etc/hostname", t.HOSTNAME.encode())
-    cpio.add_file("etc/machine-id", b"")
-    cpio.add_file("etc/fstab", t.FSTAB.encode())
-    cpio.add_file("etc/resolv.conf", b"")
+    for name, content in _generated_files().items():
+        cpio.add_file(name, content, 0o755 if name == "init" else 0o644)
     cpio.add_symlink("etc/os-release", "../usr/lib/os-release")
     cpio.add_symlink("etc/mtab", "../proc/self/mounts")
     cpio.add_symlink(f"etc/systemd/system/{t.UNIT_NAME}", f"{t.GUEST_WORK}/{t.UNIT_NAME}")
     cpio.add_symlink("etc/udev/rules.d/99-fakemachine.rules", f"{t.GUEST_WORK}/udev.rules")
-    for name in inputs.generators:
-        # Generators cost boot time and serve nothing here (no fstab, no getty).
-        cpio.add_symlink(f"etc/systemd/system-generators/{name}", "/dev/null")
     for name in inputs.udev_rules:
         # Only our rules: the host's 40-odd rules cost a quarter second to load.
         if name != "99-fakemachine.rules":

@@ -259,9 +259,12 @@ class Session:
 
 
 def _mount(source: str, guest: str, fstype: str, options: str) -> str:
+    # x-initrd.mount (kept in /run/mount/utab): systemd gives these mounts no
+    # default dependencies, which would load ~110 host units at boot (see INIT).
     return t.FSTAB_LINE.format(
-        source=source, guest=guest, fstype=fstype, options=f"X-mount.mkdir,{options}"
-    )
+        source=source, guest=guest, fstype=fstype,
+        options=f"X-mount.mkdir,x-initrd.mount,{options}",
+    )  # fmt: skip
 
 
 def _hostfs(host: str, guest: str, *, read_only: bool) -> str:

@@ -31,8 +31,10 @@ from pytest_fakemachine import (
     GuestTimeout,
     Machine,
     RunResult,
+    _initramfs,
     _machine,
     _session,
+    _templates,
     in_fakemachine,
 )
 from pytest_fakemachine import _config as c
@@ -273,6 +275,32 @@ def test_cpio_listed_by_bsdtar() -> None:
     ).stdout.decode()
     names = set(listing.splitlines())
     assert {"etc/passwd", "usr/bin/tool", "bin", "etc/abs"} <= names
+
+
+def test_initramfs_holds_init_mount_dropin_and_run_mount() -> None:
+    entries = {e.name: e for e in parse_newc(_initramfs._archive(_initramfs._collect_inputs()))}
+    init = entries["init"].data.decode()
+    assert entries["init"].mode & 0o777 == 0o755
+    assert init.startswith("#!/bin/busybox sh\n")
+    # The generator path names nothing in the archive, so systemd runs none.
+    assert f"SYSTEMD_GENERATOR_PATH={_initramfs.NO_GENERATORS} " in init
+    assert _initramfs.NO_GENERATORS.lstrip("/") not in entries
+    assert "OPTS=x-initrd.mount" in init
+    assert stat.S_ISDIR(entries["run/mount"].mode)  # where init writes utab
+    dropin = entries["etc/systemd/system/mount.d/fakemachine.conf"].data.decode()
+    assert "StandardOutput=tty" in dropin
+    assert "etc/systemd/system.conf" not in entries  # services keep the journal
+
+
+def test_initramfs_cache_key_follows_every_template(monkeypatch: pytest.MonkeyPatch) -> None:
+    inputs = _initramfs._collect_inputs()
+    before = inputs.fingerprint()
+    assert _initramfs._collect_inputs().fingerprint() == before
+    monkeypatch.setattr(_templates, "MOUNT_DROPIN", _templates.MOUNT_DROPIN + "# changed\n")
+    assert inputs.fingerprint() != before
+    monkeypatch.undo()
+    monkeypatch.setattr(_initramfs, "UNIT_PATH", "/etc/systemd/system")  # formatted into init
+    assert inputs.fingerprint() != before
 
 
 # --------------------------------------------------------------------------------------
