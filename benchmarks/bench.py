@@ -28,6 +28,7 @@ import contextlib
 import ctypes
 import errno
 import importlib.metadata
+import json
 import os
 import platform
 import re
@@ -52,7 +53,11 @@ if str(REPO) not in sys.path:  # `python benchmarks/bench.py` puts only benchmar
 from pytest_fakemachine import FakeMachineError, Machine  # noqa: E402
 from pytest_fakemachine._cpio import CpioWriter  # noqa: E402
 from pytest_fakemachine._initramfs import _collect_inputs, write_base  # noqa: E402
-from pytest_fakemachine._session import command_body  # noqa: E402
+from pytest_fakemachine._session import (  # noqa: E402
+    FAST_BOOT_ARGS,
+    SKIP_RAID_BENCHMARKS,
+    command_body,
+)
 from pytest_fakemachine._uml import GuestProcess, find_kernel, leftovers  # noqa: E402
 
 MARK_START = "<!-- bench:start -->"
@@ -270,14 +275,33 @@ def floor_args(initrd: Path) -> list[str]:
     return [f"initrd={initrd}", *(a for a in args if work not in a and not drop.match(a))]
 
 
-def floor_boot(ctx: Context, *, blacklist: bool) -> float:
+def floor_variant(args: list[str], skips: str) -> list[str]:
+    """The floor's kernel command line with one set of boot-time skips.
+
+    ``ours``: every skip the Session passes (initcall_blacklist, FAST_BOOT_ARGS);
+    ``issue``: the floor as the speed issue defines it, the RAID6/XOR boot
+    benchmarks skipped and nothing else; ``none``: no skip at all.
+    """
+    if skips == "ours":
+        return list(args)
+    fast = {a.partition("=")[0] for a in FAST_BOOT_ARGS if not a.startswith("printk.")}
+    kept = [
+        a for a in args
+        if not a.startswith("initcall_blacklist=") and a.partition("=")[0] not in fast
+    ]  # fmt: skip
+    if skips == "issue":
+        kept.append("initcall_blacklist=" + ",".join(SKIP_RAID_BENCHMARKS))
+    return kept
+
+
+def floor_boot(ctx: Context, *, skips: str) -> float:
     """UML lifetime of a bare boot to an /init that powers off, started as our guests are.
 
     GuestProcess starts it (same environment, session, CPU pinning and
     parent-death signal as every guest); only the initramfs and the job differ.
     """
+    args = floor_variant(ctx.floor_args, skips)
     uml_dir = Path(tempfile.mkdtemp(prefix="uml-", dir=ctx.tmp))
-    args = [a for a in ctx.floor_args if blacklist or not a.startswith("initcall_blacklist=")]
     guest = GuestProcess(ctx.kernel, [*args, f"uml_dir={uml_dir}"], workdir=uml_dir, network=False)
     try:
         guest.start()
@@ -370,9 +394,30 @@ def remove_cli_dirs(ctx: Context) -> list[str]:
     return removed
 
 
-def pytest_run(path: Path, passed: int, extra: tuple[str, ...] = ()) -> float:
-    """A whole `python -m pytest -q -p no:cacheprovider [extra] FILE` run in FILE's directory."""
-    argv = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *extra, path.name]
+ONLY_OURS = ("pytest_fakemachine.plugin",)
+WITH_XDIST = (*ONLY_OURS, "xdist.plugin")
+
+
+def pytest_run(
+    path: Path,
+    passed: int,
+    extra: tuple[str, ...] = (),
+    plugins: tuple[str, ...] | None = ONLY_OURS,
+) -> float:
+    """A whole `python -m pytest -q -p no:cacheprovider [extra] FILE` run in FILE's directory.
+
+    With ``plugins``, only those plugins load (PYTEST_DISABLE_PLUGIN_AUTOLOAD=1 and
+    ``-p`` each), on the host and so in the guest: the time is pytest's and ours,
+    not that of whatever else this environment has installed. ``None``: every
+    installed plugin loads, as in a plain ``pytest`` run here.
+    """
+    env = _clean_env()
+    argv = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"]
+    if plugins is not None:
+        env["PYTEST_DISABLE_PLUGIN_AUTOLOAD"] = "1"
+        for plugin in plugins:
+            argv += ["-p", plugin]
+    argv += [*extra, path.name]
     start = time.monotonic()
     try:
         proc = subprocess.run(
@@ -383,7 +428,7 @@ def pytest_run(path: Path, passed: int, extra: tuple[str, ...] = ()) -> float:
             text=True,
             timeout=PYTEST_TIMEOUT,
             start_new_session=True,
-            env=_clean_env(),
+            env=env,
             check=False,
         )
     except subprocess.TimeoutExpired:
@@ -558,6 +603,71 @@ def breakdown_run() -> dict[str, float]:
     }
 
 
+MARKED_SEGMENTS = (
+    ("host_before", "host: pytest start-up and collection, until UML starts"),
+    ("kernel", "kernel start -> /init"),
+    ("init", "/init -> systemd's first message"),
+    ("systemd", "systemd -> job unit starts"),
+    ("guest_pytest", "guest: Python, pytest start-up, collection"),
+    ("test", "the test (setup, call, teardown)"),
+    ("guest_after", "guest: runner exit, job end, power-off"),
+    ("host_after", "host: after UML exits (reports, clean-up, exit)"),
+)
+
+
+def marked_breakdown_run(ctx: Context) -> dict[str, float]:
+    """One whole pytest run of one marked test (pytest and this plugin only), in segments.
+
+    The guest's clock (printk, from boot) meets the host's wall clock at the
+    job's start: the job touches ``started`` in the work directory, whose host
+    mtime is that moment. The test's phases come from the guest's own reports.
+    """
+    env = _clean_env()
+    env["PYTEST_DISABLE_PLUGIN_AUTOLOAD"] = "1"
+    argv = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", ONLY_OURS[0],
+            "--fakemachine-keep", ctx.one_test.name]  # fmt: skip
+    start = time.time()
+    proc = subprocess.run(
+        argv, cwd=ctx.one_test.parent, stdin=subprocess.DEVNULL, capture_output=True,
+        text=True, timeout=PYTEST_TIMEOUT, start_new_session=True, env=env, check=False,
+    )  # fmt: skip
+    end = time.time()
+    kept = re.findall(r"^(/\S*fakemachine-\S+)$", proc.stdout, re.MULTILINE)
+    try:
+        if proc.returncode != 0 or len(kept) != 1:
+            raise StepFailed(f"pytest exit status {proc.returncode}:\n{_tail(proc.stdout, 20)}")
+        work = Path(kept[0])
+        console = (work / "console.log").read_text(errors="replace")
+        job_start_wall = (work / "started").stat().st_mtime
+        events = [json.loads(line) for line in (work / "events.jsonl").read_text().splitlines()]
+    except (OSError, ValueError) as e:
+        raise StepFailed(f"the kept work directory is incomplete: {e}") from None
+    finally:
+        for path in kept:
+            shutil.rmtree(path, ignore_errors=True)
+    phases = [e["report"] for e in events if e.get("event") == "report"]
+    init = _stamp(console, r"^Run /init as init process")
+    systemd = _stamp(console, r"^systemd\[1\]: ")
+    unit = _stamp(console, r"^systemd\[1\]: Starting fakemachine\.service")
+    halt = _stamp(console, r"^reboot: ")
+    if None in (init, systemd, unit, halt) or len(phases) != 3:
+        raise StepFailed(f"guest timestamps or reports missing:\n{_tail(console)}")
+    assert init is not None and systemd is not None and unit is not None and halt is not None
+    boot_wall = job_start_wall - unit  # the wall-clock time of the guest's clock zero
+    test_start, test_stop = phases[0]["start"], phases[-1]["stop"]
+    return {
+        "host_before": boot_wall - start,
+        "kernel": init,
+        "init": systemd - init,
+        "systemd": unit - systemd,
+        "guest_pytest": test_start - job_start_wall,
+        "test": test_stop - test_start,
+        "guest_after": boot_wall + halt - test_stop,
+        "host_after": end - (boot_wall + halt),
+        "total": end - start,
+    }
+
+
 # --------------------------------------------------------------------------------------------
 # Results
 
@@ -612,10 +722,18 @@ def verdicts(rows: dict[str, Row], module_tests: int) -> dict[str, Verdict]:
     def times(x: float | None, of: str) -> str:
         return "-" if x is None else f"{x:.2f}x {of}"
 
+    ours = rows["floor_ours"].median
+
+    def both(x: float | None) -> str:
+        """The ratio to the reference floor, then to the floor with all our skips."""
+        a, b = _ratio(x, floor), _ratio(x, ours)
+        return "-" if a is None else f"{a:.2f}x floor" + ("" if b is None else f" ({b:.1f}x ours)")
+
     out["floor"] = Verdict("1.00x (reference)", "", "")
+    out["floor_ours"] = Verdict(times(_ratio(ours, floor), "floor"), "", "")
     out["floor_all"] = Verdict(times(_ratio(rows["floor_all"].median, floor), "floor"), "", "")
     r = _ratio(run, floor)
-    out["run"] = Verdict(times(r, "floor"), "<= 2.5x floor", _check(r, lambda x: x <= 2.5))
+    out["run"] = Verdict(both(run), "<= 2.5x floor", _check(r, lambda x: x <= 2.5))
     if "cli" in rows:
         r = _ratio(rows["cli"].median, run)
         out["cli"] = Verdict(
@@ -624,7 +742,8 @@ def verdicts(rows: dict[str, Row], module_tests: int) -> dict[str, Verdict]:
             _check(r, lambda x: x >= 10),
         )
     r = _ratio(one, floor)
-    out["one"] = Verdict(times(r, "floor"), "<= 6x floor", _check(r, lambda x: x <= 6))
+    out["one"] = Verdict(both(one), "<= 6x floor", _check(r, lambda x: x <= 6))
+    out["one_all"] = Verdict(both(rows["one_all"].median), "", "")
     r = _ratio(rows["module"].median, one)
     out["module"] = Verdict(
         times(r, "one test"), f"{module_tests} tests <= 2x one", _check(r, lambda x: x <= 2)
@@ -694,24 +813,29 @@ def failure_lines(rows: dict[str, Row], extra: list[str], *, markdown: bool) -> 
     return lines
 
 
-def chart_lines(parts: list[dict[str, float]], process_median: float | None) -> list[str]:
+def chart_lines(
+    parts: list[dict[str, float]],
+    process_median: float | None,
+    segments: tuple[tuple[str, str], ...] = SEGMENTS,
+    title: str = "one Machine().run('true')",
+) -> list[str]:
     """A text Gantt chart of the medians of each segment, in the order they happen."""
     medians = {
-        key: statistics.median(p[key] for p in parts) for key, _ in SEGMENTS if key in parts[0]
+        key: statistics.median(p[key] for p in parts) for key, _ in segments if key in parts[0]
     }
     total = statistics.median(p["total"] for p in parts)
     if process_median is not None:
         medians["python"] = max(0.0, process_median - total)
     span = sum(max(0.0, v) for v in medians.values()) or 1.0
-    label_width = max(len(label) for _, label in SEGMENTS)
+    label_width = max(len(label) for _, label in segments)
     lines = [
-        f"Where one Machine().run('true') spends its time: medians of {len(parts)} runs;",
+        f"Where {title} spends its time: medians of {len(parts)} runs;",
         f"in-process total {total:.2f} s"
         + (f", whole process {process_median:.2f} s" if process_median is not None else ""),
         "",
     ]
     position = 0.0
-    for key, label in SEGMENTS:
+    for key, label in segments:
         if key not in medians:
             continue
         seconds = medians[key]
@@ -880,13 +1004,18 @@ def main(argv: list[str] | None = None) -> int:
         n = ctx.xdist_tests
         step(
             "floor",
-            "floor: bare UML boot, busybox /init powers off",
-            lambda: floor_boot(ctx, blacklist=True),
+            "floor: bare UML boot, busybox /init powers off, RAID6/XOR skipped (the issue's)",
+            lambda: floor_boot(ctx, skips="issue"),
+        )
+        step(
+            "floor_ours",
+            "floor with all our boot-time skips (what a guest's kernel costs)",
+            lambda: floor_boot(ctx, skips="ours"),
         )
         step(
             "floor_all",
-            "floor without initcall_blacklist (the skipped initcalls run)",
-            lambda: floor_boot(ctx, blacklist=False),
+            "floor with no boot-time skip (RAID6/XOR benchmarks run)",
+            lambda: floor_boot(ctx, skips="none"),
         )
         step(
             "run",
@@ -895,7 +1024,16 @@ def main(argv: list[str] | None = None) -> int:
         )
         if ctx.fakemachine_cli:
             step("cli", "fakemachine -q -b uml -- true (Debian CLI)", lambda: fakemachine_cli(ctx))
-        step("one", "pytest: 1 marked test, scope=function", lambda: pytest_run(ctx.one_test, 1))
+        step(
+            "one",
+            "pytest: 1 marked test, scope=function (pytest and this plugin only)",
+            lambda: pytest_run(ctx.one_test, 1),
+        )
+        step(
+            "one_all",
+            "pytest: 1 marked test, every plugin installed here loaded",
+            lambda: pytest_run(ctx.one_test, 1, plugins=None),
+        )
         step(
             "module",
             f"pytest: {ctx.module_tests} marked tests, scope=module",
@@ -904,12 +1042,12 @@ def main(argv: list[str] | None = None) -> int:
         step(
             "n0",
             f"pytest -n 0: {n} marked tests, scope=function",
-            lambda: pytest_run(ctx.function_file, n, ("-n", "0")),
+            lambda: pytest_run(ctx.function_file, n, ("-n", "0"), WITH_XDIST),
         )
         step(
             "n2",
             f"pytest -n 2: {n} marked tests, scope=function",
-            lambda: pytest_run(ctx.function_file, n, ("-n", "2")),
+            lambda: pytest_run(ctx.function_file, n, ("-n", "2"), WITH_XDIST),
         )
         step(
             "mem",
@@ -924,6 +1062,7 @@ def main(argv: list[str] | None = None) -> int:
             "MiB",
         )
         parts: list[dict[str, float]] = []
+        marked_parts: list[dict[str, float]] = []
         breakdown_failures: list[str] = []
 
         try:
@@ -956,6 +1095,12 @@ def main(argv: list[str] | None = None) -> int:
                 except StepFailed as e:
                     breakdown_failures.append(str(e))
                     log(f"bench:   failed: {str(e).splitlines()[0]}")
+                log(f"bench: round {round_no}/{args.runs}: marked test breakdown ...")
+                try:
+                    marked_parts.append(marked_breakdown_run(ctx))
+                except (StepFailed, subprocess.TimeoutExpired) as e:
+                    breakdown_failures.append(str(e))
+                    log(f"bench:   failed: {str(e).splitlines()[0]}")
                 stray = sweep()
                 if stray:
                     problems.append(f"breakdown: left running: {', '.join(stray)}")
@@ -977,6 +1122,13 @@ def main(argv: list[str] | None = None) -> int:
     verdict = verdicts(rows, ctx.module_tests)
     process_median = rows["run"].median
     chart = chart_lines(parts, process_median) if parts else ["(no breakdown run succeeded)"]
+    if marked_parts:
+        chart += [
+            "",
+            *chart_lines(
+                marked_parts, None, MARKED_SEGMENTS, "one marked test (a whole pytest run)"
+            ),
+        ]
     floor = " ".join([*ctx.floor_args, "uml_dir=<tmp>"]).replace(str(ctx.tmp), "<tmp>")
     info = machine_lines(started, load_start, others, floor)
     notes = failure_lines(rows, breakdown_failures, markdown=False)
