@@ -21,13 +21,13 @@ missing() {
     done
 }
 
-apt_install() {  # the mirrors can be briefly unreachable: try a few times
-    for attempt in 1 2 3; do
+apt_install() {  # the mirrors can be unreachable for a minute or two: keep trying
+    for attempt in 1 2 3 4 5 6; do
         if $sudo apt-get update -qq && $sudo apt-get install -y -qq --no-install-recommends "$@"; then
             return 0
         fi
-        echo "setup: apt-get failed (attempt $attempt), retrying" >&2
-        sleep $((attempt * 5))
+        echo "setup: apt-get failed (attempt $attempt of 6), retrying" >&2
+        sleep $((attempt * 10))
     done
     return 1
 }
