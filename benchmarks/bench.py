@@ -624,6 +624,7 @@ def marked_breakdown_run(ctx: Context) -> dict[str, float]:
     """
     env = _clean_env()
     env["PYTEST_DISABLE_PLUGIN_AUTOLOAD"] = "1"
+    env["TMPDIR"] = str(ctx.tmp)  # the kept work directory goes with the workspace, always
     argv = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", ONLY_OURS[0],
             "--fakemachine-keep", ctx.one_test.name]  # fmt: skip
     start = time.time()
