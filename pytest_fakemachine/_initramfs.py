@@ -10,12 +10,14 @@ by every pytest process of the user.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import os
 import shutil
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,9 +28,15 @@ from ._errors import BackendUnavailable
 
 __all__ = ["cache_dir", "initramfs"]
 
-# Bump when the layout changes in a way the inputs' fingerprint cannot see.
+# Bump when the cpio writer's output changes: the key sees what goes into the
+# archive (host files, directories, generated files, links), not how it is written.
 _FORMAT = "2"
 _BUSYBOX = "/usr/bin/busybox"
+# What the guest's init and job run as busybox applets (udhcpc only with network).
+_APPLETS = ("sh", "mount", "poweroff", "sync", "mv", "env")
+# An archive unused this long (atime; relatime updates it daily) is another
+# version's leftover, removed when a new one is built.
+_STALE_SECONDS = 7 * 24 * 3600
 _UDEV_RULE_DIRS = ("/usr/lib/udev/rules.d",)
 # systemd looks here first; the host's own units only when a name is asked for.
 UNIT_PATH = "/etc/systemd/system:/usr/lib/systemd/system"
@@ -55,18 +63,19 @@ class _Inputs:
 
     def fingerprint(self) -> str:
         digest = hashlib.sha256(_FORMAT.encode())
-        for name, content in _generated_files().items():
-            digest.update(name.encode() + b"\0" + content + b"\0")
-        for name in self.udev_rules:
-            digest.update(name.encode() + b"\0")
+        digest.update(repr((_DIRS, _generated_files(), _links(self))).encode())
         for path in self.files:
             st = os.lstat(path)
             digest.update(f"{path}:{st.st_mode}:{st.st_size}:{st.st_mtime_ns}\0".encode())
         return digest.hexdigest()[:24]
 
 
-def _library_paths(binary: str) -> list[str]:
-    """The shared objects ``binary`` loads, as ldd resolves them on this host."""
+@functools.lru_cache(maxsize=4)
+def _library_paths(binary: str, _version: tuple[int, int]) -> tuple[str, ...]:
+    """The shared objects ``binary`` loads, as ldd resolves them on this host.
+
+    Cached per process and per (size, mtime) of ``binary``: ldd is a process start.
+    """
     ldd = shutil.which("ldd") or "/usr/bin/ldd"
     try:
         out = subprocess.run(
@@ -80,7 +89,19 @@ def _library_paths(binary: str) -> list[str]:
         fields = line.split()
         candidates = fields[2:3] if "=>" in fields else fields[:1]
         paths += [p for p in candidates if p.startswith("/")]
-    return paths
+    return tuple(paths)
+
+
+@functools.lru_cache(maxsize=4)
+def _missing_applets(busybox: str, _version: tuple[int, int]) -> tuple[str, ...]:
+    try:
+        listed = subprocess.run(
+            [busybox, "--list"], capture_output=True, text=True, check=False,
+            stdin=subprocess.DEVNULL,
+        ).stdout.split()  # fmt: skip
+    except OSError as e:
+        raise BackendUnavailable(f"cannot run {busybox} --list: {e}") from None
+    return tuple(a for a in _APPLETS if a not in listed)
 
 
 def _with_links(path: str) -> list[str]:
@@ -115,8 +136,16 @@ def _collect_inputs() -> _Inputs:
             f"{_BUSYBOX} is missing: the guest's init needs it; install it with "
             "`apt-get install busybox`"
         )
+    st = os.stat(_BUSYBOX)
+    version = (st.st_size, st.st_mtime_ns)
+    missing = _missing_applets(_BUSYBOX, version)
+    if missing:
+        raise BackendUnavailable(
+            f"{_BUSYBOX} lacks the applets {', '.join(missing)}, which the guest's init "
+            "and job run; install Debian's build with `apt-get install busybox`"
+        )
     files: list[str] = []
-    for path in [_BUSYBOX, *_library_paths(_BUSYBOX)]:
+    for path in [_BUSYBOX, *_library_paths(_BUSYBOX, version)]:
         files += [p for p in _with_links(path) if p not in files]
     return _Inputs(tuple(files), _names_in(_UDEV_RULE_DIRS))
 
@@ -146,38 +175,57 @@ def write_base(cpio: CpioWriter, files: Iterable[str], dirs: Iterable[str]) -> N
             cpio.add_file(path, Path(path).read_bytes(), os.stat(path).st_mode & 0o777)
 
 
-def _generated_files() -> dict[str, bytes]:
-    """The archive's files written from templates: path -> content."""
+def _generated_files() -> dict[str, tuple[bytes, int]]:
+    """The archive's files written from templates: path -> (content, mode)."""
     init = t.INIT.format(unit_path=UNIT_PATH, no_generators=NO_GENERATORS)
     return {
-        "init": init.encode(),
-        "etc/passwd": t.PASSWD.encode(),
-        "etc/group": t.GROUP.encode(),
-        "etc/hosts": t.HOSTS.encode(),
-        "etc/hostname": t.HOSTNAME.encode(),
-        "etc/machine-id": b"",
-        "etc/fstab": t.FSTAB.encode(),
-        "etc/resolv.conf": b"",
-        "etc/systemd/system/mount.d/fakemachine.conf": t.MOUNT_DROPIN.encode(),
+        "init": (init.encode(), 0o755),
+        "etc/passwd": (t.PASSWD.encode(), 0o644),
+        "etc/group": (t.GROUP.encode(), 0o644),
+        "etc/hosts": (t.HOSTS.encode(), 0o644),
+        "etc/hostname": (t.HOSTNAME.encode(), 0o644),
+        "etc/machine-id": (b"", 0o644),
+        "etc/fstab": (t.FSTAB.encode(), 0o644),
+        "etc/resolv.conf": (b"", 0o644),
+        "etc/systemd/system/mount.d/fakemachine.conf": (t.MOUNT_DROPIN.encode(), 0o644),
     }
+
+
+def _links(inputs: _Inputs) -> list[tuple[str, str]]:
+    """The archive's symlinks: (path, target)."""
+    links = [
+        ("etc/os-release", "../usr/lib/os-release"),
+        ("etc/mtab", "../proc/self/mounts"),
+        (f"etc/systemd/system/{t.UNIT_NAME}", f"{t.GUEST_WORK}/{t.UNIT_NAME}"),
+        ("etc/udev/rules.d/99-fakemachine.rules", f"{t.GUEST_WORK}/udev.rules"),
+    ]
+    # Only our udev rules: the host's 40-odd rules cost a quarter second to load.
+    links += [(f"etc/udev/rules.d/{name}", "/dev/null") for name in inputs.udev_rules
+              if name != "99-fakemachine.rules"]  # fmt: skip
+    return links
 
 
 def _archive(inputs: _Inputs) -> bytes:
     buf = io.BytesIO()
     cpio = CpioWriter(buf)
     write_base(cpio, inputs.files, _DIRS)
-    for name, content in _generated_files().items():
-        cpio.add_file(name, content, 0o755 if name == "init" else 0o644)
-    cpio.add_symlink("etc/os-release", "../usr/lib/os-release")
-    cpio.add_symlink("etc/mtab", "../proc/self/mounts")
-    cpio.add_symlink(f"etc/systemd/system/{t.UNIT_NAME}", f"{t.GUEST_WORK}/{t.UNIT_NAME}")
-    cpio.add_symlink("etc/udev/rules.d/99-fakemachine.rules", f"{t.GUEST_WORK}/udev.rules")
-    for name in inputs.udev_rules:
-        # Only our rules: the host's 40-odd rules cost a quarter second to load.
-        if name != "99-fakemachine.rules":
-            cpio.add_symlink(f"etc/udev/rules.d/{name}", "/dev/null")
+    for name, (content, mode) in _generated_files().items():
+        cpio.add_file(name, content, mode)
+    for path, target in _links(inputs):
+        cpio.add_symlink(path, target)
     cpio.close()
     return buf.getvalue()
+
+
+def _remove_stale(directory: Path, keep: Path) -> None:
+    """Remove archives of other versions that no guest has read for a week."""
+    cutoff = time.time() - _STALE_SECONDS
+    for old in directory.glob("initramfs-*.cpio"):
+        try:
+            if old != keep and old.stat().st_atime < cutoff:
+                old.unlink()
+        except OSError:  # gone meanwhile, or not ours: not worth failing a boot over
+            pass
 
 
 _memo: dict[str, Path] = {}
@@ -207,5 +255,6 @@ def initramfs() -> Path:
                 except BaseException:
                     os.unlink(tmp)
                     raise
+                _remove_stale(directory, path)
     _memo[key] = path
     return path

@@ -16,6 +16,7 @@ import shutil
 import stat
 import subprocess
 import sys
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -277,30 +278,86 @@ def test_cpio_listed_by_bsdtar() -> None:
     assert {"etc/passwd", "usr/bin/tool", "bin", "etc/abs"} <= names
 
 
-def test_initramfs_holds_init_mount_dropin_and_run_mount() -> None:
-    entries = {e.name: e for e in parse_newc(_initramfs._archive(_initramfs._collect_inputs()))}
+# Inputs without host files: what the archive holds of ours, on any host.
+NO_HOST_FILES = _initramfs._Inputs(files=(), udev_rules=("50-udev-default.rules",))
+
+
+def test_initramfs_holds_init_mount_dropin_and_our_links() -> None:
+    entries = {e.name: e for e in parse_newc(_initramfs._archive(NO_HOST_FILES))}
     init = entries["init"].data.decode()
     assert entries["init"].mode & 0o777 == 0o755
     assert init.startswith("#!/bin/busybox sh\n")
     # The generator path names nothing in the archive, so systemd runs none.
     assert f"SYSTEMD_GENERATOR_PATH={_initramfs.NO_GENERATORS} " in init
     assert _initramfs.NO_GENERATORS.lstrip("/") not in entries
-    assert "OPTS=x-initrd.mount" in init
+    assert "TARGET=/run/fakemachine ROOT=/ OPTS=x-initrd.mount" in init
     assert stat.S_ISDIR(entries["run/mount"].mode)  # where init writes utab
     dropin = entries["etc/systemd/system/mount.d/fakemachine.conf"].data.decode()
-    assert "StandardOutput=tty" in dropin
-    assert "etc/systemd/system.conf" not in entries  # services keep the journal
+    assert "[Mount]\nStandardOutput=tty\n" in dropin
+    assert entries["etc/udev/rules.d/50-udev-default.rules"].data == b"/dev/null"
+    assert (
+        entries["etc/systemd/system/fakemachine.service"]
+        .data.decode()
+        .endswith("/fakemachine.service")
+    )
 
 
-def test_initramfs_cache_key_follows_every_template(monkeypatch: pytest.MonkeyPatch) -> None:
-    inputs = _initramfs._collect_inputs()
-    before = inputs.fingerprint()
-    assert _initramfs._collect_inputs().fingerprint() == before
-    monkeypatch.setattr(_templates, "MOUNT_DROPIN", _templates.MOUNT_DROPIN + "# changed\n")
-    assert inputs.fingerprint() != before
-    monkeypatch.undo()
-    monkeypatch.setattr(_initramfs, "UNIT_PATH", "/etc/systemd/system")  # formatted into init
-    assert inputs.fingerprint() != before
+def _set(target: object, name: str, value: object) -> Any:
+    """A change for the cache-key test: set ``name`` on ``target``, same inputs."""
+
+    def change(mp: pytest.MonkeyPatch) -> _initramfs._Inputs:
+        mp.setattr(target, name, value)
+        return NO_HOST_FILES
+
+    return change
+
+
+@pytest.mark.parametrize(
+    ("what", "change"),
+    [
+        ("a template", _set(_templates, "MOUNT_DROPIN", "[Mount]\n")),
+        ("the unit path", _set(_initramfs, "UNIT_PATH", "/etc/systemd/system")),
+        ("a directory", _set(_initramfs, "_DIRS", (*_initramfs._DIRS, "srv"))),
+        ("a masked rule", lambda mp: _initramfs._Inputs((), ("50-udev-default.rules", "x.rules"))),
+    ],
+)
+def test_initramfs_cache_key_changes_with_what_goes_in(
+    monkeypatch: pytest.MonkeyPatch, what: str, change: Any
+) -> None:
+    before = NO_HOST_FILES.fingerprint()
+    assert _initramfs._Inputs((), ("50-udev-default.rules",)).fingerprint() == before
+    assert change(monkeypatch).fingerprint() != before, what
+
+
+def test_initramfs_refuses_a_busybox_without_the_applets_it_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake = tmp_path / "busybox"
+    fake.write_text("#!/bin/sh\nprintf 'sh\\nmount\\nsync\\nmv\\nenv\\n'\n")
+    fake.chmod(0o755)
+    monkeypatch.setattr(_initramfs, "_BUSYBOX", str(fake))
+    with pytest.raises(BackendUnavailable, match=rf"{fake} lacks the applets poweroff,"):
+        _initramfs._collect_inputs()
+
+
+def test_initramfs_build_removes_only_archives_unused_for_a_week(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setattr(_initramfs, "_memo", {})
+    monkeypatch.setattr(_initramfs, "_collect_inputs", lambda: NO_HOST_FILES)
+    directory = tmp_path / "pytest-fakemachine"
+    directory.mkdir()
+    stale, recent, other = (directory / f"initramfs-{n}.cpio" for n in ("old", "new", "x"))
+    for path in (stale, recent, other):
+        path.write_bytes(b"07070")
+    week = 7 * 24 * 3600
+    os.utime(stale, (time.time() - week - 60, time.time() - week - 60))
+    os.utime(recent, (time.time() - week + 3600, time.time() - 2 * week))  # read lately
+    built = _initramfs.initramfs()
+    assert built.parent == directory and built.exists()
+    assert not stale.exists()
+    assert recent.exists() and other.exists()
 
 
 # --------------------------------------------------------------------------------------
