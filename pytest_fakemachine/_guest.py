@@ -43,7 +43,7 @@ class GuestReporter:
         for name, value in self.options.items():
             setattr(config.option, name, value)
         # Nobody reads the guest's terminal, and its summary hooks cost: one
-        # plugin's imports all of hypothesis there (half a second in UML).
+        # plugin's hook imports all of hypothesis there (half a second in UML).
         config.option.no_summary = True
 
     @pytest.hookimpl(trylast=True)
