@@ -45,6 +45,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
+from typing import Literal
 
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:  # `python benchmarks/bench.py` puts only benchmarks/ on sys.path
@@ -275,7 +276,10 @@ def floor_args(initrd: Path) -> list[str]:
     return [f"initrd={initrd}", *(a for a in args if work not in a and not drop.match(a))]
 
 
-def floor_variant(args: list[str], skips: str) -> list[str]:
+Skips = Literal["ours", "issue", "none"]
+
+
+def floor_variant(args: list[str], skips: Skips) -> list[str]:
     """The floor's kernel command line with one set of boot-time skips.
 
     ``ours``: every skip the Session passes (initcall_blacklist, FAST_BOOT_ARGS);
@@ -294,7 +298,7 @@ def floor_variant(args: list[str], skips: str) -> list[str]:
     return kept
 
 
-def floor_boot(ctx: Context, *, skips: str) -> float:
+def floor_boot(ctx: Context, *, skips: Skips) -> float:
     """UML lifetime of a bare boot to an /init that powers off, started as our guests are.
 
     GuestProcess starts it (same environment, session, CPU pinning and
@@ -608,6 +612,7 @@ MARKED_SEGMENTS = (
     ("kernel", "kernel start -> /init"),
     ("init", "/init -> systemd's first message"),
     ("systemd", "systemd -> job unit starts"),
+    ("unit", "job unit starts -> job runs"),
     ("guest_pytest", "guest: Python, pytest start-up, collection"),
     ("test", "the test (setup, call, teardown)"),
     ("guest_after", "guest: runner exit, job end, power-off"),
@@ -619,8 +624,9 @@ def marked_breakdown_run(ctx: Context) -> dict[str, float]:
     """One whole pytest run of one marked test (pytest and this plugin only), in segments.
 
     The guest's clock (printk, from boot) meets the host's wall clock at the
-    job's start: the job touches ``started`` in the work directory, whose host
-    mtime is that moment. The test's phases come from the guest's own reports.
+    job's start: the job writes its /proc/uptime into ``started`` in the work
+    directory, whose host mtime is that moment. The test's phases come from
+    the guest's own reports.
     """
     env = _clean_env()
     env["PYTEST_DISABLE_PLUGIN_AUTOLOAD"] = "1"
@@ -640,27 +646,31 @@ def marked_breakdown_run(ctx: Context) -> dict[str, float]:
         work = Path(kept[0])
         console = (work / "console.log").read_text(errors="replace")
         job_start_wall = (work / "started").stat().st_mtime
+        job_start = float((work / "started").read_text().split()[0])
         events = [json.loads(line) for line in (work / "events.jsonl").read_text().splitlines()]
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, IndexError) as e:
         raise StepFailed(f"the kept work directory is incomplete: {e}") from None
     finally:
         for path in kept:
             shutil.rmtree(path, ignore_errors=True)
     phases = [e["report"] for e in events if e.get("event") == "report"]
+    if len(phases) != 3 or not all("start" in p and "stop" in p for p in phases):
+        raise StepFailed(f"expected three reports with start and stop, got {len(phases)}")
     init = _stamp(console, r"^Run /init as init process")
     systemd = _stamp(console, r"^systemd\[1\]: ")
     unit = _stamp(console, r"^systemd\[1\]: Starting fakemachine\.service")
     halt = _stamp(console, r"^reboot: ")
-    if None in (init, systemd, unit, halt) or len(phases) != 3:
-        raise StepFailed(f"guest timestamps or reports missing:\n{_tail(console)}")
+    if None in (init, systemd, unit, halt):
+        raise StepFailed(f"guest timestamps missing from the console:\n{_tail(console)}")
     assert init is not None and systemd is not None and unit is not None and halt is not None
-    boot_wall = job_start_wall - unit  # the wall-clock time of the guest's clock zero
+    boot_wall = job_start_wall - job_start  # the wall-clock time of the guest's clock zero
     test_start, test_stop = phases[0]["start"], phases[-1]["stop"]
     return {
         "host_before": boot_wall - start,
         "kernel": init,
         "init": systemd - init,
         "systemd": unit - systemd,
+        "unit": job_start - unit,
         "guest_pytest": test_start - job_start_wall,
         "test": test_stop - test_start,
         "guest_after": boot_wall + halt - test_stop,
@@ -819,6 +829,7 @@ def chart_lines(
     process_median: float | None,
     segments: tuple[tuple[str, str], ...] = SEGMENTS,
     title: str = "one Machine().run('true')",
+    in_process: bool = True,
 ) -> list[str]:
     """A text Gantt chart of the medians of each segment, in the order they happen."""
     medians = {
@@ -831,7 +842,7 @@ def chart_lines(
     label_width = max(len(label) for _, label in segments)
     lines = [
         f"Where {title} spends its time: medians of {len(parts)} runs;",
-        f"in-process total {total:.2f} s"
+        (f"in-process total {total:.2f} s" if in_process else f"total {total:.2f} s")
         + (f", whole process {process_median:.2f} s" if process_median is not None else ""),
         "",
     ]
@@ -1127,7 +1138,11 @@ def main(argv: list[str] | None = None) -> int:
         chart += [
             "",
             *chart_lines(
-                marked_parts, None, MARKED_SEGMENTS, "one marked test (a whole pytest run)"
+                marked_parts,
+                None,
+                MARKED_SEGMENTS,
+                "one marked test (a whole pytest run)",
+                in_process=False,
             ),
         ]
     floor = " ".join([*ctx.floor_args, "uml_dir=<tmp>"]).replace(str(ctx.tmp), "<tmp>")

@@ -26,6 +26,7 @@ apt_install() {  # the mirrors can be unreachable for a minute or two: keep tryi
         if $sudo apt-get update -qq && $sudo apt-get install -y -qq --no-install-recommends "$@"; then
             return 0
         fi
+        [ "$attempt" -eq 6 ] && break
         echo "setup: apt-get failed (attempt $attempt of 6), retrying" >&2
         sleep $((attempt * 10))
     done
