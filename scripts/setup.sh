@@ -22,12 +22,14 @@ missing() {
 }
 
 apt_install() {  # the mirrors can be unreachable for a minute or two: keep trying
-    for attempt in 1 2 3 4 5 6; do
+    attempts=$1
+    shift
+    for attempt in $(seq "$attempts"); do
         if $sudo apt-get update -qq && $sudo apt-get install -y -qq --no-install-recommends "$@"; then
             return 0
         fi
-        [ "$attempt" -eq 6 ] && break
-        echo "setup: apt-get failed (attempt $attempt of 6), retrying" >&2
+        [ "$attempt" -eq "$attempts" ] && break
+        echo "setup: apt-get failed (attempt $attempt of $attempts), retrying" >&2
         sleep $((attempt * 10))
     done
     return 1
@@ -35,10 +37,10 @@ apt_install() {  # the mirrors can be unreachable for a minute or two: keep tryi
 
 need=$(missing $required)
 if [ -n "$need" ]; then
-    apt_install $need
+    apt_install 6 $need
 fi
 want=$(missing $optional)
 if [ -n "$want" ]; then
-    apt_install $want || echo "setup: optional packages not installed: $want" >&2
+    apt_install 1 $want || echo "setup: optional packages not installed: $want" >&2
 fi
 python3 -m pip install -q -e ".[test]"
