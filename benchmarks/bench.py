@@ -557,6 +557,20 @@ def _stamp(console: str, pattern: str) -> float | None:
     return None
 
 
+def _boot_stamps(console: str) -> tuple[float, float, float, float]:
+    """Guest clock of /init, systemd's first line, the job unit's start and the halt."""
+    stamps = (
+        _stamp(console, r"^Run /init as init process"),
+        _stamp(console, r"^systemd\[1\]: "),
+        _stamp(console, r"^systemd\[1\]: Starting fakemachine\.service"),
+        _stamp(console, r"^reboot: "),
+    )
+    init, systemd, unit, halt = stamps
+    if init is None or systemd is None or unit is None or halt is None:
+        raise StepFailed(f"guest timestamps missing from the console:\n{_tail(console)}")
+    return init, systemd, unit, halt
+
+
 def breakdown_run() -> dict[str, float]:
     """One in-process run("true") with guest timestamps; seconds per segment, and 'total'."""
     machine = Machine()
@@ -585,13 +599,7 @@ def breakdown_run() -> dict[str, float]:
     except ValueError:
         raise StepFailed(f"unexpected output of the uptime command: {stdout!r}") from None
     console = outcome.console
-    init = _stamp(console, r"^Run /init as init process")
-    systemd = _stamp(console, r"^systemd\[1\]: ")
-    unit = _stamp(console, r"^systemd\[1\]: Starting fakemachine\.service")
-    halt = _stamp(console, r"^reboot: ")
-    if None in (init, systemd, unit, halt):
-        raise StepFailed(f"guest timestamps missing from the console:\n{_tail(console)}")
-    assert init is not None and systemd is not None and unit is not None and halt is not None
+    init, systemd, unit, halt = _boot_stamps(console)
     lifetime = guest.ended_at - guest.started_at
     return {
         "host_before": guest.started_at - start,
@@ -656,13 +664,7 @@ def marked_breakdown_run(ctx: Context) -> dict[str, float]:
     phases = [e["report"] for e in events if e.get("event") == "report"]
     if len(phases) != 3 or not all("start" in p and "stop" in p for p in phases):
         raise StepFailed(f"expected three reports with start and stop, got {len(phases)}")
-    init = _stamp(console, r"^Run /init as init process")
-    systemd = _stamp(console, r"^systemd\[1\]: ")
-    unit = _stamp(console, r"^systemd\[1\]: Starting fakemachine\.service")
-    halt = _stamp(console, r"^reboot: ")
-    if None in (init, systemd, unit, halt):
-        raise StepFailed(f"guest timestamps missing from the console:\n{_tail(console)}")
-    assert init is not None and systemd is not None and unit is not None and halt is not None
+    init, systemd, unit, halt = _boot_stamps(console)
     boot_wall = job_start_wall - job_start  # the wall-clock time of the guest's clock zero
     test_start, test_stop = phases[0]["start"], phases[-1]["stop"]
     return {
