@@ -321,23 +321,24 @@ def floor_boot(ctx: Context, *, skips: Skips) -> float:
     return guest.ended_at - guest.started_at
 
 
+def _run(
+    argv: list[str], cwd: Path, timeout: float, what: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``argv`` in its own session, output captured; StepFailed after ``timeout``."""
+    try:
+        return subprocess.run(
+            argv, cwd=cwd, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+            timeout=timeout, start_new_session=True, env=env, check=False,
+        )  # fmt: skip
+    except subprocess.TimeoutExpired:
+        raise StepFailed(f"{what} took over {timeout:g} s") from None
+
+
 def machine_process(ctx: Context) -> float:
     """A whole `python -c "...Machine().run('true')"` process, interpreter start included."""
     code = "from pytest_fakemachine import Machine; Machine().run('true', check=True)"
     start = time.monotonic()
-    try:
-        proc = subprocess.run(
-            [sys.executable, "-c", code],
-            cwd=REPO,
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            timeout=RUN_TIMEOUT,
-            start_new_session=True,
-            check=False,
-        )
-    except subprocess.TimeoutExpired:
-        raise StepFailed(f"Machine().run('true') took over {RUN_TIMEOUT:g} s") from None
+    proc = _run([sys.executable, "-c", code], REPO, RUN_TIMEOUT, "Machine().run('true')")
     elapsed = time.monotonic() - start
     if proc.returncode != 0:
         raise StepFailed(f"exit status {proc.returncode}: {_python_error(proc.stderr)}")
@@ -423,20 +424,7 @@ def pytest_run(
             argv += ["-p", plugin]
     argv += [*extra, path.name]
     start = time.monotonic()
-    try:
-        proc = subprocess.run(
-            argv,
-            cwd=path.parent,
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            timeout=PYTEST_TIMEOUT,
-            start_new_session=True,
-            env=env,
-            check=False,
-        )
-    except subprocess.TimeoutExpired:
-        raise StepFailed(f"pytest took over {PYTEST_TIMEOUT:g} s") from None
+    proc = _run(argv, path.parent, PYTEST_TIMEOUT, "pytest", env)
     elapsed = time.monotonic() - start
     summary = (proc.stdout.strip().splitlines() or [""])[-1]
     if (
@@ -642,10 +630,7 @@ def marked_breakdown_run(ctx: Context) -> dict[str, float]:
     argv = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", ONLY_OURS[0],
             "--fakemachine-keep", ctx.one_test.name]  # fmt: skip
     start = time.time()
-    proc = subprocess.run(
-        argv, cwd=ctx.one_test.parent, stdin=subprocess.DEVNULL, capture_output=True,
-        text=True, timeout=PYTEST_TIMEOUT, start_new_session=True, env=env, check=False,
-    )  # fmt: skip
+    proc = _run(argv, ctx.one_test.parent, PYTEST_TIMEOUT, "pytest", env)
     end = time.time()
     kept = re.findall(r"^(/\S*fakemachine-\S+)$", proc.stdout, re.MULTILINE)
     try:
@@ -1112,7 +1097,7 @@ def main(argv: list[str] | None = None) -> int:
                 log(f"bench: round {round_no}/{args.runs}: marked test breakdown ...")
                 try:
                     marked_parts.append(marked_breakdown_run(ctx))
-                except (StepFailed, subprocess.TimeoutExpired) as e:
+                except StepFailed as e:
                     breakdown_failures.append(str(e))
                     log(f"bench:   failed: {str(e).splitlines()[0]}")
                 stray = sweep()
