@@ -285,6 +285,10 @@ class GuestRun:
                 report = rebuild(self.config, data)
                 if item is self.items[0]:  # the test that paid for the boot
                     report.fakemachine_boot = self.boot_seconds  # type: ignore[attr-defined]
+                    if report.when == "setup" and self.boot_seconds is not None:
+                        # Setting up this test took the boot: --durations and
+                        # junitxml show what the test cost, not just its fixtures.
+                        report.duration += self.boot_seconds
                 item.ihook.pytest_runtest_logreport(report=report)
                 received.append(report)
                 if report.when == "teardown":
