@@ -44,6 +44,7 @@ class GuestReporter:
             setattr(config.option, name, value)
         # Nobody reads the guest's terminal, and its summary hooks cost: one
         # plugin's hook imports all of hypothesis there (half a second in UML).
+        # From pytest 9.2 this skips only pytest's own sections (pytest#14730).
         config.option.no_summary = True
 
     @pytest.hookimpl(trylast=True)
