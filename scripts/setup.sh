@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Set up a fresh Debian/Ubuntu machine for pytest-fakemachine: the guest's
-# parts from the distribution, the plugin and its test tools from PyPI.
-# Run as root, or as a user with sudo.
+# parts from the distribution; the plugin and its test tools from PyPI, into
+# .venv (Debian's own python3 refuses pip installs: PEP 668).
+# Run as root, or as a user with sudo. Run the tests with .venv/bin/python.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 sudo=""
@@ -14,6 +15,10 @@ export DEBIAN_FRONTEND=noninteractive
 required="user-mode-linux busybox libslirp-helper fdisk e2fsprogs util-linux kmod iproute2 udev"
 # Nice to have: the vfat example uses mkfs.vfat when it is there.
 optional="dosfstools"
+# The venv needs python3 with venv and ensurepip, which Debian splits into python3-venv.
+if ! command -v python3 >/dev/null || ! python3 -c "import ensurepip, venv" 2>/dev/null; then
+    required="$required python3 python3-venv"
+fi
 
 missing() {
     for p in "$@"; do
@@ -43,4 +48,6 @@ want=$(missing $optional)
 if [ -n "$want" ]; then
     apt_install 1 $want || echo "setup: optional packages not installed: $want" >&2
 fi
-python3 -m pip install -q -e ".[test]"
+[ -x .venv/bin/python ] || python3 -m venv .venv
+.venv/bin/python -m pip install -q -e ".[test]"
+echo "setup: done; run the tests with: .venv/bin/python -m pytest -n 2"
