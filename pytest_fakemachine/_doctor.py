@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from ._errors import FakeMachineError
 from ._initramfs import cache_dir, initramfs
-from ._uml import find_kernel, module_dir
+from ._uml import MODULES_MOUNTPOINT, find_kernel, module_dir, modules_mountpoint
 
 __all__ = ["run_doctor"]
 
@@ -38,6 +38,11 @@ def _checks() -> list[Check]:
     except FakeMachineError as e:
         checks.append(Check("UML kernel and modules", str(e),
                             "sudo apt-get install user-mode-linux"))  # fmt: skip
+    try:
+        checks.append(Check(f"mount point for the UML modules ({modules_mountpoint()})", None))
+    except FakeMachineError as e:
+        checks.append(Check("mount point for the UML modules", str(e),
+                            f"sudo mkdir {MODULES_MOUNTPOINT}"))  # fmt: skip
     for tool, package, required in (("busybox", "busybox", True),
                                     ("libslirp-helper", "libslirp-helper", False)):  # fmt: skip
         found = shutil.which(tool)

@@ -13,7 +13,7 @@ from ._errors import ConfigError
 from ._initramfs import initramfs
 from ._session import Session, command_body
 from ._templates import LABEL_DIR
-from ._uml import find_kernel, find_slirp, module_dir
+from ._uml import find_kernel, find_slirp, module_dir, modules_mountpoint
 
 __all__ = ["Machine", "RunResult"]
 
@@ -141,6 +141,7 @@ class Machine:
     def check_backend(self) -> None:
         """Raise :class:`BackendUnavailable` if no guest can boot here; boots nothing."""
         module_dir(find_kernel(self.kernel))
+        modules_mountpoint()
         initramfs()
         if self.network:
             find_slirp()
@@ -166,6 +167,7 @@ class Machine:
             )
         kernel = find_kernel(self.kernel)
         modules = module_dir(kernel)
+        modules_mountpoint()
         if self.network:
             find_slirp()
         return Session(

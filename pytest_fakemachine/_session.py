@@ -21,7 +21,7 @@ from . import _templates as t
 from ._config import ImageSpec, Volume
 from ._errors import BootError, FakeMachineError, GuestTimeout
 from ._initramfs import initramfs
-from ._uml import GuestProcess
+from ._uml import MODULES_MOUNTPOINT, GuestProcess
 
 __all__ = ["BootOutcome", "Session", "command_body", "console_tail"]
 
@@ -135,7 +135,7 @@ class Session:
         mounts = [_hostfs(path, path, read_only=True) for path in STATIC_MOUNTS
                   if os.path.isdir(path)]  # fmt: skip
         # The Debian UML kernel's modules, where modprobe looks for them.
-        mounts.append(_hostfs(str(self.modules), "/usr/lib/modules", read_only=True))
+        mounts.append(_hostfs(str(self.modules), str(MODULES_MOUNTPOINT), read_only=True))
         if self.scratch_bytes is None:
             mounts.append(_mount("tmpfs", "/scratch", "tmpfs", "mode=1777"))
         else:

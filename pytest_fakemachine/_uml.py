@@ -27,11 +27,21 @@ from typing import IO, final
 
 from ._errors import BackendUnavailable
 
-__all__ = ["OWNER_ENV", "GuestProcess", "find_kernel", "find_slirp", "leftovers", "module_dir"]
+__all__ = [
+    "MODULES_MOUNTPOINT",
+    "OWNER_ENV",
+    "GuestProcess",
+    "find_kernel",
+    "find_slirp",
+    "leftovers",
+    "module_dir",
+    "modules_mountpoint",
+]
 
 _UML_PACKAGE = "user-mode-linux"
 _SLIRP = "libslirp-helper"
 _UML_MODULES = Path("/usr/lib/uml/modules")
+MODULES_MOUNTPOINT = Path("/usr/lib/modules")  # where modprobe looks (/lib is usr/lib)
 _PR_SET_PDEATHSIG = 1
 _POLL_SECONDS = 0.02
 OWNER_ENV = "PYTEST_FAKEMACHINE_OWNER"  # pid of the Python process that started a guest
@@ -57,13 +67,25 @@ def find_kernel(kernel: str | os.PathLike[str] | None) -> Path:
 
 
 def module_dir(kernel: Path) -> Path:
-    """The directory of modules of the Debian UML kernel (mounted at /lib/modules)."""
+    """The directory of modules of the Debian UML kernel (mounted at MODULES_MOUNTPOINT)."""
     if not _UML_MODULES.is_dir() or not any(_UML_MODULES.iterdir()):
         raise BackendUnavailable(
             f"{_UML_MODULES} is missing or empty: the UML kernel's modules come with "
             f"`apt-get install {_UML_PACKAGE}`"
         )
     return _UML_MODULES
+
+
+def modules_mountpoint() -> Path:
+    """Where the guest mounts the UML kernel's modules; it must exist on the host."""
+    if not MODULES_MOUNTPOINT.is_dir():
+        # The guest's /usr is the host's, read-only: it cannot make the directory itself.
+        raise BackendUnavailable(
+            f"{MODULES_MOUNTPOINT} does not exist on this host (hosts with no kernel package, "
+            "such as containers, lack it), and the guest, whose /usr is the host's, mounts the "
+            f"UML kernel's modules there: create it with `sudo mkdir {MODULES_MOUNTPOINT}`"
+        )
+    return MODULES_MOUNTPOINT
 
 
 def find_slirp() -> str:

@@ -11,8 +11,8 @@ export DEBIAN_FRONTEND=noninteractive
 
 # user-mode-linux: the guest kernel and its modules; busybox: the guest's init;
 # libslirp-helper: network=True; the rest: what tests and examples run inside
-# the guest (sfdisk, mkfs.ext4, losetup, modprobe, ip, udevadm).
-required="user-mode-linux busybox libslirp-helper fdisk e2fsprogs util-linux kmod iproute2 udev"
+# the guest (systemd, sfdisk, mkfs.ext4, losetup, modprobe, ip, udevadm).
+required="user-mode-linux busybox libslirp-helper systemd fdisk e2fsprogs util-linux kmod iproute2 udev"
 # Nice to have: the vfat example uses mkfs.vfat when it is there.
 optional="dosfstools"
 # The venv needs python3 with venv and ensurepip, which Debian splits into python3-venv.
@@ -48,6 +48,9 @@ want=$(missing $optional)
 if [ -n "$want" ]; then
     apt_install 1 $want || echo "setup: optional packages not installed: $want" >&2
 fi
+# The guest mounts the UML modules on the host's /usr/lib/modules, which a host
+# with no kernel package (a container) lacks.
+[ -d /usr/lib/modules ] || $sudo mkdir -p /usr/lib/modules
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/python -m pip install -q -e ".[test]"
 echo "setup: done; run the tests with: .venv/bin/python -m pytest -n 2"

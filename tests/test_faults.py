@@ -16,6 +16,7 @@ import pytest
 
 from conftest import wait_for_no_leftovers
 from pytest_fakemachine import BackendUnavailable, BootError, FakeMachineError, Machine, _uml
+from pytest_fakemachine._doctor import run_doctor
 
 RUN_ECHO = "from pytest_fakemachine import Machine; print(Machine().run('echo hi').stdout, end='')"
 
@@ -111,6 +112,20 @@ def test_uml_modules_missing_says_what_to_install(
     monkeypatch.setattr(_uml, "_UML_MODULES", tmp_path / "modules")
     with pytest.raises(BackendUnavailable, match=r"modules.*apt-get install user-mode-linux"):
         Machine().run("true")
+
+
+def test_modules_mountpoint_missing_says_how_to_create_it(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # A host with no kernel package (a container) has no /usr/lib/modules, and the
+    # guest cannot make it in its read-only /usr.
+    monkeypatch.setattr(_uml, "MODULES_MOUNTPOINT", tmp_path / "no-modules")
+    with pytest.raises(BackendUnavailable, match=r"no-modules does not exist.*sudo mkdir "):
+        Machine().run("true")
+    lines: list[str] = []
+    assert run_doctor(lines.append) == 1
+    assert any(line.startswith("MISSING mount point for the UML modules: ") for line in lines)
+    assert "        fix: sudo mkdir /usr/lib/modules" in lines
 
 
 def test_slirp_missing_with_network_says_what_to_install(
