@@ -5,12 +5,14 @@ from __future__ import annotations
 import os
 import platform
 import shutil
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from ._config import DEFAULT_MEMORY_MIB
 from ._errors import FakeMachineError
 from ._initramfs import cache_dir, initramfs
-from ._uml import MODULES_MOUNTPOINT, find_kernel, module_dir, modules_mountpoint
+from ._uml import MODULES_MOUNTPOINT, SHM, find_kernel, module_dir, modules_mountpoint
 
 __all__ = ["run_doctor"]
 
@@ -52,9 +54,18 @@ def _checks() -> list[Check]:
     systemd = "/lib/systemd/systemd"
     checks.append(Check("systemd", None if os.access(systemd, os.X_OK) else f"{systemd} missing",
                         "sudo apt-get install systemd"))  # fmt: skip
-    shm = os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK)
-    checks.append(Check("/dev/shm (guest memory)", None if shm else "/dev/shm is not writable",
-                        "mount a tmpfs on /dev/shm (mount -t tmpfs tmpfs /dev/shm)"))  # fmt: skip
+    shm = os.path.isdir(SHM) and os.access(SHM, os.W_OK)
+    checks.append(Check(f"{SHM} (guest memory)", None if shm else f"{SHM} is not writable",
+                        f"mount a tmpfs on {SHM} (mount -t tmpfs tmpfs {SHM})"))  # fmt: skip
+    shm_free = shutil.disk_usage(SHM).free if shm else 0
+    # With TMPDIR set, UML keeps guest memory there and never uses /dev/shm.
+    if shm and not os.environ.get("TMPDIR") and shm_free < DEFAULT_MEMORY_MIB << 20:
+        checks.append(Check(f"room in {SHM} for guest memory",
+                            f"only {shm_free >> 20} MiB free, less than a guest's default "
+                            f"memory ({DEFAULT_MEMORY_MIB} MiB): guests keep their memory in "
+                            f"{tempfile.gettempdir()} instead",
+                            "in Docker: docker run --shm-size=2g (GitLab: shm_size in the "
+                            "runner's config)", required=False))  # fmt: skip
     tmp = shutil.disk_usage(os.environ.get("TMPDIR", "/tmp")).free
     checks.append(Check("free space for work directories",
                         None if tmp >= _MIN_FREE_BYTES else f"only {tmp >> 20} MiB free",

@@ -21,7 +21,7 @@ from . import _templates as t
 from ._config import ImageSpec, Volume
 from ._errors import BootError, FakeMachineError, GuestTimeout
 from ._initramfs import initramfs
-from ._uml import MODULES_MOUNTPOINT, GuestProcess
+from ._uml import MODULES_MOUNTPOINT, OUT_OF_MEMORY_FILE, SHM, GuestProcess, memory_dir
 
 __all__ = ["BootOutcome", "Session", "command_body", "console_tail"]
 
@@ -210,6 +210,7 @@ class Session:
             console_log=work / "console.log" if self.keep else None,
             echo=self.echo,
             cleanup=[] if self.keep else [work, *self.cleanup],
+            memory_dir=memory_dir(self.memory_mib),
         )
         guest.start()
         return guest
@@ -233,6 +234,13 @@ class Session:
                 what = "the guest powered off during the command"
             else:
                 what = "the guest did not boot to the command"
+            if OUT_OF_MEMORY_FILE in console:
+                where = os.environ.get("TMPDIR") or f"{SHM} (or the temporary directory)"
+                what += (
+                    f": UML keeps the guest's memory (memory={self.memory_mib}M) in a file in "
+                    f"{where}, and that file system filled up; give it room (in Docker: "
+                    "--shm-size), point TMPDIR at one with room, or lower memory="
+                )
             raise BootError(
                 f"{what} (linux.uml exit status {guest.returncode}); last console lines:\n"
                 f"{console_tail(console)}",

@@ -18,6 +18,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -34,6 +35,7 @@ __all__ = [
     "find_kernel",
     "find_slirp",
     "leftovers",
+    "memory_dir",
     "module_dir",
     "modules_mountpoint",
 ]
@@ -44,6 +46,8 @@ _UML_MODULES = Path("/usr/lib/uml/modules")
 MODULES_MOUNTPOINT = Path("/usr/lib/modules")  # where modprobe looks (/lib is usr/lib)
 _PR_SET_PDEATHSIG = 1
 _POLL_SECONDS = 0.02
+SHM = "/dev/shm"  # where UML keeps guest memory when TMPDIR is unset
+OUT_OF_MEMORY_FILE = "ran out of space"  # UML's console line when that file system fills
 OWNER_ENV = "PYTEST_FAKEMACHINE_OWNER"  # pid of the Python process that started a guest
 
 
@@ -86,6 +90,31 @@ def modules_mountpoint() -> Path:
             f"UML kernel's modules there: create it with `sudo mkdir {MODULES_MOUNTPOINT}`"
         )
     return MODULES_MOUNTPOINT
+
+
+def _free_bytes(path: str) -> int:
+    try:
+        return shutil.disk_usage(path).free
+    except OSError:
+        return 0
+
+
+def memory_dir(memory_mib: int) -> str | None:
+    """A directory for the guest's memory file when UML's own choice cannot hold it.
+
+    UML keeps guest memory in a file in $TMPDIR, else in /dev/shm, and dies of
+    SIGBUS when that file system fills up. Docker gives a container a 64 MiB
+    /dev/shm, too small even to boot; then the memory goes to the temporary
+    directory's file system (as fast for a guest's lifetime: the file is
+    deleted before its pages are written back). None: leave UML's choice.
+    """
+    if os.environ.get("TMPDIR"):  # the user's choice, also for UML
+        return None
+    shm_free = _free_bytes(SHM)
+    if shm_free >= memory_mib << 20:
+        return None
+    fallback = tempfile.gettempdir()
+    return fallback if _free_bytes(fallback) > shm_free else None
 
 
 def find_slirp() -> str:
@@ -151,8 +180,10 @@ class GuestProcess:
         console_log: Path | None = None,
         echo: Callable[[str], None] | None = None,
         cleanup: Sequence[Path] = (),
+        memory_dir: str | None = None,
     ) -> None:
         self._kernel = kernel
+        self._memory_dir = memory_dir
         self._args = list(kernel_args)
         self._workdir = workdir
         self._network = network
@@ -249,6 +280,8 @@ class GuestProcess:
         # UML needs little of ours: TMPDIR picks where its memory file lives
         # (else /dev/shm). OWNER_ENV lets tests find guests that outlived us.
         env = {k: v for k, v in os.environ.items() if k in ("PATH", "TMPDIR", "LANG")}
+        if self._memory_dir is not None:
+            env["TMPDIR"] = self._memory_dir
         env[OWNER_ENV] = str(os.getpid())
         return env
 

@@ -155,6 +155,44 @@ def test_full_disk_for_the_work_directory_is_a_clear_error(
         subprocess.run(["umount", str(full)], check=True)
 
 
+@pytest.mark.skipif(os.getuid() != 0, reason="mounts a tmpfs on /dev/shm in a mount namespace")
+def test_docker_sized_dev_shm_moves_guest_memory_to_the_temporary_directory() -> None:
+    # Docker gives containers a 64 MiB /dev/shm; UML's default memory file there
+    # dies of SIGBUS before the kernel finishes booting.
+    script = (
+        "mount -t tmpfs -o size=64m tmpfs /dev/shm && "
+        f"{sys.executable} -m pytest_fakemachine doctor; "
+        f"{sys.executable} -c 'from pytest_fakemachine import Machine; "
+        'print(Machine().run("echo booted").stdout)\''
+    )
+    env = {k: v for k, v in os.environ.items() if k != "TMPDIR"}
+    result = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
+                            capture_output=True, text=True, env=env, check=False)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "warning room in /dev/shm for guest memory: only 64 MiB free" in result.stdout
+    assert "guests can boot here" in result.stdout
+    assert result.stdout.endswith("booted\n\n"), result.stdout
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="mounts a small tmpfs to fill up")
+def test_guest_memory_filling_its_file_system_says_so(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    small = tmp_path / "small"
+    small.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(small)], check=True)
+    try:
+        # TMPDIR is the user's choice for UML's memory file too: honoured, and explained.
+        monkeypatch.setenv("TMPDIR", str(small))
+        monkeypatch.setattr(tempfile, "tempdir", str(small))
+        with pytest.raises(BootError, match=rf"memory=2048M\) in a file in {small}, and that "
+                                            "file system filled up"):  # fmt: skip
+            Machine().run("true")
+        assert os.listdir(small) == []
+    finally:
+        subprocess.run(["umount", str(small)], check=True)
+
+
 def test_image_in_an_unwritable_place_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(FakeMachineError, match=str(tmp_path / "missing")):
         Machine().add_image(tmp_path / "missing" / "disk.img", size="1M")

@@ -16,6 +16,7 @@ import shutil
 import stat
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -36,6 +37,7 @@ from pytest_fakemachine import (
     _machine,
     _session,
     _templates,
+    _uml,
     in_fakemachine,
 )
 from pytest_fakemachine import _config as c
@@ -1058,6 +1060,7 @@ def test_command_body_argv_is_not_a_shell_string(tmp_path: Path) -> None:
 
 INNER_TESTS = """
 import sys
+import tempfile
 import pytest
 
 def test_pass(record_property):
@@ -1418,3 +1421,26 @@ def test_in_process_usage_errors(
     with pytest.raises(pytest.UsageError) as excinfo:
         pytester.parseconfigure(*args)
     assert fnmatch.fnmatchcase(str(excinfo.value), expected + "*"), str(excinfo.value)
+
+
+@pytest.mark.parametrize(
+    ("tmpdir", "shm_free_mib", "tmp_free_mib", "expected"),
+    [
+        ("/somewhere", 64, 10_000, None),  # TMPDIR set: UML uses it, as the user chose
+        ("", 4096, 10_000, None),  # /dev/shm holds all of memory=2048M
+        ("", 64, 10_000, "/tmp"),  # Docker's 64 MiB /dev/shm: the temporary directory
+        ("", 64, 32, None),  # nowhere better: stay, and let the BootError explain
+    ],
+)
+def test_memory_dir_moves_guest_memory_only_when_dev_shm_cannot_hold_it(
+    monkeypatch: pytest.MonkeyPatch,
+    tmpdir: str,
+    shm_free_mib: int,
+    tmp_free_mib: int,
+    expected: str | None,
+) -> None:
+    free = {_uml.SHM: shm_free_mib << 20, "/tmp": tmp_free_mib << 20}
+    monkeypatch.setenv("TMPDIR", tmpdir)
+    monkeypatch.setattr(tempfile, "gettempdir", lambda: "/tmp")
+    monkeypatch.setattr(_uml, "_free_bytes", lambda path: free[path])
+    assert _uml.memory_dir(2048) == expected
