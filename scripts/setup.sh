@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Set up a fresh Debian/Ubuntu machine for pytest-fakemachine: the guest's
-# parts from the distribution; the plugin and its test tools from PyPI, into
+# parts from the distribution (on Ubuntu, the UML kernel from Debian); the plugin and its test tools from PyPI, into
 # .venv (Debian's own python3 refuses pip installs: PEP 668).
 # Run as root, or as a user with sudo. Run the tests with .venv/bin/python.
 set -euo pipefail
@@ -26,27 +26,72 @@ missing() {
     done
 }
 
-apt_install() {  # the mirrors can be unreachable for a minute or two: keep trying
+retry() {  # the mirrors can be unreachable for a minute or two: keep trying
     attempts=$1
     shift
     for attempt in $(seq "$attempts"); do
-        if $sudo apt-get update -qq && $sudo apt-get install -y -qq --no-install-recommends "$@"; then
-            return 0
-        fi
+        "$@" && return 0
         [ "$attempt" -eq "$attempts" ] && break
-        echo "setup: apt-get failed (attempt $attempt of $attempts), retrying" >&2
+        echo "setup: '$*' failed (attempt $attempt of $attempts), retrying" >&2
         sleep $((attempt * 10))
     done
     return 1
 }
 
+apt_install() {
+    $sudo apt-get install -y -qq --no-install-recommends "$@"
+}
+
+has_candidate() {
+    candidate=$(apt-cache policy "$1" 2>/dev/null | awk '/Candidate:/ {print $2}')
+    [ -n "$candidate" ] && [ "$candidate" != "(none)" ]
+}
+
+# Ubuntu packages no user-mode-linux, and 24.04 no libslirp-helper. Debian's
+# builds need only libc6 (>= 2.34) and libslirp0: download them from Debian 12,
+# which apt checks against Debian's archive key, through a private apt state.
+from_debian() {
+    tmp=$(mktemp -d)
+    mkdir -p "$tmp/lists/partial" "$tmp/cache/archives/partial"
+    echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg]" \
+        "http://deb.debian.org/debian bookworm main" >"$tmp/sources.list"
+    opts=(-qq -o "Dir::Etc::sourcelist=$tmp/sources.list" -o Dir::Etc::sourceparts=-
+          -o "Dir::State::lists=$tmp/lists" -o "Dir::Cache=$tmp/cache"
+          -o "APT::Sandbox::User=$(id -un)")
+    if apt-get "${opts[@]}" update && (cd "$tmp" && apt-get "${opts[@]}" download "$@"); then
+        apt_install "$tmp"/*.deb
+        status=$?
+    else
+        status=1
+    fi
+    rm -rf "$tmp"
+    return $status
+}
+
 need=$(missing $required)
-if [ -n "$need" ]; then
-    apt_install 6 $need
-fi
 want=$(missing $optional)
+if [ -n "$need$want" ]; then
+    retry "$([ -n "$need" ] && echo 6 || echo 1)" $sudo apt-get update -qq
+fi
+if [ -n "$need" ]; then
+    debian=""
+    for p in user-mode-linux libslirp-helper; do
+        case " $need " in
+        *" $p "*) has_candidate "$p" || debian="$debian $p" ;;
+        esac
+    done
+    for p in $debian; do
+        need=$(echo " $need " | sed "s/ $p / /")
+    done
+    [ -z "$debian" ] || need="$need $(missing debian-archive-keyring)"
+    retry 6 apt_install $need
+    if [ -n "$debian" ]; then
+        echo "setup: not in this distribution's archive, taken from Debian 12:$debian" >&2
+        retry 6 from_debian $debian
+    fi
+fi
 if [ -n "$want" ]; then
-    apt_install 1 $want || echo "setup: optional packages not installed: $want" >&2
+    apt_install $want || echo "setup: optional packages not installed: $want" >&2
 fi
 # The guest mounts the UML modules on the host's /usr/lib/modules, which a host
 # with no kernel package (a container) lacks.
