@@ -20,9 +20,9 @@ if ! command -v python3 >/dev/null || ! python3 -c "import ensurepip, venv" 2>/d
     required="$required python3 python3-venv"
 fi
 
-missing() {
+missing() {  # the packages not installed, on one line
     for p in "$@"; do
-        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || echo "$p"
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || printf '%s ' "$p"
     done
 }
 
