@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from ._config import DEFAULT_MEMORY_MIB
 from ._errors import FakeMachineError
 from ._initramfs import cache_dir, initramfs
-from ._uml import MODULES_MOUNTPOINT, SHM, find_kernel, module_dir, modules_mountpoint
+from ._uml import MODULES_MOUNTPOINT, SHM, apt_fix, find_kernel, module_dir, modules_mountpoint
 
 __all__ = ["run_doctor"]
 
@@ -39,7 +39,7 @@ def _checks() -> list[Check]:
         checks.append(Check("UML kernel modules", None))
     except FakeMachineError as e:
         checks.append(Check("UML kernel and modules", str(e),
-                            "sudo apt-get install user-mode-linux"))  # fmt: skip
+                            apt_fix("user-mode-linux")))  # fmt: skip
     try:
         checks.append(Check(f"mount point for the UML modules ({modules_mountpoint()})", None))
     except FakeMachineError as e:
@@ -50,7 +50,7 @@ def _checks() -> list[Check]:
         found = shutil.which(tool)
         checks.append(Check(tool + ("" if required else " (for network=True)"),
                             None if found else f"{tool} is not on PATH",
-                            f"sudo apt-get install {package}", required))  # fmt: skip
+                            apt_fix(package), required))  # fmt: skip
     systemd = "/lib/systemd/systemd"
     checks.append(Check("systemd", None if os.access(systemd, os.X_OK) else f"{systemd} missing",
                         "sudo apt-get install systemd"))  # fmt: skip

@@ -32,6 +32,7 @@ __all__ = [
     "MODULES_MOUNTPOINT",
     "OWNER_ENV",
     "GuestProcess",
+    "apt_fix",
     "find_kernel",
     "find_slirp",
     "leftovers",
@@ -51,6 +52,27 @@ OUT_OF_MEMORY_FILE = "ran out of space"  # UML's console line when that file sys
 OWNER_ENV = "PYTEST_FAKEMACHINE_OWNER"  # pid of the Python process that started a guest
 
 
+def _on_ubuntu(os_release: str = "/etc/os-release") -> bool:
+    try:
+        with open(os_release) as f:
+            fields = dict(line.rstrip("\n").split("=", 1) for line in f if "=" in line)
+    except OSError:
+        return False
+    ids = fields.get("ID", "") + " " + fields.get("ID_LIKE", "")
+    return "ubuntu" in ids.replace('"', "").split()
+
+
+def apt_fix(package: str) -> str:
+    """The command that installs ``package``; Ubuntu has no user-mode-linux at all."""
+    fix = f"sudo apt-get install {package}"
+    if package in (_UML_PACKAGE, _SLIRP) and _on_ubuntu():
+        fix += (
+            f" (Ubuntu packages no {_UML_PACKAGE}, and 24.04 no {_SLIRP}: install "
+            "Debian 12's, as the GitHub Actions recipe in pytest-fakemachine's docs/ci.md does)"
+        )
+    return fix
+
+
 def find_kernel(kernel: str | os.PathLike[str] | None) -> Path:
     """The UML kernel to boot; :class:`BackendUnavailable` says what to install."""
     if platform.machine() != "x86_64":
@@ -61,7 +83,7 @@ def find_kernel(kernel: str | os.PathLike[str] | None) -> Path:
         found = shutil.which("linux.uml")
         if found is None:
             raise BackendUnavailable(
-                "linux.uml is not on PATH: install it with `apt-get install user-mode-linux`"
+                f"linux.uml is not on PATH: install it with `{apt_fix(_UML_PACKAGE)}`"
             )
         return Path(found)
     path = Path(kernel)
@@ -75,7 +97,7 @@ def module_dir(kernel: Path) -> Path:
     if not _UML_MODULES.is_dir() or not any(_UML_MODULES.iterdir()):
         raise BackendUnavailable(
             f"{_UML_MODULES} is missing or empty: the UML kernel's modules come with "
-            f"`apt-get install {_UML_PACKAGE}`"
+            f"`{apt_fix(_UML_PACKAGE)}`"
         )
     return _UML_MODULES
 
@@ -122,7 +144,7 @@ def find_slirp() -> str:
     if found is None:
         raise BackendUnavailable(
             f"{_SLIRP} is not on PATH, and network=True needs it: install it with "
-            f"`apt-get install {_SLIRP}`"
+            f"`{apt_fix(_SLIRP)}`"
         )
     return found
 

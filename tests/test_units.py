@@ -1444,3 +1444,27 @@ def test_memory_dir_moves_guest_memory_only_when_dev_shm_cannot_hold_it(
     monkeypatch.setattr(tempfile, "gettempdir", lambda: "/tmp")
     monkeypatch.setattr(_uml, "_free_bytes", lambda path: free[path])
     assert _uml.memory_dir(2048) == expected
+
+
+@pytest.mark.parametrize(
+    ("os_release", "ubuntu"),
+    [
+        ('PRETTY_NAME="Ubuntu 24.04 LTS"\nID=ubuntu\nID_LIKE=debian\n', True),
+        ('ID=linuxmint\nID_LIKE="ubuntu debian"\n', True),
+        ('PRETTY_NAME="Debian GNU/Linux 12 (bookworm)"\nID=debian\n', False),
+        (None, False),
+    ],
+)
+def test_ubuntu_is_told_where_user_mode_linux_comes_from(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, os_release: str | None, ubuntu: bool
+) -> None:
+    path = tmp_path / "os-release"
+    if os_release is not None:
+        path.write_text(os_release)
+    assert _uml._on_ubuntu(str(path)) is ubuntu
+    monkeypatch.setattr(_uml, "_on_ubuntu", lambda: ubuntu)
+    for package in ("user-mode-linux", "libslirp-helper"):
+        fix = _uml.apt_fix(package)
+        assert fix.startswith(f"sudo apt-get install {package}")
+        assert ("install Debian 12's" in fix) is ubuntu
+    assert _uml.apt_fix("busybox") == "sudo apt-get install busybox"
