@@ -5,14 +5,14 @@ from __future__ import annotations
 import os
 import platform
 import shutil
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from . import _uml
 from ._config import DEFAULT_MEMORY_MIB
 from ._errors import FakeMachineError
 from ._initramfs import cache_dir, initramfs
-from ._uml import MODULES_MOUNTPOINT, SHM, apt_fix, find_kernel, module_dir, modules_mountpoint
+from ._uml import SHM, apt_fix, find_kernel, memory_dir, module_dir, modules_mountpoint
 
 __all__ = ["run_doctor"]
 
@@ -44,7 +44,7 @@ def _checks() -> list[Check]:
         checks.append(Check(f"mount point for the UML modules ({modules_mountpoint()})", None))
     except FakeMachineError as e:
         checks.append(Check("mount point for the UML modules", str(e),
-                            f"sudo mkdir {MODULES_MOUNTPOINT}"))  # fmt: skip
+                            f"sudo mkdir {_uml.MODULES_MOUNTPOINT}"))  # fmt: skip
     for tool, package, required in (("busybox", "busybox", True),
                                     ("libslirp-helper", "libslirp-helper", False)):  # fmt: skip
         found = shutil.which(tool)
@@ -54,18 +54,7 @@ def _checks() -> list[Check]:
     systemd = "/lib/systemd/systemd"
     checks.append(Check("systemd", None if os.access(systemd, os.X_OK) else f"{systemd} missing",
                         "sudo apt-get install systemd"))  # fmt: skip
-    shm = os.path.isdir(SHM) and os.access(SHM, os.W_OK)
-    checks.append(Check(f"{SHM} (guest memory)", None if shm else f"{SHM} is not writable",
-                        f"mount a tmpfs on {SHM} (mount -t tmpfs tmpfs {SHM})"))  # fmt: skip
-    shm_free = shutil.disk_usage(SHM).free if shm else 0
-    # With TMPDIR set, UML keeps guest memory there and never uses /dev/shm.
-    if shm and not os.environ.get("TMPDIR") and shm_free < DEFAULT_MEMORY_MIB << 20:
-        checks.append(Check(f"room in {SHM} for guest memory",
-                            f"only {shm_free >> 20} MiB free, less than a guest's default "
-                            f"memory ({DEFAULT_MEMORY_MIB} MiB): guests keep their memory in "
-                            f"{tempfile.gettempdir()} instead",
-                            "in Docker: docker run --shm-size=2g (GitLab: shm_size in the "
-                            "runner's config)", required=False))  # fmt: skip
+    checks.append(_guest_memory_check())
     tmp = shutil.disk_usage(os.environ.get("TMPDIR", "/tmp")).free
     checks.append(Check("free space for work directories",
                         None if tmp >= _MIN_FREE_BYTES else f"only {tmp >> 20} MiB free",
@@ -75,6 +64,23 @@ def _checks() -> list[Check]:
     except (FakeMachineError, OSError) as e:
         checks.append(Check(f"initramfs in {cache_dir()}", str(e), "see the message"))
     return checks
+
+
+def _guest_memory_check() -> Check:
+    name = f"{SHM} (guest memory)"
+    if os.environ.get("TMPDIR"):  # UML keeps guest memory there and never uses /dev/shm
+        return Check(f"$TMPDIR (guest memory): {os.environ['TMPDIR']}", None)
+    writable = os.access(SHM, os.W_OK)
+    free = shutil.disk_usage(SHM).free if writable else 0
+    if free >= DEFAULT_MEMORY_MIB << 20:
+        return Check(name, None)
+    moved_to = memory_dir(DEFAULT_MEMORY_MIB)
+    problem = f"only {free >> 20} MiB free" if writable else "not writable"
+    problem += f", less than a guest's default memory ({DEFAULT_MEMORY_MIB} MiB): "
+    problem += (f"guests keep their memory in {moved_to} instead" if moved_to
+                else "a guest that touches more than that dies")  # fmt: skip
+    fix = "in Docker: docker run --shm-size=2g (GitLab: shm_size in the runner's config)"
+    return Check(name, problem, fix, required=not writable and moved_to is None)
 
 
 def run_doctor(say: Callable[[str], None]) -> int:

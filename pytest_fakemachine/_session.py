@@ -21,7 +21,7 @@ from . import _templates as t
 from ._config import ImageSpec, Volume
 from ._errors import BootError, FakeMachineError, GuestTimeout
 from ._initramfs import initramfs
-from ._uml import MODULES_MOUNTPOINT, OUT_OF_MEMORY_FILE, SHM, GuestProcess, memory_dir
+from ._uml import MODULES_MOUNTPOINT, GuestProcess, memory_dir, memory_file_full
 
 __all__ = ["BootOutcome", "Session", "command_body", "console_tail"]
 
@@ -234,11 +234,15 @@ class Session:
                 what = "the guest powered off during the command"
             else:
                 what = "the guest did not boot to the command"
-            if OUT_OF_MEMORY_FILE in console:
-                where = os.environ.get("TMPDIR") or f"{SHM} (or the temporary directory)"
+            if memory_file_full(console):
+                where = guest.memory_dir
+                try:
+                    size = f"{shutil.disk_usage(where).total >> 20} MiB"
+                except OSError:
+                    size = "its"
                 what += (
                     f": UML keeps the guest's memory (memory={self.memory_mib}M) in a file in "
-                    f"{where}, and that file system filled up; give it room (in Docker: "
+                    f"{where}, and that {size} file system filled up; give it room (in Docker: "
                     "--shm-size), point TMPDIR at one with room, or lower memory="
                 )
             raise BootError(

@@ -37,6 +37,7 @@ __all__ = [
     "find_slirp",
     "leftovers",
     "memory_dir",
+    "memory_file_full",
     "module_dir",
     "modules_mountpoint",
 ]
@@ -48,7 +49,12 @@ MODULES_MOUNTPOINT = Path("/usr/lib/modules")  # where modprobe looks (/lib is u
 _PR_SET_PDEATHSIG = 1
 _POLL_SECONDS = 0.02
 SHM = "/dev/shm"  # where UML keeps guest memory when TMPDIR is unset
-OUT_OF_MEMORY_FILE = "ran out of space"  # UML's console line when that file system fills
+# UML's console when guest memory outgrows the file system its file is in: the
+# kernel's own fault, or init (often systemd) killed by SIGBUS, signal 7.
+_MEMORY_FILE_FULL = (
+    "Bus error - the host /dev/shm or /tmp mount likely just ran out of space",
+    "Attempted to kill init! exitcode=0x00000007",
+)
 OWNER_ENV = "PYTEST_FAKEMACHINE_OWNER"  # pid of the Python process that started a guest
 
 
@@ -63,12 +69,12 @@ def _on_ubuntu(os_release: str = "/etc/os-release") -> bool:
 
 
 def apt_fix(package: str) -> str:
-    """The command that installs ``package``; Ubuntu has no user-mode-linux at all."""
+    """The command that installs ``package``; on Ubuntu, which has no UML, what instead."""
     fix = f"sudo apt-get install {package}"
     if package in (_UML_PACKAGE, _SLIRP) and _on_ubuntu():
-        fix += (
-            f" (Ubuntu packages no {_UML_PACKAGE}, and 24.04 no {_SLIRP}: install "
-            "Debian 12's, as the GitHub Actions recipe in pytest-fakemachine's docs/ci.md does)"
+        fix = (
+            f"Ubuntu packages no {_UML_PACKAGE} (and 24.04 no {_SLIRP}): install Debian 12's "
+            "builds, as the GitHub Actions recipe in docs/ci.md of pytest-fakemachine does"
         )
     return fix
 
@@ -83,7 +89,7 @@ def find_kernel(kernel: str | os.PathLike[str] | None) -> Path:
         found = shutil.which("linux.uml")
         if found is None:
             raise BackendUnavailable(
-                f"linux.uml is not on PATH: install it with `{apt_fix(_UML_PACKAGE)}`"
+                f"linux.uml is not on PATH; to install it: {apt_fix(_UML_PACKAGE)}"
             )
         return Path(found)
     path = Path(kernel)
@@ -96,8 +102,8 @@ def module_dir(kernel: Path) -> Path:
     """The directory of modules of the Debian UML kernel (mounted at MODULES_MOUNTPOINT)."""
     if not _UML_MODULES.is_dir() or not any(_UML_MODULES.iterdir()):
         raise BackendUnavailable(
-            f"{_UML_MODULES} is missing or empty: the UML kernel's modules come with "
-            f"`{apt_fix(_UML_PACKAGE)}`"
+            f"{_UML_MODULES} is missing or empty: the UML kernel's modules come with its "
+            f"package; to install it: {apt_fix(_UML_PACKAGE)}"
         )
     return _UML_MODULES
 
@@ -121,18 +127,24 @@ def _free_bytes(path: str) -> int:
         return 0
 
 
+def memory_file_full(console: str) -> bool:
+    """Whether a dead guest's console says its memory file ran out of room."""
+    return any(line in console for line in _MEMORY_FILE_FULL)
+
+
 def memory_dir(memory_mib: int) -> str | None:
     """A directory for the guest's memory file when UML's own choice cannot hold it.
 
     UML keeps guest memory in a file in $TMPDIR, else in /dev/shm, and dies of
     SIGBUS when that file system fills up. Docker gives a container a 64 MiB
     /dev/shm, too small even to boot; then the memory goes to the temporary
-    directory's file system (as fast for a guest's lifetime: the file is
-    deleted before its pages are written back). None: leave UML's choice.
+    directory, if it has more room. Off tmpfs the guest's dirty pages may be
+    written to disk (UML prefers tmpfs for that reason); for short guests it
+    measured as fast here. None: leave UML's choice.
     """
     if os.environ.get("TMPDIR"):  # the user's choice, also for UML
         return None
-    shm_free = _free_bytes(SHM)
+    shm_free = _free_bytes(SHM) if os.access(SHM, os.W_OK) else 0
     if shm_free >= memory_mib << 20:
         return None
     fallback = tempfile.gettempdir()
@@ -143,8 +155,7 @@ def find_slirp() -> str:
     found = shutil.which(_SLIRP)
     if found is None:
         raise BackendUnavailable(
-            f"{_SLIRP} is not on PATH, and network=True needs it: install it with "
-            f"`{apt_fix(_SLIRP)}`"
+            f"{_SLIRP} is not on PATH, and network=True needs it; to install it: {apt_fix(_SLIRP)}"
         )
     return found
 
@@ -206,6 +217,8 @@ class GuestProcess:
     ) -> None:
         self._kernel = kernel
         self._memory_dir = memory_dir
+        # Where UML keeps the guest's memory (for error messages).
+        self.memory_dir = memory_dir or os.environ.get("TMPDIR") or SHM
         self._args = list(kernel_args)
         self._workdir = workdir
         self._network = network

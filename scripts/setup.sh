@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
-# Set up a fresh Debian/Ubuntu machine for pytest-fakemachine: the guest's
-# parts from the distribution (on Ubuntu, the UML kernel from Debian); the plugin and its test tools from PyPI, into
-# .venv (Debian's own python3 refuses pip installs: PEP 668).
-# Run as root, or as a user with sudo. Run the tests with .venv/bin/python.
+# Set up a fresh Debian or Ubuntu machine for pytest-fakemachine: the guest's
+# parts from the distribution (on Ubuntu, the UML kernel from Debian 12), then
+# the plugin and its test tools from PyPI into .venv (Debian's own python3
+# refuses pip installs outside a virtual environment: PEP 668).
+# Run as root, or as a user with sudo. Then: .venv/bin/python -m pytest -n 2
 set -euo pipefail
 cd "$(dirname "$0")/.."
-sudo=""
-[ "$(id -u)" -eq 0 ] || sudo="sudo"
-export DEBIAN_FRONTEND=noninteractive
+# sudo resets the environment: pass apt's setting through it.
+sudo=(env DEBIAN_FRONTEND=noninteractive)
+[ "$(id -u)" -eq 0 ] || sudo=(sudo env DEBIAN_FRONTEND=noninteractive)
 
 # user-mode-linux: the guest kernel and its modules; busybox: the guest's init;
 # libslirp-helper: network=True; the rest: what tests and examples run inside
@@ -19,6 +20,8 @@ optional="dosfstools btrfs-progs xfsprogs"
 if ! command -v python3 >/dev/null || ! python3 -c "import ensurepip, venv" 2>/dev/null; then
     required="$required python3 python3-venv"
 fi
+# Packages Ubuntu lacks (no user-mode-linux ever; no libslirp-helper in 24.04).
+from_debian_ok="user-mode-linux libslirp-helper"
 
 missing() {  # the packages not installed, on one line
     for p in "$@"; do
@@ -26,7 +29,12 @@ missing() {  # the packages not installed, on one line
     done
 }
 
-retry() {  # the mirrors can be unreachable for a minute or two: keep trying
+has_candidate() {
+    candidate=$(apt-cache policy "$1" 2>/dev/null | awk '/Candidate:/ {print $2}')
+    [ -n "$candidate" ] && [ "$candidate" != "(none)" ]
+}
+
+retry() {  # for network steps only: the mirrors can be unreachable for a minute or two
     attempts=$1
     shift
     for attempt in $(seq "$attempts"); do
@@ -39,55 +47,57 @@ retry() {  # the mirrors can be unreachable for a minute or two: keep trying
 }
 
 apt_install() {
-    $sudo apt-get install -y -qq --no-install-recommends "$@"
+    "${sudo[@]}" apt-get install -y -qq --no-install-recommends "$@"
 }
 
-has_candidate() {
-    candidate=$(apt-cache policy "$1" 2>/dev/null | awk '/Candidate:/ {print $2}')
-    [ -n "$candidate" ] && [ "$candidate" != "(none)" ]
-}
+tmp=""
+trap '[ -z "$tmp" ] || rm -rf "$tmp"' EXIT
 
-# Ubuntu packages no user-mode-linux, and 24.04 no libslirp-helper. Debian's
-# builds need only libc6 (>= 2.34) and libslirp0: download them from Debian 12,
-# which apt checks against Debian's archive key, through a private apt state.
-from_debian() {
-    tmp=$(mktemp -d)
-    mkdir -p "$tmp/lists/partial" "$tmp/cache/archives/partial"
+# Download Debian 12's builds of "$@" (they need only libc6 >= 2.34 and
+# libslirp0) through a private apt state; apt checks them against Debian's
+# archive key (debian-archive-keyring) before they are installed.
+download_from_debian() {
+    mkdir -p "$tmp/lists/partial" "$tmp/cache/archives/partial" "$tmp/debs"
     echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg]" \
         "http://deb.debian.org/debian bookworm main" >"$tmp/sources.list"
     opts=(-qq -o "Dir::Etc::sourcelist=$tmp/sources.list" -o Dir::Etc::sourceparts=-
           -o "Dir::State::lists=$tmp/lists" -o "Dir::Cache=$tmp/cache"
           -o "APT::Sandbox::User=$(id -un)")
-    if apt-get "${opts[@]}" update && (cd "$tmp" && apt-get "${opts[@]}" download "$@"); then
-        apt_install "$tmp"/*.deb
-        status=$?
-    else
-        status=1
-    fi
-    rm -rf "$tmp"
-    return $status
+    apt-get "${opts[@]}" update && (cd "$tmp/debs" && apt-get "${opts[@]}" download "$@")
 }
 
-need=$(missing $required)
+need=" $(missing $required)"
 want=$(missing $optional)
-if [ -n "$need$want" ]; then
-    retry "$([ -n "$need" ] && echo 6 || echo 1)" $sudo apt-get update -qq
+if [ -n "${need// /}$want" ]; then
+    if ! retry "$([ -n "${need// /}" ] && echo 6 || echo 1)" "${sudo[@]}" apt-get update -qq; then
+        [ -n "${need// /}" ] && { echo "setup: apt-get update failed" >&2; exit 1; }
+        echo "setup: apt-get update failed; optional packages not installed: $want" >&2
+        want=""
+    fi
 fi
-if [ -n "$need" ]; then
+if [ -n "${need// /}" ]; then
     debian=""
-    for p in user-mode-linux libslirp-helper; do
-        case " $need " in
-        *" $p "*) has_candidate "$p" || debian="$debian $p" ;;
-        esac
+    for p in $from_debian_ok; do
+        case "$need" in *" $p "*) has_candidate "$p" || debian="$debian $p" ;; esac
     done
     for p in $debian; do
-        need=$(echo " $need " | sed "s/ $p / /")
+        need=${need/ $p / }
     done
-    [ -z "$debian" ] || need="$need $(missing debian-archive-keyring)"
-    retry 6 apt_install $need
+    if [ -n "$debian" ]; then
+        if [ -n "$(missing debian-archive-keyring)" ] && ! has_candidate debian-archive-keyring; then
+            echo "setup:$debian and debian-archive-keyring are not in this machine's apt" \
+                "sources; on Ubuntu, enable universe (add-apt-repository universe)" >&2
+            exit 1
+        fi
+        need="$need $(missing debian-archive-keyring)"
+    fi
+    # Not retried: what fails here (a missing package, a conflict) fails again.
+    apt_install $need
     if [ -n "$debian" ]; then
         echo "setup: not in this distribution's archive, taken from Debian 12:$debian" >&2
-        retry 6 from_debian $debian
+        tmp=$(mktemp -d)
+        retry 6 download_from_debian $debian
+        apt_install "$tmp"/debs/*.deb
     fi
 fi
 if [ -n "$want" ]; then
@@ -95,7 +105,8 @@ if [ -n "$want" ]; then
 fi
 # The guest mounts the UML modules on the host's /usr/lib/modules, which a host
 # with no kernel package (a container) lacks.
-[ -d /usr/lib/modules ] || $sudo mkdir -p /usr/lib/modules
-[ -x .venv/bin/python ] || python3 -m venv .venv
+[ -d /usr/lib/modules ] || "${sudo[@]}" mkdir -p /usr/lib/modules
+# A venv left without pip by an interrupted run is made again.
+.venv/bin/python -m pip --version >/dev/null 2>&1 || python3 -m venv --clear .venv
 .venv/bin/python -m pip install -q -e ".[test]"
 echo "setup: done; run the tests with: .venv/bin/python -m pytest -n 2"

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from pytest_fakemachine import _uml
+
 
 def test_configure_hook_adjusts_fixture_and_marker_machines(pytester: pytest.Pytester) -> None:
     shared = pytester.mkdir("shared")
@@ -137,7 +139,7 @@ def test_doctor_without_linux_uml_says_how_to_fix_it(tmp_path: Path) -> None:
     result = _doctor({**os.environ, "PATH": str(tmp_path)})
     assert result.returncode == 1
     assert "MISSING UML kernel and modules: linux.uml is not on PATH" in result.stdout
-    assert "fix: sudo apt-get install user-mode-linux" in result.stdout
+    assert f"fix: {_uml.apt_fix('user-mode-linux')}" in result.stdout
     assert "fakemachine doctor: a guest cannot boot here" in result.stdout
 
 

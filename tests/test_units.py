@@ -1465,6 +1465,20 @@ def test_ubuntu_is_told_where_user_mode_linux_comes_from(
     monkeypatch.setattr(_uml, "_on_ubuntu", lambda: ubuntu)
     for package in ("user-mode-linux", "libslirp-helper"):
         fix = _uml.apt_fix(package)
-        assert fix.startswith(f"sudo apt-get install {package}")
+        assert (fix == f"sudo apt-get install {package}") is not ubuntu
         assert ("install Debian 12's" in fix) is ubuntu
     assert _uml.apt_fix("busybox") == "sudo apt-get install busybox"
+
+
+@pytest.mark.parametrize(
+    ("console_line", "full"),
+    [
+        ("[0.02] Bus error - the host /dev/shm or /tmp mount likely just ran out of space", True),
+        # Seen when systemd, not the kernel, touched the page that did not fit.
+        ("[0.26] Kernel panic - not syncing: Attempted to kill init! exitcode=0x00000007", True),
+        ("[0.26] Kernel panic - not syncing: Attempted to kill init! exitcode=0x00000009", False),
+        ("[0.02] Kernel panic - not syncing: VFS: Unable to mount root fs", False),
+    ],
+)
+def test_memory_file_full_is_read_off_the_console(console_line: str, full: bool) -> None:
+    assert _uml.memory_file_full(f"Run /init as init process\n{console_line}\n") is full
