@@ -53,17 +53,25 @@ apt_install() {
 tmp=""
 trap '[ -z "$tmp" ] || rm -rf "$tmp"' EXIT
 
-# Download Debian 12's builds of "$@" (they need only libc6 >= 2.34 and
-# libslirp0) through a private apt state; apt checks them against Debian's
-# archive key (debian-archive-keyring) before they are installed.
-download_from_debian() {
-    mkdir -p "$tmp/lists/partial" "$tmp/cache/archives/partial" "$tmp/debs"
-    echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg]" \
-        "http://deb.debian.org/debian bookworm main" >"$tmp/sources.list"
-    opts=(-qq -o "Dir::Etc::sourcelist=$tmp/sources.list" -o Dir::Etc::sourceparts=-
-          -o "Dir::State::lists=$tmp/lists" -o "Dir::Cache=$tmp/cache"
-          -o "APT::Sandbox::User=$(id -un)")
-    apt-get "${opts[@]}" update && (cd "$tmp/debs" && apt-get "${opts[@]}" download "$@")
+# Debian 12's builds (they need only libc6 >= 2.34 and libslirp0), through a
+# private apt state; apt checks them against Debian's archive key
+# (debian-archive-keyring) before they are installed.
+debian_apt() {
+    apt-get -qq -o "Dir::Etc::sourcelist=$tmp/sources.list" -o Dir::Etc::sourceparts=- \
+        -o "Dir::State::lists=$tmp/lists" -o "Dir::Cache=$tmp/cache" \
+        -o "APT::Sandbox::User=$(id -un)" "$@"
+}
+
+debian_update() {  # a bad signature ends the script: no retry can mend it
+    out=$(debian_apt update 2>&1) && return 0
+    echo "$out" >&2
+    if grep -q NO_PUBKEY <<<"$out"; then
+        echo "setup: this machine's debian-archive-keyring is too old to check Debian 12's" \
+            "packages; Ubuntu 22.04 has a new enough one in jammy-updates and jammy-security:" \
+            "enable those pockets" >&2
+        exit 1
+    fi
+    return 1
 }
 
 need=" $(missing $required)"
@@ -89,14 +97,18 @@ if [ -n "${need// /}" ]; then
                 "sources; on Ubuntu, enable universe (add-apt-repository universe)" >&2
             exit 1
         fi
-        need="$need $(missing debian-archive-keyring)"
+        need="$need debian-archive-keyring"  # installed, or upgraded: it must know Debian 12's keys
     fi
     # Not retried: what fails here (a missing package, a conflict) fails again.
     apt_install $need
     if [ -n "$debian" ]; then
         echo "setup: not in this distribution's archive, taken from Debian 12:$debian" >&2
         tmp=$(mktemp -d)
-        retry 6 download_from_debian $debian
+        mkdir -p "$tmp/lists/partial" "$tmp/cache/archives/partial" "$tmp/debs"
+        echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg]" \
+            "http://deb.debian.org/debian bookworm main" >"$tmp/sources.list"
+        retry 6 debian_update
+        (cd "$tmp/debs" && retry 6 debian_apt download $debian)
         apt_install "$tmp"/debs/*.deb
     fi
 fi
