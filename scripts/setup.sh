@@ -67,8 +67,7 @@ debian_update() {  # a bad signature ends the script: no retry can mend it
     echo "$out" >&2
     if grep -q NO_PUBKEY <<<"$out"; then
         echo "setup: this machine's debian-archive-keyring is too old to check Debian 12's" \
-            "packages; Ubuntu 22.04 has a new enough one in jammy-updates and jammy-security:" \
-            "enable those pockets" >&2
+            "packages (Ubuntu 22.04's, 2021.1.1, is); use Ubuntu 24.04 or newer, or Debian 12" >&2
         exit 1
     fi
     return 1
@@ -97,7 +96,7 @@ if [ -n "${need// /}" ]; then
                 "sources; on Ubuntu, enable universe (add-apt-repository universe)" >&2
             exit 1
         fi
-        need="$need debian-archive-keyring"  # installed, or upgraded: it must know Debian 12's keys
+        need="$need debian-archive-keyring"  # installed or upgraded: it must know Debian 12's keys
     fi
     # Not retried: what fails here (a missing package, a conflict) fails again.
     apt_install $need
