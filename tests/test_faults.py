@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -11,6 +12,7 @@ import tempfile
 import textwrap
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -140,22 +142,29 @@ def test_slirp_missing_with_network_says_what_to_install(
         Machine(network=True, kernel=kernel).run("true")
 
 
+@contextlib.contextmanager
+def _small_tmpfs(path: Path, size: str) -> Iterator[Path]:
+    """A tmpfs of ``size`` mounted on a new directory ``path`` (root only)."""
+    path.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], check=True)
+    try:
+        yield path
+    finally:
+        wait_for_no_leftovers(os.getpid())  # no guest may hold a file there at umount
+        subprocess.run(["umount", str(path)], check=True)
+
+
 @pytest.mark.skipif(os.getuid() != 0, reason="mounts a small tmpfs to fill up")
 def test_full_disk_for_the_work_directory_is_a_clear_error(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    full = tmp_path / "full"
-    full.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(full)], check=True)
-    try:
+    with _small_tmpfs(tmp_path / "full", "64k") as full:
         subprocess.run(["dd", "if=/dev/zero", f"of={full}/filler", "bs=4k"],
                        capture_output=True, check=False)  # fmt: skip
         monkeypatch.setattr(tempfile, "tempdir", str(full))
         with pytest.raises(FakeMachineError, match=str(full)):
             Machine().run("true")
         assert sorted(os.listdir(full)) == ["filler"]
-    finally:
-        subprocess.run(["umount", str(full)], check=True)
 
 
 @pytest.mark.skipif(os.getuid() != 0, reason="mounts a tmpfs on /dev/shm in a mount namespace")
@@ -186,10 +195,7 @@ def test_docker_sized_dev_shm_moves_guest_memory_to_the_temporary_directory() ->
 def test_guest_memory_filling_its_file_system_says_so(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    small = tmp_path / "small"
-    small.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(small)], check=True)
-    try:
+    with _small_tmpfs(tmp_path / "small", "64m") as small:
         # TMPDIR is the user's choice for UML's memory file too: honoured, and explained.
         monkeypatch.setenv("TMPDIR", str(small))
         monkeypatch.setattr(tempfile, "tempdir", str(small))
@@ -197,9 +203,6 @@ def test_guest_memory_filling_its_file_system_says_so(
         with pytest.raises(BootError, match=expected):
             Machine().run("true")
         assert os.listdir(small) == []
-    finally:
-        wait_for_no_leftovers(os.getpid())  # no UML may hold the memory file at umount
-        subprocess.run(["umount", str(small)], check=True)
 
 
 def test_image_in_an_unwritable_place_is_a_config_error(tmp_path: Path) -> None:
