@@ -54,23 +54,49 @@ tmp=""
 trap '[ -z "$tmp" ] || rm -rf "$tmp"' EXIT
 
 # Debian 12's builds (they need only libc6 >= 2.34 and libslirp0), through a
-# private apt state; apt checks them against Debian's archive key
-# (debian-archive-keyring) before they are installed.
-debian_apt() {
-    apt-get -qq -o "Dir::Etc::sourcelist=$tmp/sources.list" -o Dir::Etc::sourceparts=- \
-        -o "Dir::State::lists=$tmp/lists" -o "Dir::Cache=$tmp/cache" \
+# private apt state; apt checks them against Debian's archive key before they
+# are installed.
+private_apt() {  # DIR ARGS...: apt-get with the sources and state in DIR
+    local dir=$1
+    shift
+    apt-get -qq -o "Dir::Etc::sourcelist=$dir/sources.list" -o Dir::Etc::sourceparts=- \
+        -o "Dir::State::lists=$dir/lists" -o "Dir::Cache=$dir/cache" \
         -o "APT::Sandbox::User=$(id -un)" "$@"
 }
 
-debian_update() {  # a bad signature ends the script: no retry can mend it
-    out=$(debian_apt update 2>&1) && return 0
+private_sources() {  # DIR KEYRING URL SUITE COMPONENTS...
+    local dir=$1 keyring=$2
+    shift 2
+    mkdir -p "$dir/lists/partial" "$dir/cache/archives/partial" "$dir/debs"
+    echo "deb [signed-by=$keyring] $*" >"$dir/sources.list"
+}
+
+# Ubuntu 22.04's debian-archive-keyring (2021.1.1) predates the keys that sign
+# Debian 12 today. Ubuntu 24.04's has them: take that package from Ubuntu's
+# archive, checked by Ubuntu's own key, and use its keyring for this alone.
+newer_debian_keyring() {
+    private_sources "$tmp/ubuntu" /usr/share/keyrings/ubuntu-archive-keyring.gpg \
+        http://archive.ubuntu.com/ubuntu noble main universe
+    private_apt "$tmp/ubuntu" update &&
+        (cd "$tmp/ubuntu/debs" && private_apt "$tmp/ubuntu" download debian-archive-keyring) &&
+        dpkg-deb -x "$tmp"/ubuntu/debs/debian-archive-keyring_*.deb "$tmp/ubuntu/root"
+}
+
+debian_update() {  # a signature no key here can check ends the script: no retry mends it
+    local out newer="$tmp/ubuntu/root/usr/share/keyrings/debian-archive-keyring.gpg"
+    out=$(private_apt "$tmp/debian" update 2>&1) && return 0
     echo "$out" >&2
-    if grep -q NO_PUBKEY <<<"$out"; then
-        echo "setup: this machine's debian-archive-keyring is too old to check Debian 12's" \
-            "packages (Ubuntu 22.04's, 2021.1.1, is); use Ubuntu 24.04 or newer, or Debian 12" >&2
-        exit 1
+    grep -q NO_PUBKEY <<<"$out" || return 1
+    if [ ! -f "$newer" ] && [ -f /usr/share/keyrings/ubuntu-archive-keyring.gpg ]; then
+        echo "setup: this machine's debian-archive-keyring is too old for Debian 12's" \
+            "signatures; taking Ubuntu 24.04's" >&2
+        retry 6 newer_debian_keyring || exit 1
+        private_sources "$tmp/debian" "$newer" http://deb.debian.org/debian bookworm main
+        debian_update  # again, with the newer keyring
+        return
     fi
-    return 1
+    echo "setup: no keyring on this machine can check Debian 12's packages" >&2
+    exit 1
 }
 
 need=" $(missing $required)"
@@ -103,12 +129,11 @@ if [ -n "${need// /}" ]; then
     if [ -n "$debian" ]; then
         echo "setup: not in this distribution's archive, taken from Debian 12:$debian" >&2
         tmp=$(mktemp -d)
-        mkdir -p "$tmp/lists/partial" "$tmp/cache/archives/partial" "$tmp/debs"
-        echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg]" \
-            "http://deb.debian.org/debian bookworm main" >"$tmp/sources.list"
+        private_sources "$tmp/debian" /usr/share/keyrings/debian-archive-keyring.gpg \
+            http://deb.debian.org/debian bookworm main
         retry 6 debian_update
-        (cd "$tmp/debs" && retry 6 debian_apt download $debian)
-        apt_install "$tmp"/debs/*.deb
+        (cd "$tmp/debian/debs" && retry 6 private_apt "$tmp/debian" download $debian)
+        apt_install "$tmp"/debian/debs/*.deb
     fi
 fi
 if [ -n "$want" ]; then
