@@ -12,7 +12,7 @@ from . import _uml
 from ._config import DEFAULT_MEMORY_MIB
 from ._errors import FakeMachineError
 from ._initramfs import cache_dir, initramfs
-from ._uml import SHM, apt_fix, find_kernel, memory_dir, module_dir, modules_mountpoint
+from ._uml import SHM, apt_fix, find_kernel, free_in_shm, memory_dir, module_dir, modules_mountpoint
 
 __all__ = ["run_doctor"]
 
@@ -70,10 +70,10 @@ def _guest_memory_check() -> Check:
     name = f"{SHM} (guest memory)"
     if os.environ.get("TMPDIR"):  # UML keeps guest memory there and never uses /dev/shm
         return Check(f"$TMPDIR (guest memory): {os.environ['TMPDIR']}", None)
-    writable = os.access(SHM, os.W_OK)
-    free = shutil.disk_usage(SHM).free if writable else 0
+    free = free_in_shm()
     if free >= DEFAULT_MEMORY_MIB << 20:
         return Check(name, None)
+    writable = os.access(SHM, os.W_OK)
     moved_to = memory_dir(DEFAULT_MEMORY_MIB)
     problem = f"only {free >> 20} MiB free" if writable else "not writable"
     problem += f", less than a guest's default memory ({DEFAULT_MEMORY_MIB} MiB): "

@@ -35,6 +35,7 @@ __all__ = [
     "apt_fix",
     "find_kernel",
     "find_slirp",
+    "free_in_shm",
     "leftovers",
     "memory_dir",
     "memory_file_full",
@@ -127,6 +128,11 @@ def _free_bytes(path: str) -> int:
         return 0
 
 
+def free_in_shm() -> int:
+    """Bytes free for guest memory in /dev/shm; 0 if it is not writable."""
+    return _free_bytes(SHM) if os.access(SHM, os.W_OK) else 0
+
+
 def memory_file_full(console: str) -> bool:
     """Whether a dead guest's console says its memory file ran out of room."""
     return any(line in console for line in _MEMORY_FILE_FULL)
@@ -144,7 +150,7 @@ def memory_dir(memory_mib: int) -> str | None:
     """
     if os.environ.get("TMPDIR"):  # the user's choice, also for UML
         return None
-    shm_free = _free_bytes(SHM) if os.access(SHM, os.W_OK) else 0
+    shm_free = free_in_shm()
     if shm_free >= memory_mib << 20:
         return None
     fallback = tempfile.gettempdir()

@@ -99,22 +99,22 @@ debian_update() {  # a signature no key here can check ends the script: no retry
     exit 1
 }
 
-need=" $(missing $required)"
+need=$(missing $required)  # "a b " or ""
 want=$(missing $optional)
-if [ -n "${need// /}$want" ]; then
-    if ! retry "$([ -n "${need// /}" ] && echo 6 || echo 1)" "${sudo[@]}" apt-get update -qq; then
-        [ -n "${need// /}" ] && { echo "setup: apt-get update failed" >&2; exit 1; }
+if [ -n "$need$want" ]; then
+    if ! retry "$([ -n "$need" ] && echo 6 || echo 1)" "${sudo[@]}" apt-get update -qq; then
+        [ -n "$need" ] && { echo "setup: apt-get update failed" >&2; exit 1; }
         echo "setup: apt-get update failed; optional packages not installed: $want" >&2
         want=""
     fi
 fi
-if [ -n "${need// /}" ]; then
+if [ -n "$need" ]; then
     debian=""
     for p in $from_debian_ok; do
-        case "$need" in *" $p "*) has_candidate "$p" || debian="$debian $p" ;; esac
+        case " $need" in *" $p "*) has_candidate "$p" || debian="$debian $p" ;; esac
     done
     for p in $debian; do
-        need=${need/ $p / }
+        need=${need/$p /}
     done
     if [ -n "$debian" ]; then
         if [ -n "$(missing debian-archive-keyring)" ] && ! has_candidate debian-archive-keyring; then
