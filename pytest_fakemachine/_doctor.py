@@ -12,11 +12,17 @@ from . import _uml
 from ._config import DEFAULT_MEMORY_MIB
 from ._errors import FakeMachineError
 from ._initramfs import cache_dir, initramfs
+from ._machine import Machine
+from ._session import console_tail
 from ._uml import SHM, apt_fix, find_kernel, free_in_shm, memory_dir, module_dir, modules_mountpoint
 
 __all__ = ["run_doctor"]
 
 _MIN_FREE_BYTES = 512 << 20
+# The test boot asks the guest what it got: the kernel, and the systemd and
+# util-linux of the host's /usr, which decide how the guest mounts and boots.
+_VERSIONS = "uname -r; /lib/systemd/systemd --version | head -n 1; mount --version | head -n 1"
+_TEST_BOOT_SECONDS = 60.0
 
 
 @dataclass(frozen=True)
@@ -27,13 +33,13 @@ class Check:
     required: bool = True
 
 
-def _checks() -> list[Check]:
+def _checks(kernel_setting: str | None) -> list[Check]:
     checks = []
     arch = platform.machine()
     checks.append(Check("x86-64 host", None if arch == "x86_64" else f"this host is {arch}",
                         "run on an x86-64 machine: UML guests exist only there"))  # fmt: skip
     try:
-        kernel = find_kernel(None)
+        kernel = find_kernel(kernel_setting)
         checks.append(Check(f"UML kernel ({kernel})", None))
         module_dir(kernel)
         checks.append(Check("UML kernel modules", None))
@@ -83,10 +89,37 @@ def _guest_memory_check() -> Check:
     return Check(name, problem, fix, required=not writable and moved_to is None)
 
 
-def run_doctor(say: Callable[[str], None]) -> int:
-    """Print one line per check; 0 if a guest can boot, 1 if not."""
-    failed = False
-    for check in _checks():
+def _test_boot(machine: Machine) -> Check:
+    """Boot a guest for real: every check above can pass while no guest boots."""
+    if machine.timeout is None:
+        machine.timeout = _TEST_BOOT_SECONDS
+    try:
+        result = machine.run(_VERSIONS)
+    except FakeMachineError as e:
+        return Check("test boot", f"{type(e).__name__}: {e}",
+                     "see the guest's console above and docs/troubleshooting.md")  # fmt: skip
+    if result.returncode != 0:
+        return Check("test boot", f"the guest booted, but `{_VERSIONS}` exited with "
+                     f"{result.returncode}: {result.stderr.strip()}\nlast console lines:\n"
+                     f"{console_tail(result.console)}",
+                     "see docs/troubleshooting.md")  # fmt: skip
+    kernel, systemd, mount = [*result.stdout.splitlines(), "?", "?", "?"][:3]
+    mount = mount.split(" (")[0].removeprefix("mount from ")  # "util-linux 2.38.1"
+    return Check(f"test boot: kernel {kernel}, {systemd}, {mount}", None)
+
+
+def run_doctor(say: Callable[[str], None], machine: Machine | None = None) -> int:
+    """Print one line per check, then boot a guest; 0 if it booted, 1 if not.
+
+    ``machine`` carries the session's settings (kernel, memory); default ``Machine()``.
+    """
+    machine = Machine() if machine is None else machine
+    kernel = None if machine.kernel is None else os.fspath(machine.kernel)
+    checks = _checks(kernel)
+    failed = any(check.required and check.problem is not None for check in checks)
+    if not failed:  # with something required missing, the boot would only fail again
+        checks.append(_test_boot(machine))
+    for check in checks:
         if check.problem is None:
             say(f"ok      {check.name}")
         else:

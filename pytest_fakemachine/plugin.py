@@ -77,7 +77,12 @@ def pytest_cmdline_main(config: pytest.Config) -> int | None:
     if config.getoption("fakemachine_doctor", False):
         from ._doctor import run_doctor  # noqa: PLC0415 (host only, see the docstring)
 
-        return run_doctor(print)
+        # Before pytest_configure: the settings are resolved here for the doctor.
+        try:
+            config.stash[settings_key] = _settings.resolve(config)
+        except FakeMachineError as e:
+            raise pytest.UsageError(str(e)) from None
+        return run_doctor(print, _new_machine(config, "pytest --fakemachine-doctor"))
     return None
 
 
@@ -242,7 +247,9 @@ def _start_run(state: _State, item: pytest.Item, mark: MarkedTest) -> GuestRun |
     try:
         run.start()
     except BaseException:
-        _close(state, run)
+        # No power-off is coming from a guest that never got its job (a
+        # Ctrl-C during the launch): waiting for one would cost 30 s.
+        _close(state, run, graceful=False)
         raise
     return run
 

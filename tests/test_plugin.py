@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -126,6 +127,9 @@ def test_doctor_in_a_healthy_environment() -> None:
     result = _doctor(dict(os.environ))
     assert result.returncode == 0, result.stdout + result.stderr
     assert "ok      UML kernel" in result.stdout
+    # It booted a guest, and says what the guest got.
+    assert re.search(r"^ok      test boot: kernel \d+\.\S+, systemd \d+.*, util-linux \d",
+                     result.stdout, re.MULTILINE), result.stdout  # fmt: skip
     assert "fakemachine doctor: guests can boot here" in result.stdout
 
 
@@ -141,6 +145,24 @@ def test_doctor_without_linux_uml_says_how_to_fix_it(tmp_path: Path) -> None:
     assert "MISSING UML kernel and modules: linux.uml is not on PATH" in result.stdout
     assert f"fix: {_uml.apt_fix('user-mode-linux')}" in result.stdout
     assert "fakemachine doctor: a guest cannot boot here" in result.stdout
+
+
+def test_doctor_says_so_when_no_guest_boots(tmp_path: Path) -> None:
+    # Every installed piece checks out, but the kernel cannot start its init:
+    # only a real boot finds that.
+    kernel = tmp_path / "linux.uml"
+    real = _uml.find_kernel(None)
+    kernel.write_text(f'#!/bin/sh\nexec {real} "$@" rdinit=/nonexistent init=/nonexistent\n')
+    kernel.chmod(0o755)
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "--fakemachine-doctor", f"--fakemachine-kernel={kernel}"],
+        capture_output=True, text=True, check=False, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert f"ok      UML kernel ({kernel})" in result.stdout
+    assert "MISSING test boot: BootError: the guest did not boot to the command" in result.stdout
+    assert "Requested init /nonexistent failed" in result.stdout  # the console tail
+    assert result.stdout.endswith("fakemachine doctor: a guest cannot boot here\n")
 
 
 def test_python_m_doctor_matches_the_option() -> None:
