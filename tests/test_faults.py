@@ -74,7 +74,11 @@ def test_signal_to_pytest_during_a_guest_run_leaves_nothing(
     )
     tmp = pytester.path / "tmp"  # the run's own TMPDIR: other runs cannot blur the check
     tmp.mkdir()
-    proc = subprocess.Popen([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q"],
+    # SIGINT handled as Python does by default: a suite started as a background
+    # job (`cmd &`) or under `trap '' INT` passes SIGINT on ignored.
+    inner = ("import signal, sys, pytest; signal.signal(signal.SIGINT, signal.default_int_handler);"
+             " sys.exit(pytest.console_main())")  # fmt: skip
+    proc = subprocess.Popen([sys.executable, "-c", inner, "-p", "no:cacheprovider", "-q"],
                             cwd=pytester.path, stdin=subprocess.DEVNULL,
                             env={**os.environ, "TMPDIR": str(tmp)},
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # fmt: skip
