@@ -14,8 +14,9 @@ sudo=(env DEBIAN_FRONTEND=noninteractive)
 # libslirp-helper: network=True; the rest: what tests and examples run inside
 # the guest (systemd, sfdisk, mkfs.ext4, losetup, modprobe, ip, udevadm).
 required="user-mode-linux busybox libslirp-helper systemd fdisk e2fsprogs util-linux kmod iproute2 udev"
-# Nice to have: the file system example skips a file system whose mkfs is missing.
-optional="dosfstools btrfs-progs xfsprogs"
+# Nice to have: the file system example skips a file system whose mkfs is missing;
+# two unit tests read the initramfs back with cpio and bsdtar (libarchive-tools).
+optional="dosfstools btrfs-progs xfsprogs cpio libarchive-tools"
 # The venv needs python3 with venv and ensurepip, which Debian splits into python3-venv.
 if ! command -v python3 >/dev/null || ! python3 -c "import ensurepip, venv" 2>/dev/null; then
     required="$required python3 python3-venv"
