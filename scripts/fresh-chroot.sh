@@ -95,6 +95,7 @@ bootstrap() {  # RELEASE ROOT
 status=0
 for release in "$@"; do
     root=$(mktemp -d "/var/tmp/fresh-chroot-$release.XXXXXX")
+    chmod 755 "$root"  # it becomes the user's /: mktemp made it 0700
     start=$(date +%s)
     if ! bootstrap "$release" "$root" >"$logs/$release-debootstrap.log" 2>&1; then
         echo "$release: debootstrap failed; see $logs/$release-debootstrap.log" >&2
