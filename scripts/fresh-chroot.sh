@@ -104,6 +104,12 @@ for release in "$@"; do
         continue
     fi
     echo "$release | debootstrap | $(($(date +%s) - start)) s"
+    # The host's own certificate authorities (a TLS-inspecting proxy's, say):
+    # any machine on this network has them, or it reaches no package index.
+    if compgen -G "/usr/local/share/ca-certificates/*.crt" >/dev/null; then
+        cp /usr/local/share/ca-certificates/*.crt "$root/usr/local/share/ca-certificates/"
+        chroot "$root" update-ca-certificates >/dev/null
+    fi
     chroot "$root" useradd --create-home --shell /bin/bash dev
     echo "dev ALL=(ALL) NOPASSWD: ALL" >"$root/etc/sudoers.d/dev"
     git clone --quiet "$repo" "$root/home/dev/pytest-fakemachine"
