@@ -110,6 +110,7 @@ for release in "$@"; do
         cp /usr/local/share/ca-certificates/*.crt "$root/usr/local/share/ca-certificates/"
         chroot "$root" update-ca-certificates >/dev/null
     fi
+    echo "127.0.1.1 $(hostname)" >>"$root/etc/hosts"  # as the installer writes it; sudo asks
     chroot "$root" useradd --create-home --shell /bin/bash dev
     echo "dev ALL=(ALL) NOPASSWD: ALL" >"$root/etc/sudoers.d/dev"
     git clone --quiet "$repo" "$root/home/dev/pytest-fakemachine"
