@@ -1,0 +1,163 @@
+"""Where the time of one Machine().run('true') and of one marked test goes."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from pytest_fakemachine import FakeMachineError, Machine
+from pytest_fakemachine._session import command_body
+
+from .rows import ONLY_OURS, PYTEST_TIMEOUT, RUN_TIMEOUT, Context
+from .runner import StepFailed, clean_env, run_step, tail
+
+_PRINTK = re.compile(r"^\[\s*(\d+\.\d+)\] (.*)$")
+# The job of the breakdown run: guest uptime before and after the `true` of run("true").
+BREAKDOWN_COMMAND = "read -r a _ </proc/uptime; true; read -r b _ </proc/uptime; echo $a $b"
+
+SEGMENTS = (
+    ("python", "python start-up + import (whole process - in-process)"),
+    ("host_before", "host: Python before UML starts"),
+    ("uml_outside", "UML outside the guest clock (checks, exit)"),
+    ("kernel", "kernel start -> /init"),
+    ("init", "/init -> systemd's first message"),
+    ("systemd", "systemd -> job unit starts"),
+    ("unit", "job unit starts -> command runs"),
+    ("job", "the job (`true`)"),
+    ("poweroff", "power-off (job end -> kernel halted)"),
+    ("host_after", "host: after UML exits (results, clean-up)"),
+)
+
+
+def _stamp(console: str, pattern: str) -> float | None:
+    """Guest clock (printk) of the first console line that matches ``pattern``."""
+    for line in console.splitlines():
+        found = _PRINTK.match(line.strip())
+        if found and re.search(pattern, found.group(2)):
+            return float(found.group(1))
+    return None
+
+
+def _boot_stamps(console: str) -> tuple[float, float, float, float]:
+    """Guest clock of /init, systemd's first line, the job unit's start and the halt."""
+    stamps = (
+        _stamp(console, r"^Run /init as init process"),
+        _stamp(console, r"^systemd\[1\]: "),
+        _stamp(console, r"^systemd\[1\]: Starting fakemachine\.service"),
+        _stamp(console, r"^reboot: "),
+    )
+    init, systemd, unit, halt = stamps
+    if init is None or systemd is None or unit is None or halt is None:
+        raise StepFailed(f"guest timestamps missing from the console:\n{tail(console)}")
+    return init, systemd, unit, halt
+
+
+def breakdown_run() -> dict[str, float]:
+    """One in-process run("true") with guest timestamps; seconds per segment, and 'total'."""
+    machine = Machine()
+    machine.extra_kernel_args = ["printk.time=1"]
+    body = command_body(BREAKDOWN_COMMAND, "/scratch", {})
+    start = time.monotonic()
+    try:
+        with machine.session() as session:  # what Machine.run() and Session.boot() do
+            guest = session.launch(body)
+            try:
+                finished = guest.wait(RUN_TIMEOUT)
+            finally:
+                guest.kill()
+            outcome = session.outcome(guest, finished, RUN_TIMEOUT)
+            stdout = session.read_text("stdout")
+            workdir = session.workdir
+    except FakeMachineError as e:
+        raise StepFailed(str(e)) from None
+    end = time.monotonic()
+    if outcome.status != 0:
+        raise StepFailed(f"the breakdown command exited {outcome.status}")
+    if workdir.exists():
+        raise StepFailed(f"the work directory {workdir} was left behind")
+    try:
+        job_start, job_end = (float(x) for x in stdout.split())
+    except ValueError:
+        raise StepFailed(f"unexpected output of the uptime command: {stdout!r}") from None
+    console = outcome.console
+    init, systemd, unit, halt = _boot_stamps(console)
+    lifetime = guest.ended_at - guest.started_at
+    return {
+        "host_before": guest.started_at - start,
+        "uml_outside": lifetime - halt,
+        "kernel": init,
+        "init": systemd - init,
+        "systemd": unit - systemd,
+        "unit": job_start - unit,
+        "job": job_end - job_start,
+        "poweroff": halt - job_end,
+        "host_after": end - guest.ended_at,
+        "total": end - start,
+    }
+
+
+MARKED_SEGMENTS = (
+    ("host_before", "host: pytest start-up and collection, until UML starts"),
+    ("kernel", "kernel start -> /init"),
+    ("init", "/init -> systemd's first message"),
+    ("systemd", "systemd -> job unit starts"),
+    ("unit", "job unit starts -> job runs"),
+    ("guest_pytest", "guest: Python, pytest start-up, collection"),
+    ("test", "the test (setup, call, teardown)"),
+    ("guest_after", "guest: runner exit, job end, power-off"),
+    ("host_after", "host: after UML exits (reports, clean-up, exit)"),
+)
+
+
+def marked_breakdown_run(ctx: Context) -> dict[str, float]:
+    """One whole pytest run of one marked test (pytest and this plugin only), in segments.
+
+    The guest's clock (printk, from boot) meets the host's wall clock at the
+    job's start: the job writes its /proc/uptime into ``started`` in the work
+    directory, whose host mtime is that moment. The test's phases come from
+    the guest's own reports.
+    """
+    env = clean_env()
+    env["PYTEST_DISABLE_PLUGIN_AUTOLOAD"] = "1"
+    env["TMPDIR"] = str(ctx.tmp)  # the kept work directory goes with the workspace, always
+    argv = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", ONLY_OURS[0],
+            "--fakemachine-keep", ctx.one_test.name]  # fmt: skip
+    start = time.time()
+    proc = run_step(argv, ctx.one_test.parent, PYTEST_TIMEOUT, "pytest", env)
+    end = time.time()
+    kept = re.findall(r"^(/\S*fakemachine-\S+)$", proc.stdout, re.MULTILINE)
+    try:
+        if proc.returncode != 0 or len(kept) != 1:
+            raise StepFailed(f"pytest exit status {proc.returncode}:\n{tail(proc.stdout, 20)}")
+        work = Path(kept[0])
+        console = (work / "console.log").read_text(errors="replace")
+        job_start_wall = (work / "started").stat().st_mtime
+        job_start = float((work / "started").read_text().split()[0])
+        events = [json.loads(line) for line in (work / "events.jsonl").read_text().splitlines()]
+    except (OSError, ValueError, IndexError) as e:
+        raise StepFailed(f"the kept work directory is incomplete: {e}") from None
+    finally:
+        for path in kept:
+            shutil.rmtree(path, ignore_errors=True)
+    phases = [e["report"] for e in events if e.get("event") == "report"]
+    if len(phases) != 3 or not all("start" in p and "stop" in p for p in phases):
+        raise StepFailed(f"expected three reports with start and stop, got {len(phases)}")
+    init, systemd, unit, halt = _boot_stamps(console)
+    boot_wall = job_start_wall - job_start  # the wall-clock time of the guest's clock zero
+    test_start, test_stop = phases[0]["start"], phases[-1]["stop"]
+    return {
+        "host_before": boot_wall - start,
+        "kernel": init,
+        "init": systemd - init,
+        "systemd": unit - systemd,
+        "unit": job_start - unit,
+        "guest_pytest": test_start - job_start_wall,
+        "test": test_stop - test_start,
+        "guest_after": boot_wall + halt - test_stop,
+        "host_after": end - (boot_wall + halt),
+        "total": end - start,
+    }

@@ -1,0 +1,320 @@
+"""The driver: arguments, the interleaved rounds, the printed and written results."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Callable
+from pathlib import Path
+from types import FrameType
+
+import fmbench
+from pytest_fakemachine import FakeMachineError, Machine
+from pytest_fakemachine._uml import find_kernel, leftovers
+
+from .breakdown import MARKED_SEGMENTS, breakdown_run, marked_breakdown_run
+from .report import (
+    MARK_END,
+    MARK_START,
+    Row,
+    chart_lines,
+    failure_lines,
+    fmt_value,
+    machine_lines,
+    table_lines,
+    verdicts,
+    write_markdown,
+)
+from .rows import (
+    FUNCTION_HEADER,
+    MODULE_HEADER,
+    ONE_TEST,
+    RUN_TIMEOUT,
+    TRIVIAL_TEST,
+    WITH_XDIST,
+    Context,
+    build_floor_initramfs,
+    fakemachine_cli,
+    floor_args,
+    floor_boot,
+    machine_process,
+    peak_memory,
+    pytest_run,
+    remove_cli_dirs,
+)
+from .runner import StepFailed, processes, set_child_subreaper, sweep, workspace
+
+
+def _terminate(signum: int, frame: FrameType | None) -> None:
+    raise SystemExit(128 + signum)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=fmbench.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--runs",
+        type=int,
+        default=None,
+        help="runs of every measurement (default 5, or 3 with --quick)",
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="3 runs, and 4 instead of 10 tests in the -n 2 / -n 0 runs",
+    )
+    parser.add_argument(
+        "--markdown",
+        metavar="PATH",
+        type=Path,
+        help=f"replace the text between {MARK_START} and {MARK_END} in PATH with the results",
+    )
+    args = parser.parse_args(argv)
+    if args.runs is None:
+        args.runs = 3 if args.quick else 5
+    if args.runs < 1:
+        parser.error("--runs must be at least 1")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    started = time.time()
+    load_start = os.getloadavg()
+    others = sum(1 for p in processes().values() if p.comm == "linux.uml")
+    signal.signal(signal.SIGTERM, _terminate)
+    signal.signal(signal.SIGHUP, _terminate)
+    if not set_child_subreaper():
+        print("bench: cannot become child subreaper; leftovers may escape", file=sys.stderr)
+    if not any(e.name == "fakemachine" for e in importlib.metadata.entry_points(group="pytest11")):
+        print("bench: pytest-fakemachine is not installed (pip install -e .)", file=sys.stderr)
+        return 2
+
+    def log(message: str) -> None:
+        print(message, file=sys.stderr, flush=True)
+
+    try:
+        kernel = find_kernel(None)
+        log("bench: warming up (initramfs cache, page cache) with one Machine().run('true')")
+        Machine().run("true", check=True, timeout=RUN_TIMEOUT)
+    except (FakeMachineError, subprocess.CalledProcessError) as e:
+        log(f"bench: this host cannot boot a guest: {e}")
+        return 2
+    problems: list[str] = []
+    with workspace() as tmp:
+        ctx = Context(
+            tmp=tmp,
+            kernel=kernel,
+            initrd=tmp / "floor.cpio",
+            floor_args=floor_args(tmp / "floor.cpio"),
+            module_tests=30,
+            xdist_tests=4 if args.quick else 10,
+        )
+        ctx.fakemachine_cli = shutil.which("fakemachine")
+        build_floor_initramfs(ctx.initrd)
+        for name, text in (
+            ("one", ONE_TEST),
+            (
+                "module",
+                MODULE_HEADER + "".join(TRIVIAL_TEST.format(n=n) for n in range(ctx.module_tests)),
+            ),
+            (
+                "function",
+                FUNCTION_HEADER + "".join(TRIVIAL_TEST.format(n=n) for n in range(ctx.xdist_tests)),
+            ),
+        ):
+            directory = tmp / name
+            directory.mkdir()
+            (directory / "pytest.ini").write_text("")  # keeps the repository's config away
+            (directory / f"test_{name}.py").write_text(text)
+        ctx.one_test = tmp / "one" / "test_one.py"
+        ctx.module_file = tmp / "module" / "test_module.py"
+        ctx.function_file = tmp / "function" / "test_function.py"
+
+        rows: dict[str, Row] = {}
+        steps: list[tuple[str, Callable[[], float]]] = []
+
+        def step(key: str, label: str, fn: Callable[[], float], unit: str = "s") -> None:
+            rows[key] = Row(key, label, unit)
+            steps.append((key, fn))
+
+        n = ctx.xdist_tests
+        step(
+            "floor",
+            "floor: bare UML boot, busybox /init powers off, RAID6/XOR skipped (the issue's)",
+            lambda: floor_boot(ctx, skips="issue"),
+        )
+        step(
+            "floor_ours",
+            "floor with all our boot-time skips (what a guest's kernel costs)",
+            lambda: floor_boot(ctx, skips="ours"),
+        )
+        step(
+            "floor_all",
+            "floor with no boot-time skip (RAID6/XOR benchmarks run)",
+            lambda: floor_boot(ctx, skips="none"),
+        )
+        step(
+            "run",
+            "python -c \"Machine().run('true')\" (whole process)",
+            lambda: machine_process(ctx),
+        )
+        if ctx.fakemachine_cli:
+            step("cli", "fakemachine -q -b uml -- true (Debian CLI)", lambda: fakemachine_cli(ctx))
+        step(
+            "one",
+            "pytest: 1 marked test, scope=function (pytest and this plugin only)",
+            lambda: pytest_run(ctx.one_test, 1),
+        )
+        step(
+            "one_all",
+            "pytest: 1 marked test, every plugin installed here loaded",
+            lambda: pytest_run(ctx.one_test, 1, plugins=None),
+        )
+        step(
+            "module",
+            f"pytest: {ctx.module_tests} marked tests, scope=module",
+            lambda: pytest_run(ctx.module_file, ctx.module_tests),
+        )
+        step(
+            "n0",
+            f"pytest -n 0: {n} marked tests, scope=function",
+            lambda: pytest_run(ctx.function_file, n, ("-n", "0"), WITH_XDIST),
+        )
+        step(
+            "n2",
+            f"pytest -n 2: {n} marked tests, scope=function",
+            lambda: pytest_run(ctx.function_file, n, ("-n", "2"), WITH_XDIST),
+        )
+        step(
+            "mem",
+            "peak memory of one guest (PSS), defaults",
+            lambda: peak_memory(network=False),
+            "MiB",
+        )
+        step(
+            "mem_net",
+            "peak memory of one guest (PSS), network=True",
+            lambda: peak_memory(network=True),
+            "MiB",
+        )
+        parts: list[dict[str, float]] = []
+        marked_parts: list[dict[str, float]] = []
+        breakdown_failures: list[str] = []
+
+        try:
+            for round_no in range(1, args.runs + 1):
+                for key, fn in steps:
+                    row = rows[key]
+                    log(f"bench: round {round_no}/{args.runs}: {row.label} ...")
+                    try:
+                        value = fn()
+                    except StepFailed as e:
+                        row.failures.append(str(e))
+                        log(f"bench:   failed: {str(e).splitlines()[0]}")
+                    else:
+                        row.values.append(value)
+                        log(f"bench:   {fmt_value(value, row.unit)}")
+                    stray = sweep()
+                    if stray:
+                        names = ", ".join(stray)
+                        message = f"run {round_no} left running, killed by the benchmark: {names}"
+                        row.notes.append(message)
+                        if key != "cli":  # a known fault of the CLI; one of ours is a bug
+                            problems.append(f"{row.label}: {message}")
+                        log(f"bench:   {message}")
+                    if key == "cli":  # the CLI's own temporary directory, once its tree is gone
+                        for cli_dir in remove_cli_dirs(ctx):
+                            row.notes.append(f"run {round_no} left {cli_dir} behind (removed)")
+                log(f"bench: round {round_no}/{args.runs}: time breakdown ...")
+                try:
+                    parts.append(breakdown_run())
+                except StepFailed as e:
+                    breakdown_failures.append(str(e))
+                    log(f"bench:   failed: {str(e).splitlines()[0]}")
+                log(f"bench: round {round_no}/{args.runs}: marked test breakdown ...")
+                try:
+                    marked_parts.append(marked_breakdown_run(ctx))
+                except StepFailed as e:
+                    breakdown_failures.append(str(e))
+                    log(f"bench:   failed: {str(e).splitlines()[0]}")
+                stray = sweep()
+                if stray:
+                    problems.append(f"breakdown: left running: {', '.join(stray)}")
+        finally:  # also on Ctrl-C or SIGTERM: the CLI's directory of an interrupted run
+            sweep(grace=0)
+            remove_cli_dirs(ctx)
+
+    mine = leftovers(os.getpid())
+    if mine:
+        problems.append(f"guest processes still running at the end: {mine}")
+    problems += [
+        f"{row.label}: {f.splitlines()[0]}"
+        for row in rows.values()
+        for f in row.failures
+        if row.key != "cli"
+    ]
+    problems += [f"breakdown: {f.splitlines()[0]}" for f in breakdown_failures]
+
+    verdict = verdicts(rows, ctx.module_tests)
+    process_median = rows["run"].median
+    chart = chart_lines(parts, process_median) if parts else ["(no breakdown run succeeded)"]
+    if marked_parts:
+        chart += [
+            "",
+            *chart_lines(
+                marked_parts,
+                None,
+                MARKED_SEGMENTS,
+                "one marked test (a whole pytest run)",
+                in_process=False,
+            ),
+        ]
+    floor = " ".join([*ctx.floor_args, "uml_dir=<tmp>"]).replace(str(ctx.tmp), "<tmp>")
+    info = machine_lines(started, load_start, others, floor)
+    notes = failure_lines(rows, breakdown_failures, markdown=False)
+    md_notes = failure_lines(rows, breakdown_failures, markdown=True)
+    command = (
+        "python benchmarks/bench.py"
+        + (" --quick" if args.quick else "")
+        + (f" --runs {args.runs}" if args.runs != (3 if args.quick else 5) else "")
+    )
+
+    print()
+    print("\n".join(table_lines(rows, verdict, markdown=False)))
+    if notes:
+        print("\nFailures and notes:")
+        print("\n".join(notes))
+    print()
+    print("\n".join(chart))
+    print()
+    print("\n".join(line.removeprefix("- ") for line in info))
+
+    if args.markdown is not None:
+        section = [
+            f"Generated by `{command}`, {args.runs} runs of each row, interleaved.",
+            "",
+            *table_lines(rows, verdict, markdown=True),
+            "",
+            *(["Failures and notes:", "", *md_notes, ""] if md_notes else []),
+            "```text",
+            *chart,
+            "```",
+            "",
+            *info,
+        ]
+        write_markdown(args.markdown, section)
+        print(f"\nbench: wrote the results into {args.markdown}", file=sys.stderr)
+    if problems:
+        print("\nbench: problems:\n" + textwrap.indent("\n".join(problems), "  "), file=sys.stderr)
+        return 1
+    return 0

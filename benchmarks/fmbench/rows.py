@@ -1,0 +1,337 @@
+"""The measurements: a bare boot, Machine().run(), the CLI, pytest runs, memory."""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from pytest_fakemachine import FakeMachineError, Machine
+from pytest_fakemachine._cpio import CpioWriter
+from pytest_fakemachine._initramfs import _collect_inputs, write_base
+from pytest_fakemachine._session import FAST_BOOT_ARGS, SKIP_RAID_BENCHMARKS
+from pytest_fakemachine._uml import GuestProcess, leftovers
+
+from .runner import (
+    REPO,
+    StepFailed,
+    clean_env,
+    cmdline,
+    descendants,
+    kill_group,
+    python_error,
+    run_step,
+    tail,
+)
+
+FLOOR_TIMEOUT = 60.0  # a bare boot takes about a second
+RUN_TIMEOUT = 300.0  # one Machine().run() process
+CLI_TIMEOUT = 120.0  # Debian's fakemachine CLI can hang
+PYTEST_TIMEOUT = 1800.0  # one whole pytest run
+SAMPLE_SECONDS = 0.05  # memory sampling period
+
+FLOOR_INIT = """\
+#!/bin/busybox sh
+exec /bin/busybox poweroff -f
+"""
+ONE_TEST = """\
+import pytest
+
+
+@pytest.mark.fakemachine
+def test_trivial():
+    pass
+"""
+MODULE_HEADER = """\
+import pytest
+
+pytestmark = pytest.mark.fakemachine(scope="module")
+"""
+FUNCTION_HEADER = """\
+import pytest
+
+pytestmark = pytest.mark.fakemachine
+"""
+TRIVIAL_TEST = """
+
+def test_trivial_{n}():
+    pass
+"""
+
+
+@dataclass
+class Context:
+    tmp: Path
+    kernel: Path
+    initrd: Path
+    floor_args: list[str]
+    module_tests: int
+    xdist_tests: int
+    one_test: Path = field(init=False)
+    module_file: Path = field(init=False)
+    function_file: Path = field(init=False)
+    fakemachine_cli: str | None = None
+    cli_hung: bool = False
+    cli_dirs: set[str] = field(default_factory=set)
+
+
+def build_floor_initramfs(path: Path) -> None:
+    """busybox, its libraries and an /init that powers off at once, in a newc archive."""
+    with open(path, "wb") as out:
+        cpio = CpioWriter(out)
+        write_base(cpio, _collect_inputs().files, ["dev", "proc", "sys", "usr"])
+        cpio.add_file("init", FLOOR_INIT.encode(), 0o755)
+        cpio.close()
+
+
+def floor_args(initrd: Path) -> list[str]:
+    """Our Session's kernel command line, minus what serves systemd and the job.
+
+    Taken from ``Session.kernel_args()`` itself, so the floor keeps up with the
+    console wiring and boot-time skips (initcall_blacklist...) the Session uses.
+    """
+    with Machine().session() as session:
+        work = str(session.workdir)
+        args = session.kernel_args()
+    drop = re.compile(r"(initrd|systemd\.[\w.]+|ubd\d+|vec\d+)=")
+    return [f"initrd={initrd}", *(a for a in args if work not in a and not drop.match(a))]
+
+
+Skips = Literal["ours", "issue", "none"]
+
+
+def floor_variant(args: list[str], skips: Skips) -> list[str]:
+    """The floor's kernel command line with one set of boot-time skips.
+
+    ``ours``: every skip the Session passes (initcall_blacklist, FAST_BOOT_ARGS);
+    ``issue``: the floor as the speed issue defines it, the RAID6/XOR boot
+    benchmarks skipped and nothing else; ``none``: no skip at all.
+    """
+    if skips == "ours":
+        return list(args)
+    fast = {a.partition("=")[0] for a in FAST_BOOT_ARGS if not a.startswith("printk.")}
+    kept = [
+        a for a in args
+        if not a.startswith("initcall_blacklist=") and a.partition("=")[0] not in fast
+    ]  # fmt: skip
+    if skips == "issue":
+        kept.append("initcall_blacklist=" + ",".join(SKIP_RAID_BENCHMARKS))
+    return kept
+
+
+def floor_boot(ctx: Context, *, skips: Skips) -> float:
+    """UML lifetime of a bare boot to an /init that powers off, started as our guests are.
+
+    GuestProcess starts it (same environment, session, CPU pinning and
+    parent-death signal as every guest); only the initramfs and the job differ.
+    """
+    args = floor_variant(ctx.floor_args, skips)
+    uml_dir = Path(tempfile.mkdtemp(prefix="uml-", dir=ctx.tmp))
+    guest = GuestProcess(ctx.kernel, [*args, f"uml_dir={uml_dir}"], workdir=uml_dir, network=False)
+    try:
+        guest.start()
+        finished = guest.wait(FLOOR_TIMEOUT)
+    finally:
+        guest.kill()
+        shutil.rmtree(uml_dir, ignore_errors=True)
+    console = guest.console()
+    if not finished:
+        raise StepFailed(f"the bare guest did not power off within {FLOOR_TIMEOUT:g} s")
+    if "Run /init as init process" not in console or "Kernel panic" in console:
+        raise StepFailed(f"the bare guest did not run /init:\n{tail(console)}")
+    return guest.ended_at - guest.started_at
+
+
+def machine_process(ctx: Context) -> float:
+    """A whole `python -c "...Machine().run('true')"` process, interpreter start included."""
+    code = "from pytest_fakemachine import Machine; Machine().run('true', check=True)"
+    start = time.monotonic()
+    proc = run_step([sys.executable, "-c", code], REPO, RUN_TIMEOUT, "Machine().run('true')")
+    elapsed = time.monotonic() - start
+    if proc.returncode != 0:
+        raise StepFailed(f"exit status {proc.returncode}: {python_error(proc.stderr)}")
+    return elapsed
+
+
+def fakemachine_cli(ctx: Context) -> float:
+    """Debian's `fakemachine -q -b uml -- true`, stdin from /dev/null, at most CLI_TIMEOUT s."""
+    assert ctx.fakemachine_cli is not None
+    if ctx.cli_hung:
+        raise StepFailed("skipped: an earlier run hung")
+    start = time.monotonic()
+    proc = subprocess.Popen(
+        [ctx.fakemachine_cli, "-q", "-b", "uml", "--", "true"],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    # Watch its tree: its UML kernel runs in a session of its own, and names its
+    # temporary directory (initrd=/tmp/fakemachine-NNN/...) on its command line.
+    stop = threading.Event()
+
+    def watch() -> None:
+        while not stop.wait(0.25):
+            for info in descendants(proc.pid):
+                for arg in cmdline(info.pid):
+                    found = re.fullmatch(r"initrd=(/tmp/fakemachine-\d+)/initramfs\.cpio", arg)
+                    if found:
+                        ctx.cli_dirs.add(found.group(1))
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        _, err = proc.communicate(timeout=CLI_TIMEOUT)
+        elapsed = time.monotonic() - start
+    except subprocess.TimeoutExpired:
+        ctx.cli_hung = True
+        kill_group(proc.pid)
+        proc.communicate()
+        raise StepFailed(f"hung: killed after {CLI_TIMEOUT:g} s") from None
+    finally:
+        stop.set()
+        watcher.join()
+    if proc.returncode != 0:
+        raise StepFailed(f"exit status {proc.returncode} after {elapsed:.1f} s: {tail(err, 3)}")
+    return elapsed
+
+
+def remove_cli_dirs(ctx: Context) -> list[str]:
+    """Remove the temporary directories the CLI left behind (call once its tree is gone)."""
+    removed = []
+    for cli_dir in sorted(ctx.cli_dirs):
+        if os.path.exists(cli_dir):
+            shutil.rmtree(cli_dir, ignore_errors=True)
+            removed.append(cli_dir)
+    ctx.cli_dirs.clear()
+    return removed
+
+
+ONLY_OURS = ("pytest_fakemachine.plugin",)
+WITH_XDIST = (*ONLY_OURS, "xdist.plugin")
+
+
+def pytest_run(
+    path: Path,
+    passed: int,
+    extra: tuple[str, ...] = (),
+    plugins: tuple[str, ...] | None = ONLY_OURS,
+) -> float:
+    """A whole `python -m pytest -q -p no:cacheprovider [extra] FILE` run in FILE's directory.
+
+    With ``plugins``, only those plugins load (PYTEST_DISABLE_PLUGIN_AUTOLOAD=1 and
+    ``-p`` each), on the host and so in the guest: the time is pytest's and ours,
+    not that of whatever else this environment has installed. ``None``: every
+    installed plugin loads, as in a plain ``pytest`` run here.
+    """
+    env = clean_env()
+    argv = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"]
+    if plugins is not None:
+        env["PYTEST_DISABLE_PLUGIN_AUTOLOAD"] = "1"
+        for plugin in plugins:
+            argv += ["-p", plugin]
+    argv += [*extra, path.name]
+    start = time.monotonic()
+    proc = run_step(argv, path.parent, PYTEST_TIMEOUT, "pytest", env)
+    elapsed = time.monotonic() - start
+    summary = (proc.stdout.strip().splitlines() or [""])[-1]
+    if (
+        proc.returncode != 0
+        or not re.search(rf"\b{passed} passed\b", summary)
+        or re.search(r"failed|error|skipped|xfail|xpass|deselected", summary)
+    ):
+        raise StepFailed(f"pytest exit status {proc.returncode}:\n{tail(proc.stdout, 40)}")
+    return elapsed
+
+
+def _memory_kib(pid: int) -> int:
+    """PSS of ``pid`` (shared pages split among their users), or RSS where PSS is unreadable."""
+    for path, key in ((f"/proc/{pid}/smaps_rollup", "Pss:"), (f"/proc/{pid}/status", "VmRSS:")):
+        try:
+            with open(path) as f:
+                for line in f:
+                    if line.startswith(key):
+                        return int(line.split()[1])
+        except (OSError, ValueError):
+            continue
+    return 0
+
+
+_SYS_KCMP = 312  # x86-64, the only architecture UML guests run on here
+_KCMP_VM = 1
+
+
+def _same_memory(a: int, b: int) -> bool | None:
+    """Whether processes ``a`` and ``b`` share one address space; None if unknown.
+
+    UML's helper threads are separate processes made with CLONE_VM: each one's
+    smaps_rollup reports the whole shared address space again.
+    """
+    libc = ctypes.CDLL(None, use_errno=True)
+    result = libc.syscall(_SYS_KCMP, a, b, _KCMP_VM, 0, 0)
+    if result < 0:
+        if ctypes.get_errno() == errno.ESRCH:  # one has just exited: count it as shared
+            return True
+        return None
+    return bool(result == 0)
+
+
+def guest_memory_kib(pids: list[int]) -> tuple[int, bool]:
+    """Summed PSS of ``pids``, each address space once; and whether sharing was detected."""
+    spaces: list[int] = []
+    exact = True
+    for pid in sorted(pids):
+        same = [_same_memory(pid, other) for other in spaces]
+        if None in same:
+            exact = False
+        if not any(same):
+            spaces.append(pid)
+    return sum(_memory_kib(pid) for pid in spaces), exact
+
+
+def peak_memory(*, network: bool) -> float:
+    """Peak PSS (MiB) of one guest's UML processes and slirp helper while it runs sleep 3."""
+    peak = 0
+    exact = True
+    stop = threading.Event()
+    owner = os.getpid()
+
+    def sample() -> None:
+        nonlocal peak, exact
+        due = time.monotonic()
+        while not stop.is_set():
+            total, known = guest_memory_kib(leftovers(owner))
+            peak = max(peak, total)
+            exact = exact and known
+            due += SAMPLE_SECONDS
+            stop.wait(max(0.0, due - time.monotonic()))
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    machine = Machine(network=network)
+    try:
+        result = machine.run("sleep 3", timeout=RUN_TIMEOUT)
+    except FakeMachineError as e:
+        raise StepFailed(str(e)) from None
+    finally:
+        stop.set()
+        sampler.join()
+    if result.returncode != 0:
+        raise StepFailed(f"sleep 3 exited {result.returncode}: {result.stderr.strip()}")
+    if machine.last_workdir is not None and machine.last_workdir.exists():
+        raise StepFailed(f"the work directory {machine.last_workdir} was left behind")
+    if not peak:
+        raise StepFailed("no guest process was found to sample")
+    if not exact:
+        raise StepFailed("kcmp() is unavailable: shared address spaces would be counted twice")
+    return peak / 1024

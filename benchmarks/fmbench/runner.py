@@ -1,0 +1,172 @@
+"""Processes: find, kill and reap only what the benchmark started; run a step."""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import re
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent.parent
+_PR_SET_CHILD_SUBREAPER = 36
+_SAFE_PATH = re.compile(r"[A-Za-z0-9/._+-]+")  # what may go on the kernel command line
+
+
+class StepFailed(Exception):
+    """One measurement did not produce a valid number; the message says why."""
+
+
+def set_child_subreaper() -> bool:
+    """Orphaned descendants (a guest whose parent died...) are re-parented to us, not init."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    return bool(libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0)
+
+
+@dataclass(frozen=True)
+class ProcInfo:
+    pid: int
+    ppid: int
+    pgid: int
+    sid: int
+    state: str
+    comm: str
+
+
+def processes() -> dict[int, ProcInfo]:
+    table = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        comm = stat[stat.index("(") + 1 : stat.rindex(")")]
+        fields = stat[stat.rindex(")") + 2 :].split()
+        table[int(entry)] = ProcInfo(
+            int(entry), int(fields[1]), int(fields[2]), int(fields[3]), fields[0], comm
+        )
+    return table
+
+
+def descendants(root: int, table: dict[int, ProcInfo] | None = None) -> list[ProcInfo]:
+    """Every process below ``root`` in the process tree (zombies included)."""
+    table = processes() if table is None else table
+    children: dict[int, list[int]] = {}
+    for info in table.values():
+        children.setdefault(info.ppid, []).append(info.pid)
+    found: list[ProcInfo] = []
+    todo = list(children.get(root, []))
+    while todo:
+        pid = todo.pop()
+        found.append(table[pid])
+        todo += children.get(pid, [])
+    return found
+
+
+def cmdline(pid: int) -> list[str]:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return [a.decode(errors="replace") for a in f.read().split(b"\0") if a]
+    except OSError:
+        return []
+
+
+def _reap_adopted() -> None:
+    """Collect the exit status of orphans re-parented to us (they would stay zombies)."""
+    me = os.getpid()
+    for info in processes().values():
+        if info.ppid == me and info.state == "Z":
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(info.pid, os.WNOHANG)
+
+
+def sweep(grace: float = 3.0) -> list[str]:
+    """Kill every live descendant of this process; describe each one killed.
+
+    Between measurements this process has no children of its own, so whatever
+    is found is something a measurement left behind. Helpers that exit on
+    their own (libslirp-helper --exit-with-parent...) get ``grace`` seconds.
+    """
+    deadline = time.monotonic() + grace
+    while True:
+        _reap_adopted()
+        alive = [p for p in descendants(os.getpid()) if p.state != "Z"]
+        if not alive or time.monotonic() >= deadline:
+            break
+        time.sleep(0.1)
+    described = []
+    for info in alive:
+        described.append(f"{info.comm} (pid {info.pid})")
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(info.pid, signal.SIGKILL)
+    end = time.monotonic() + 10
+    while alive and time.monotonic() < end:  # wait for them to die, and reap ours
+        _reap_adopted()
+        table = processes()
+        alive = [p for p in alive if p.pid in table and table[p.pid].state != "Z"]
+        if alive:
+            time.sleep(0.05)
+    _reap_adopted()
+    return described
+
+
+def kill_group(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGKILL)
+
+
+def clean_env() -> dict[str, str]:
+    """Our environment without what would change how pytest loads plugins."""
+    drop = {"PYTEST_ADDOPTS", "PYTEST_PLUGINS", "PYTEST_DISABLE_PLUGIN_AUTOLOAD"}
+    return {k: v for k, v in os.environ.items() if k not in drop}
+
+
+def tail(text: str | bytes, lines: int = 8) -> str:
+    if isinstance(text, bytes):
+        text = text.decode(errors="replace")
+    return "\n".join(text.rstrip().splitlines()[-lines:])
+
+
+def python_error(stderr: str) -> str:
+    """The exception line of a Python traceback in ``stderr``, then what follows it."""
+    lines = stderr.rstrip().splitlines()
+    for i, line in enumerate(lines):
+        if re.match(r"[A-Za-z_][\w.]*(Error|Exception|Timeout|Exit)\b", line):
+            return "\n".join(lines[i : i + 40])
+    return "\n".join(lines[-40:])
+
+
+def run_step(
+    argv: list[str], cwd: Path, timeout: float, what: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``argv`` in its own session, output captured; StepFailed after ``timeout``."""
+    try:
+        return subprocess.run(
+            argv, cwd=cwd, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+            timeout=timeout, start_new_session=True, env=env, check=False,
+        )  # fmt: skip
+    except subprocess.TimeoutExpired:
+        raise StepFailed(f"{what} took over {timeout:g} s") from None
+
+
+@contextlib.contextmanager
+def workspace() -> Iterator[Path]:
+    base = tempfile.gettempdir()
+    if not _SAFE_PATH.fullmatch(base):
+        base = "/tmp"  # the paths go on the kernel command line
+    tmp = Path(tempfile.mkdtemp(prefix="fakemachine-bench-", dir=base))
+    try:
+        yield tmp
+    finally:
+        sweep(grace=0)  # first, so no guest still writes there
+        shutil.rmtree(tmp, ignore_errors=True)
