@@ -16,6 +16,7 @@ import platform
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import tempfile
@@ -32,6 +33,7 @@ __all__ = [
     "MODULES_MOUNTPOINT",
     "OWNER_ENV",
     "GuestProcess",
+    "Reaper",
     "apt_fix",
     "find_kernel",
     "find_slirp",
@@ -57,6 +59,10 @@ _MEMORY_FILE_FULL = (
     "Attempted to kill init! exitcode=0x00000007",
 )
 OWNER_ENV = "PYTEST_FAKEMACHINE_OWNER"  # pid of the Python process that started a guest
+# What UML's console says when the guest reboots: UML then re-executes itself,
+# and the guest would boot (and run its job) again.
+_REBOOT_LINE = b"reboot: Restarting system"
+_WATCH_SECONDS = 0.05
 
 
 def _on_ubuntu(os_release: str = "/etc/os-release") -> bool:
@@ -166,13 +172,31 @@ def find_slirp() -> str:
     return found
 
 
-def _guest_cpu() -> int:
-    """The one CPU a guest runs on: UML is single-CPU, and its processes hopping
-    between CPUs cost a third of a boot. xdist workers spread over the CPUs."""
+_cpu_lock = threading.Lock()
+_guests_on_cpu: dict[int, int] = {}  # CPU -> guests of this process running on it
+
+
+def _claim_cpu() -> int:
+    """The one CPU a new guest runs on (UML is single-CPU, and its processes
+    hopping between CPUs cost a third of a boot): the one with the fewest of
+    this process's guests, so guests started from threads spread; ties go to
+    this process's own CPU, so xdist workers and separate processes spread too.
+    Give it back with :func:`_release_cpu`."""
     allowed = sorted(os.sched_getaffinity(0))
     worker = os.environ.get("PYTEST_XDIST_WORKER", "")
     index = int(worker[2:]) if worker[2:].isdigit() else os.getpid()
-    return allowed[index % len(allowed)]
+    preferred = [allowed[(index + i) % len(allowed)] for i in range(len(allowed))]
+    with _cpu_lock:
+        cpu = min(preferred, key=lambda c: _guests_on_cpu.get(c, 0))  # the first of the least busy
+        _guests_on_cpu[cpu] = _guests_on_cpu.get(cpu, 0) + 1
+    return cpu
+
+
+def _release_cpu(cpu: int) -> None:
+    with _cpu_lock:
+        _guests_on_cpu[cpu] -= 1
+        if not _guests_on_cpu[cpu]:
+            del _guests_on_cpu[cpu]
 
 
 def _child_setup(cpu: int) -> Callable[[], None]:
@@ -193,16 +217,54 @@ class _Console:
     pipe: IO[bytes]
     log: IO[bytes] | None
     chunks: list[bytes] = field(default_factory=list)
+    rebooted: bool = False  # the console showed the guest restarting
+    _tail: bytes = b""  # the end of the last chunk, where a line may have begun
 
     def pump(self) -> None:
         while chunk := self.pipe.read1(65536):  # type: ignore[attr-defined]
             self.chunks.append(chunk)
+            window = self._tail + chunk
+            if _REBOOT_LINE in window:
+                self.rebooted = True
+            self._tail = window[-len(_REBOOT_LINE) :]
             if self.log is not None:
                 self.log.write(chunk)
                 self.log.flush()
 
     def text(self, start: int = 0) -> str:
         return b"".join(self.chunks[start:]).decode(errors="replace")
+
+
+@final
+class Reaper:
+    """A watchdog process that removes ``paths`` when this process dies, however.
+
+    It waits on a pipe only we hold open: when our process ends, even by
+    SIGKILL, the pipe closes and the watchdog removes the paths. :meth:`disarm`
+    ends it without removing anything.
+    """
+
+    def __init__(self, paths: Sequence[Path]) -> None:
+        read_end, self._pipe = os.pipe()
+        try:
+            self._proc: subprocess.Popen[bytes] | None = subprocess.Popen(
+                ["/bin/sh", "-c", 'read _; rm -rf -- "$@"', "fakemachine-cleanup",
+                 *map(str, paths)],
+                stdin=read_end, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                start_new_session=True,
+            )  # fmt: skip
+        except BaseException:
+            os.close(self._pipe)
+            raise
+        finally:
+            os.close(read_end)
+
+    def disarm(self) -> None:
+        if self._proc is not None:
+            self._proc.kill()
+            self._proc.wait()
+            self._proc = None
+            os.close(self._pipe)
 
 
 @final
@@ -220,8 +282,19 @@ class GuestProcess:
         echo: Callable[[str], None] | None = None,
         cleanup: Sequence[Path] = (),
         memory_dir: str | None = None,
+        boot_timeout: float | None = None,
+        started_file: Path | None = None,
     ) -> None:
         self._kernel = kernel
+        # The boot ends when started_file appears; past boot_timeout without it,
+        # the guest is killed (and ended_why says so).
+        self._boot_timeout = boot_timeout
+        self._started_file = started_file
+        self._watcher: threading.Thread | None = None
+        self._stop_watching = threading.Event()
+        self._cpu: int | None = None
+        # Why the guest was ended by us before it powered off (None: it was not).
+        self.ended_why: str | None = None
         self._memory_dir = memory_dir
         # Where UML keeps the guest's memory (for error messages).
         self.memory_dir = memory_dir or os.environ.get("TMPDIR") or SHM
@@ -272,6 +345,7 @@ class GuestProcess:
         log = open(self._console_log, "wb") if self._console_log else None  # noqa: SIM115
         try:
             self.started_at = time.monotonic()
+            self._cpu = _claim_cpu()
             self._uml = subprocess.Popen(
                 args,
                 cwd=self._workdir,
@@ -280,7 +354,8 @@ class GuestProcess:
                 stderr=subprocess.STDOUT,
                 pass_fds=pass_fds,
                 start_new_session=True,
-                preexec_fn=_child_setup(_guest_cpu()),  # noqa: PLW1509 (no threads fork here)
+                # preexec_fn only calls prctl and sched_setaffinity: safe with threads.
+                preexec_fn=_child_setup(self._cpu),  # noqa: PLW1509
                 env=self._uml_env(),
             )
         except BaseException:
@@ -296,6 +371,40 @@ class GuestProcess:
         self._console = _Console(self._uml.stdout, log)
         self._reader = threading.Thread(target=self._console.pump, daemon=True)
         self._reader.start()
+        self._watcher = threading.Thread(target=self._watch, daemon=True)
+        self._watcher.start()
+
+    def _watch(self) -> None:
+        """End the guest when it reboots or overstays its boot limit; make UML's files private.
+
+        Runs in a thread of its own until kill() stops it, before the UML
+        process is reaped: until then its process group id cannot be reused.
+        """
+        assert self._uml is not None and self._console is not None
+        deadline = None if self._boot_timeout is None else self.started_at + self._boot_timeout
+        booted = self._started_file is None
+        private = False
+        while not self._stop_watching.wait(_WATCH_SECONDS) and not self.exited():
+            if not private:  # UML makes its pid file 0644, its directory 0755
+                private = _make_private(self._workdir / "uml", self._workdir / "uml" / "pid")
+            if self._console.rebooted:
+                self._end("the guest rebooted; a reboot ends the run (its job never runs twice)")
+                return
+            if not booted:
+                assert self._started_file is not None
+                booted = self._started_file.exists()
+                if not booted and deadline is not None and time.monotonic() >= deadline:
+                    self._end(
+                        f"the guest did not reach the command within boot_timeout="
+                        f"{self._boot_timeout:g} s and was killed"
+                    )
+                    return
+
+    def _end(self, why: str) -> None:
+        assert self._uml is not None
+        self.ended_why = why
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self._uml.pid, signal.SIGKILL)
 
     def _start_reaper(self) -> None:
         """A watchdog that kills the guest's process groups when we die, however.
@@ -344,6 +453,11 @@ class GuestProcess:
                 time.sleep(_POLL_SECONDS)
                 continue
             self.ended_at = time.monotonic()
+            # UML's helper processes outlive a kernel killed from outside and
+            # hold the console pipe open: end them, so the console is complete
+            # at once. (The main process is unreaped: its group id is ours.)
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self._uml.pid, signal.SIGKILL)
             if self._reader is not None:
                 self._reader.join(timeout=5)
             self._echo_new()
@@ -382,6 +496,9 @@ class GuestProcess:
 
     def kill(self) -> None:
         """Kill the UML process group and the slirp helper; reap them."""
+        self._stop_watching.set()  # before reaping: the watcher may kill the group
+        if self._watcher is not None and self._watcher is not threading.current_thread():
+            self._watcher.join()
         if self._reaper is not None:  # first, so it never kills a reused group id
             self._reaper.kill()
             self._reaper.wait()
@@ -401,12 +518,27 @@ class GuestProcess:
                 print(f"pytest-fakemachine: pid {proc.pid} did not die", file=sys.stderr)
         if not self.ended_at and self.started_at:
             self.ended_at = time.monotonic()
+        if self._cpu is not None:
+            _release_cpu(self._cpu)
+            self._cpu = None
         if self._reader is not None:
             self._reader.join(timeout=5)
         if self._console is not None:
             self._console.pipe.close()
             if self._console.log is not None:
                 self._console.log.close()
+
+
+def _make_private(*paths: Path) -> bool:
+    """chmod go-rwx ``paths``; False if one does not exist yet."""
+    try:
+        for path in paths:
+            os.chmod(path, stat.S_IMODE(os.lstat(path).st_mode) & 0o700)
+    except FileNotFoundError:
+        return False
+    except OSError:  # not worth failing a run over: the work directory is 0700
+        return True
+    return True
 
 
 def leftovers(owner: int | None) -> list[int]:

@@ -32,8 +32,8 @@ if TYPE_CHECKING:
 
 MARKER_HELP = (
     "fakemachine(images=None, volumes=None, memory=None, scratch=None, network=False, "
-    "env=None, timeout=None, scope='function'): run the test (setup, call and teardown) "
-    "as root inside a User-Mode-Linux guest booted from the host's /usr"
+    "env=None, timeout=None, boot_timeout=None, scope='function'): run the test (setup, "
+    "call and teardown) as root inside a User-Mode-Linux guest booted from the host's /usr"
 )
 
 
@@ -127,7 +127,7 @@ def _new_machine(config: pytest.Config, source: str) -> Machine:
 
     settings = config.stash[settings_key]
     machine = Machine(settings.backend, memory=settings.memory, timeout=settings.timeout,
-                      kernel=settings.kernel)  # fmt: skip
+                      boot_timeout=settings.boot_timeout, kernel=settings.kernel)  # fmt: skip
     machine.source = source
     machine._echo = _echo(config)
     machine._keep = settings.keep
