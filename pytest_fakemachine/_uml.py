@@ -60,8 +60,10 @@ _MEMORY_FILE_FULL = (
 )
 OWNER_ENV = "PYTEST_FAKEMACHINE_OWNER"  # pid of the Python process that started a guest
 # What UML's console says when the guest reboots: UML then re-executes itself,
-# and the guest would boot (and run its job) again.
+# and the guest would boot (and run its job) again. An emergency restart
+# (sysrq b) says nothing; then the second start of UML itself tells.
 _REBOOT_LINE = b"reboot: Restarting system"
+_UML_START_LINE = b"Checking that ptrace can change system call numbers"
 _WATCH_SECONDS = 0.05
 
 
@@ -219,14 +221,20 @@ class _Console:
     chunks: list[bytes] = field(default_factory=list)
     rebooted: bool = False  # the console showed the guest restarting
     _tail: bytes = b""  # the end of the last chunk, where a line may have begun
+    _starts: int = 0  # UML start-up lines seen
 
     def pump(self) -> None:
+        keep = max(len(_REBOOT_LINE), len(_UML_START_LINE))
         while chunk := self.pipe.read1(65536):  # type: ignore[attr-defined]
             self.chunks.append(chunk)
             window = self._tail + chunk
-            if _REBOOT_LINE in window:
+            # Only lines that end in this chunk: those in the tail were counted.
+            self._starts += window.count(
+                _UML_START_LINE, max(0, len(self._tail) - len(_UML_START_LINE) + 1)
+            )
+            if _REBOOT_LINE in window or self._starts > 1:
                 self.rebooted = True
-            self._tail = window[-len(_REBOOT_LINE) :]
+            self._tail = window[-keep:]
             if self.log is not None:
                 self.log.write(chunk)
                 self.log.flush()

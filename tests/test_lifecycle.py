@@ -34,7 +34,9 @@ def _wait_for(condition: object, seconds: float = 120.0) -> bool:
 # --------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("command", ["reboot -f", "systemctl reboot; sleep 60"])
+@pytest.mark.parametrize(
+    "command", ["reboot -f", "systemctl reboot; sleep 60", "echo b > /proc/sysrq-trigger"]
+)
 def test_a_reboot_ends_the_run_and_the_job_runs_once(
     fakemachine: Machine, tmp_path: Path, command: str
 ) -> None:
@@ -42,8 +44,33 @@ def test_a_reboot_ends_the_run_and_the_job_runs_once(
     fakemachine.timeout = 120
     with pytest.raises(BootError, match=r"^the guest rebooted; a reboot ends the run") as info:
         fakemachine.run(f"echo ran >> /mnt/count/runs; sync; {command}")
-    assert "reboot: Restarting system" in info.value.console
     assert (tmp_path / "runs").read_text() == "ran\n"
+    # sysrq b restarts at once, unannounced: then the second start of UML tells
+    assert info.value.console.count("Checking that ptrace can change system call numbers") == 2 or (
+        "reboot: Restarting system" in info.value.console
+    )
+
+
+class _Pipe:
+    """A console pipe that hands ``text`` over in chunks of ``split`` bytes."""
+
+    def __init__(self, text: bytes, split: int) -> None:
+        self.chunks = [text[i : i + split] for i in range(0, len(text), split)]
+
+    def read1(self, size: int) -> bytes:
+        return self.chunks.pop(0) if self.chunks else b""
+
+
+@pytest.mark.parametrize("split", [1, 7, 30, 60])
+def test_the_console_tells_a_restart_across_chunk_boundaries(split: int) -> None:
+    start = b"Checking that ptrace can change system call numbers...OK\n"
+    once = b"Core dump limits\n" + start + b"[ 0.1] Linux version\n" * 3
+    for text, rebooted in [(once, False), (once + b"x" * 100 + once, True),
+                           (once + b"reboot: Restarting system\n", True)]:  # fmt: skip
+        console = _uml._Console(_Pipe(text, split), None)  # type: ignore[arg-type]
+        console.pump()
+        assert console.rebooted is rebooted, (text, split)
+        assert console.text() == text.decode()
 
 
 def test_the_job_powers_off_if_it_is_started_again(
@@ -51,6 +78,7 @@ def test_the_job_powers_off_if_it_is_started_again(
 ) -> None:
     """The job's own guard, with the host's reboot watch blinded: still one run."""
     monkeypatch.setattr(_uml, "_REBOOT_LINE", b"\0never printed\0", raising=False)
+    monkeypatch.setattr(_uml, "_UML_START_LINE", b"\0never printed\0", raising=False)
     fakemachine.add_volume(tmp_path, "/mnt/count")
     fakemachine.timeout = 60  # a rebooted UML has been seen to hang
     with pytest.raises((BootError, GuestTimeout)):
