@@ -243,6 +243,7 @@ class Session:
             memory_dir=memory_dir(self.memory_mib),
             boot_timeout=self.boot_timeout,
             started_file=work / "started",
+            reaper=self._reaper,
         )
         guest.start()
         return guest

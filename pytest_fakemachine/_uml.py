@@ -245,19 +245,22 @@ class _Console:
 
 @final
 class Reaper:
-    """A watchdog process that removes ``paths`` when this process dies, however.
+    """A watchdog process that cleans up after this process when it dies, however.
 
     It waits on a pipe only we hold open: when our process ends, even by
-    SIGKILL, the pipe closes and the watchdog removes the paths. :meth:`disarm`
-    ends it without removing anything.
+    SIGKILL, the pipe closes, and the watchdog kills the process groups last
+    given to :meth:`watch` and removes ``paths``. :meth:`disarm` ends it
+    without doing either.
     """
+
+    # Each line names the groups to kill (replacing the last); EOF: our death.
+    _SCRIPT = 'g=; while read -r line; do g=$line; done; kill -9 $g 2>/dev/null; rm -rf -- "$@"'
 
     def __init__(self, paths: Sequence[Path]) -> None:
         read_end, self._pipe = os.pipe()
         try:
             self._proc: subprocess.Popen[bytes] | None = subprocess.Popen(
-                ["/bin/sh", "-c", 'read _; rm -rf -- "$@"', "fakemachine-cleanup",
-                 *map(str, paths)],
+                ["/bin/sh", "-c", self._SCRIPT, "fakemachine-reaper", *map(str, paths)],
                 stdin=read_end, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                 start_new_session=True,
             )  # fmt: skip
@@ -266,6 +269,17 @@ class Reaper:
             raise
         finally:
             os.close(read_end)
+
+    def watch(self, groups: Sequence[int]) -> None:
+        """Kill the process groups ``groups`` (and no others) if we die.
+
+        Call it with none before reaping a group's leader: from then on its id
+        may be reused. The pipe keeps the order, so the watchdog never acts
+        on an outdated list.
+        """
+        if self._proc is not None:
+            with contextlib.suppress(BrokenPipeError):  # the watchdog was killed
+                os.write(self._pipe, (" ".join(f"-{g}" for g in groups) + "\n").encode())
 
     def disarm(self) -> None:
         if self._proc is not None:
@@ -292,6 +306,7 @@ class GuestProcess:
         memory_dir: str | None = None,
         boot_timeout: float | None = None,
         started_file: Path | None = None,
+        reaper: Reaper | None = None,
     ) -> None:
         self._kernel = kernel
         # The boot ends when started_file appears; past boot_timeout without it,
@@ -316,9 +331,11 @@ class GuestProcess:
         self._console: _Console | None = None
         self._reader: threading.Thread | None = None
         self._echoed = 0  # console chunks already passed to echo
-        self._reaper: subprocess.Popen[bytes] | None = None
-        self._cleanup = tuple(cleanup)  # what the reaper removes if we die
-        self._reaper_pipe: int | None = None
+        # The watchdog for our death: the caller's (which then removes the
+        # directories), else one of our own that removes ``cleanup``.
+        self._shared_reaper = reaper
+        self._reaper: Reaper | None = None
+        self._cleanup = tuple(cleanup)
         self.started_at = 0.0
         self.ended_at = 0.0
 
@@ -415,24 +432,16 @@ class GuestProcess:
             os.killpg(self._uml.pid, signal.SIGKILL)
 
     def _start_reaper(self) -> None:
-        """A watchdog that kills the guest's process groups when we die, however.
+        """Have a watchdog kill the guest's process groups when we die, however.
 
         PR_SET_PDEATHSIG kills only the main UML process; its helper processes
-        would survive it. The reaper waits on a pipe only we hold open: when
-        our process ends, even by SIGKILL, the pipe closes and the reaper kills
-        the groups and removes the temporary directories.
+        would survive it. See :class:`Reaper`.
         """
-        groups = " ".join(f"-{p.pid}" for p in (self._uml, self._slirp) if p is not None)
-        script = f'read _; kill -9 {groups} 2>/dev/null; rm -rf -- "$@"'
-        read_end, self._reaper_pipe = os.pipe()
-        try:
-            self._reaper = subprocess.Popen(
-                ["/bin/sh", "-c", script, "fakemachine-reaper", *map(str, self._cleanup)],
-                stdin=read_end, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                start_new_session=True,
-            )  # fmt: skip
-        finally:
-            os.close(read_end)
+        if self._shared_reaper is None:
+            self._reaper = Reaper(self._cleanup)
+        reaper = self._shared_reaper or self._reaper
+        assert reaper is not None
+        reaper.watch([p.pid for p in (self._uml, self._slirp) if p is not None])
 
     def _uml_env(self) -> dict[str, str]:
         # UML needs little of ours: TMPDIR picks where its memory file lives
@@ -507,13 +516,12 @@ class GuestProcess:
         self._stop_watching.set()  # before reaping: the watcher may kill the group
         if self._watcher is not None and self._watcher is not threading.current_thread():
             self._watcher.join()
-        if self._reaper is not None:  # first, so it never kills a reused group id
-            self._reaper.kill()
-            self._reaper.wait()
+        # First, so the watchdog never kills a reused group id.
+        if self._reaper is not None:
+            self._reaper.disarm()
             self._reaper = None
-        if self._reaper_pipe is not None:
-            os.close(self._reaper_pipe)
-            self._reaper_pipe = None
+        elif self._shared_reaper is not None:
+            self._shared_reaper.watch([])
         for proc in (self._uml, self._slirp):
             if proc is None:
                 continue
