@@ -16,7 +16,6 @@ import platform
 import shutil
 import signal
 import socket
-import stat
 import subprocess
 import sys
 import tempfile
@@ -28,6 +27,7 @@ from pathlib import Path
 from typing import IO, final
 
 from ._errors import BackendUnavailable
+from ._watchdog import Reaper, claim_cpu, make_private, release_cpu
 
 __all__ = [
     "MODULES_MOUNTPOINT",
@@ -174,33 +174,6 @@ def find_slirp() -> str:
     return found
 
 
-_cpu_lock = threading.Lock()
-_guests_on_cpu: dict[int, int] = {}  # CPU -> guests of this process running on it
-
-
-def _claim_cpu() -> int:
-    """The one CPU a new guest runs on (UML is single-CPU, and its processes
-    hopping between CPUs cost a third of a boot): the one with the fewest of
-    this process's guests, so guests started from threads spread; ties go to
-    this process's own CPU, so xdist workers and separate processes spread too.
-    Give it back with :func:`_release_cpu`."""
-    allowed = sorted(os.sched_getaffinity(0))
-    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
-    index = int(worker[2:]) if worker[2:].isdigit() else os.getpid()
-    preferred = [allowed[(index + i) % len(allowed)] for i in range(len(allowed))]
-    with _cpu_lock:
-        cpu = min(preferred, key=lambda c: _guests_on_cpu.get(c, 0))  # the first of the least busy
-        _guests_on_cpu[cpu] = _guests_on_cpu.get(cpu, 0) + 1
-    return cpu
-
-
-def _release_cpu(cpu: int) -> None:
-    with _cpu_lock:
-        _guests_on_cpu[cpu] -= 1
-        if not _guests_on_cpu[cpu]:
-            del _guests_on_cpu[cpu]
-
-
 def _child_setup(cpu: int) -> Callable[[], None]:
     def setup() -> None:
         # Runs in the child between fork and exec: SIGKILL when our process
@@ -241,52 +214,6 @@ class _Console:
 
     def text(self, start: int = 0) -> str:
         return b"".join(self.chunks[start:]).decode(errors="replace")
-
-
-@final
-class Reaper:
-    """A watchdog process that cleans up after this process when it dies, however.
-
-    It waits on a pipe only we hold open: when our process ends, even by
-    SIGKILL, the pipe closes, and the watchdog kills the process groups last
-    given to :meth:`watch` and removes ``paths``. :meth:`disarm` ends it
-    without doing either.
-    """
-
-    # Each line names the groups to kill (replacing the last); EOF: our death.
-    _SCRIPT = 'g=; while read -r line; do g=$line; done; kill -9 $g 2>/dev/null; rm -rf -- "$@"'
-
-    def __init__(self, paths: Sequence[Path]) -> None:
-        read_end, self._pipe = os.pipe()
-        try:
-            self._proc: subprocess.Popen[bytes] | None = subprocess.Popen(
-                ["/bin/sh", "-c", self._SCRIPT, "fakemachine-reaper", *map(str, paths)],
-                stdin=read_end, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                start_new_session=True,
-            )  # fmt: skip
-        except BaseException:
-            os.close(self._pipe)
-            raise
-        finally:
-            os.close(read_end)
-
-    def watch(self, groups: Sequence[int]) -> None:
-        """Kill the process groups ``groups`` (and no others) if we die.
-
-        Call it with none before reaping a group's leader: from then on its id
-        may be reused. The pipe keeps the order, so the watchdog never acts
-        on an outdated list.
-        """
-        if self._proc is not None:
-            with contextlib.suppress(BrokenPipeError):  # the watchdog was killed
-                os.write(self._pipe, (" ".join(f"-{g}" for g in groups) + "\n").encode())
-
-    def disarm(self) -> None:
-        if self._proc is not None:
-            self._proc.kill()
-            self._proc.wait()
-            self._proc = None
-            os.close(self._pipe)
 
 
 @final
@@ -370,7 +297,7 @@ class GuestProcess:
         log = open(self._console_log, "wb") if self._console_log else None  # noqa: SIM115
         try:
             self.started_at = time.monotonic()
-            self._cpu = _claim_cpu()
+            self._cpu = claim_cpu()
             self._uml = subprocess.Popen(
                 args,
                 cwd=self._workdir,
@@ -411,7 +338,7 @@ class GuestProcess:
         private = False
         while not self._stop_watching.wait(_WATCH_SECONDS) and not self.exited():
             if not private:  # UML makes its pid file 0644, its directory 0755
-                private = _make_private(self._workdir / "uml", self._workdir / "uml" / "pid")
+                private = make_private(self._workdir / "uml", self._workdir / "uml" / "pid")
             if self._console.rebooted:
                 self._end("the guest rebooted; a reboot ends the run (its job never runs twice)")
                 return
@@ -535,7 +462,7 @@ class GuestProcess:
         if not self.ended_at and self.started_at:
             self.ended_at = time.monotonic()
         if self._cpu is not None:
-            _release_cpu(self._cpu)
+            release_cpu(self._cpu)
             self._cpu = None
         if self._reader is not None:
             self._reader.join(timeout=5)
@@ -543,18 +470,6 @@ class GuestProcess:
             self._console.pipe.close()
             if self._console.log is not None:
                 self._console.log.close()
-
-
-def _make_private(*paths: Path) -> bool:
-    """chmod go-rwx ``paths``; False if one does not exist yet."""
-    try:
-        for path in paths:
-            os.chmod(path, stat.S_IMODE(os.lstat(path).st_mode) & 0o700)
-    except FileNotFoundError:
-        return False
-    except OSError:  # not worth failing a run over: the work directory is 0700
-        return True
-    return True
 
 
 def leftovers(owner: int | None) -> list[int]:
