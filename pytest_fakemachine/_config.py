@@ -7,6 +7,7 @@ where the value came from (``Machine(memory=...)``, ``--fakemachine-memory``,
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import stat
@@ -17,6 +18,7 @@ from typing import Union, final
 from ._errors import ConfigError
 
 __all__ = [
+    "DEFAULT_BOOT_TIMEOUT",
     "DEFAULT_MEMORY_MIB",
     "Image",
     "Size",
@@ -24,6 +26,8 @@ __all__ = [
     "check_env",
     "check_guest_path",
     "check_label",
+    "check_memory_fits",
+    "check_text",
     "parse_memory",
     "parse_size",
     "parse_timeout",
@@ -31,6 +35,7 @@ __all__ = [
 
 Size = Union[int, str]
 DEFAULT_MEMORY_MIB = 2048
+DEFAULT_BOOT_TIMEOUT = 120.0  # seconds; a boot takes 1-3 s, so only a hang reaches it
 MAX_LABEL_LENGTH = 19
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _LABEL_RE = re.compile(r"[A-Za-z0-9._-]+")
@@ -38,6 +43,17 @@ _LABEL_RE = re.compile(r"[A-Za-z0-9._-]+")
 # "iB"/"B", or a bare "B" for bytes.
 _SIZE_RE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(?:([KMGT])(?:i?B)?|(B))?\s*", re.IGNORECASE)
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+_MAX_BYTES = (1 << 63) - 1  # a file offset (off_t) holds no more
+# The guest's system directories: a volume may go below one (/etc/myapp), not over it.
+_SYSTEM_DIRS = frozenset({"/", "/etc", "/var", "/tmp", "/home", "/run"})
+# Trees of the guest's kernel, of the host's /usr and of the run's own files:
+# a volume may go neither at nor under them.
+_SYSTEM_TREES = ("/proc", "/sys", "/dev", "/usr", "/run/fakemachine")
+# The guest's own symlinks (merged /usr): a path through one is the path it leads to.
+_GUEST_LINKS = (
+    ("/var/run", "/run"),
+    *((f"/{name}", f"/usr/{name}") for name in ("bin", "sbin", "lib", "lib64", "lib32", "libx32")),
+)
 
 
 def _parse_quantity(value: object, what: str, source: str, default_unit: str) -> int:
@@ -60,6 +76,8 @@ def _parse_quantity(value: object, what: str, source: str, default_unit: str) ->
         unit = unit.upper()
     if number < 0:
         raise ConfigError(f"{what}={value!r} from {source}: must not be negative")
+    if not math.isfinite(number) or number * _UNITS[unit] > _MAX_BYTES:
+        raise ConfigError(f"{what}={value!r} from {source}: too large (at most 8 EiB)")
     result = int(number * _UNITS[unit])
     if result <= 0:
         raise ConfigError(f"{what}={value!r} from {source}: must be more than zero")
@@ -79,19 +97,51 @@ def parse_memory(value: object, source: str) -> int:
     return mib
 
 
-def parse_timeout(value: object, source: str) -> float | None:
+def _host_memory_mib() -> int | None:
+    """The host's memory plus swap in MiB, from /proc/meminfo (None if unknown)."""
+    try:
+        with open("/proc/meminfo") as f:
+            fields = dict(line.split(":", 1) for line in f if ":" in line)
+        return sum(int(fields[name].split()[0]) for name in ("MemTotal", "SwapTotal")) >> 10
+    except (OSError, KeyError, ValueError, IndexError):
+        return None
+
+
+def check_memory_fits(mib: int, value: object, source: str) -> None:
+    """Refuse guest memory the host cannot back: the guest kernel would panic on it."""
+    host = _host_memory_mib()
+    if host is not None and mib > host:
+        raise ConfigError(
+            f"memory={value!r} from {source}: {mib} MiB, more than this host's memory and "
+            f"swap together ({host} MiB)"
+        )
+
+
+def parse_timeout(value: object, source: str, what: str = "timeout") -> float | None:
     """Seconds, or None for no limit; zero or a negative number is refused."""
     if value is None:
         return None
     if isinstance(value, bool):
-        raise ConfigError(f"timeout={value!r} from {source}: expected seconds")
+        raise ConfigError(f"{what}={value!r} from {source}: expected seconds")
     try:
         seconds = float(value)  # type: ignore[arg-type]
     except (TypeError, ValueError):
-        raise ConfigError(f"timeout={value!r} from {source}: expected seconds") from None
+        raise ConfigError(f"{what}={value!r} from {source}: expected seconds") from None
     if not seconds > 0:
-        raise ConfigError(f"timeout={value!r} from {source}: must be more than zero")
+        raise ConfigError(f"{what}={value!r} from {source}: must be more than zero")
     return seconds
+
+
+def check_text(text: str, what: str, source: str) -> str:
+    """``text`` if it is valid UTF-8 text (what the guest's files and command line hold)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ConfigError(
+            f"{what} {text!r} from {source}: not valid UTF-8 (it holds "
+            f"{text[e.start : e.end]!r}, an undecodable byte as os.fsdecode gives it)"
+        ) from None
+    return text
 
 
 def check_label(label: object, source: str) -> str:
@@ -119,7 +169,31 @@ def check_guest_path(path: object, source: str) -> str:
         raise ConfigError(f"guest path {text!r} from {source}: must be absolute")
     if any(c.isspace() for c in text) or "\0" in text:
         raise ConfigError(f"guest path {text!r} from {source}: must not contain whitespace")
+    if "\\" in text:  # fstab reads "\040" as a space, "\134" as a backslash...
+        raise ConfigError(f"guest path {text!r} from {source}: must not contain a backslash")
+    check_text(text, "guest path", source)
     return "/" + os.path.normpath(text).lstrip("/")  # normpath keeps a leading "//"
+
+
+def _in_guest(path: str) -> str:
+    """``path`` (normalized) with the guest's own symlinks resolved."""
+    for link, target in _GUEST_LINKS:  # none leads into another
+        if path == link or path.startswith(link + "/"):
+            return target + path[len(link) :]
+    return path
+
+
+def _system_conflict(guest: str) -> str | None:
+    """Why a volume at ``guest`` would break the guest's system (None if it would not)."""
+    target = _in_guest(guest)
+    via = "" if target == guest else f" (that is {target} in the guest)"
+    tree = next((t for t in _SYSTEM_TREES if target == t or target.startswith(t + "/")), None)
+    if tree is not None:
+        return f"{via} is at or under {tree}, which the guest's system provides".lstrip()
+    if target in _SYSTEM_DIRS:
+        return (f"{via} is a system directory of the guest; mount below it instead "
+                "(e.g. /etc/myapp, /var/lib/myapp)").lstrip()  # fmt: skip
+    return None
 
 
 @final
@@ -163,6 +237,9 @@ def check_volume(host_dir: object, guest_dir: object, read_only: bool, source: s
     guest = check_guest_path(str(host) if guest_dir is None else guest_dir, source)
     if guest == "/":
         raise ConfigError(f"volume {str(host)!r} from {source}: cannot be mounted over '/'")
+    conflict = _system_conflict(guest)
+    if conflict is not None:
+        raise ConfigError(f"volume {str(host)!r} from {source}: guest path {guest!r} {conflict}")
     return Volume(host, guest, bool(read_only))
 
 
@@ -211,4 +288,5 @@ def check_env(env: dict[str, object], source: str) -> dict[str, str]:
             raise ConfigError(f"env name {key!r} from {source}: not a valid variable name")
         if not isinstance(value, str) or "\0" in value:
             raise ConfigError(f"env[{key!r}]={value!r} from {source}: expected a string")
+        check_text(value, f"env[{key!r}]", source)
     return {k: str(v) for k, v in env.items()}

@@ -8,10 +8,10 @@ import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from . import _uml
+from . import _initramfs, _uml
 from ._config import DEFAULT_MEMORY_MIB
 from ._errors import FakeMachineError
-from ._initramfs import cache_dir, initramfs
+from ._initramfs import initramfs
 from ._machine import Machine
 from ._session import console_tail
 from ._uml import SHM, apt_fix, find_kernel, free_in_shm, memory_dir, module_dir, modules_mountpoint
@@ -65,10 +65,30 @@ def _checks(kernel_setting: str | None) -> list[Check]:
     checks.append(Check("free space for work directories",
                         None if tmp >= _MIN_FREE_BYTES else f"only {tmp >> 20} MiB free",
                         "free some space in $TMPDIR (/tmp)"))  # fmt: skip
+    checks += _cache_checks()
+    return checks
+
+
+def _cache_checks() -> list[Check]:
+    """Where the archive cache is, and whether the archive for this host is intact."""
+    fix = "set XDG_CACHE_HOME to a directory only you can write"
     try:
-        checks.append(Check(f"initramfs ({initramfs()})", None))
+        directory = _initramfs.cache_dir()
+        path = directory / f"initramfs-{_initramfs._collect_inputs().fingerprint()}.cpio"
+        before = _initramfs.archive_problem(path)
+        built = initramfs()  # verifies it, and rebuilds it if damaged
     except (FakeMachineError, OSError) as e:
-        checks.append(Check(f"initramfs in {cache_dir()}", str(e), "see the message"))
+        return [Check("initramfs cache", str(e), fix)]
+    checks = []
+    note = _initramfs.cache_note()
+    if note is not None:
+        checks.append(Check("initramfs cache directory", note, fix, required=False))
+    if before in (None, "missing", _initramfs.NO_RECORD):
+        checks.append(Check(f"initramfs ({built}, {'checked' if before is None else 'built'})",
+                            None))  # fmt: skip
+    else:
+        checks.append(Check(f"initramfs ({built})", f"it {before}; rebuilt it",
+                            "nothing more: the new one is checked", required=False))  # fmt: skip
     return checks
 
 

@@ -11,7 +11,7 @@ from typing import Any, Union, final
 from . import _config as c
 from ._errors import ConfigError
 from ._initramfs import initramfs
-from ._session import Session, command_body
+from ._session import CWD_MISSING, Session, command_body
 from ._templates import LABEL_DIR
 from ._uml import find_kernel, find_slirp, module_dir, modules_mountpoint
 
@@ -44,6 +44,7 @@ class Machine:
         scratch: c.Size | None = None,
         network: bool = False,
         timeout: float | None = None,
+        boot_timeout: float | None = c.DEFAULT_BOOT_TIMEOUT,
         env: dict[str, str] | None = None,
         kernel: str | os.PathLike[str] | None = None,
     ) -> None:
@@ -52,6 +53,7 @@ class Machine:
         self.scratch = scratch
         self.network = network
         self.timeout = timeout
+        self.boot_timeout = boot_timeout
         self.env: dict[str, str] = dict(env or {})
         self.kernel = kernel
         # Keep the boot-time RAID6/XOR benchmarks (skipped by default: they cost
@@ -97,6 +99,12 @@ class Machine:
         image = Path(os.path.abspath(os.fspath(path)))
         if any(i.path == image for i in self._images):
             raise ConfigError(f"image {str(image)!r} from {source}: already attached")
+        for other in self._images:  # the same file by another name (a symlink, a hard link)
+            if image.exists() and other.path.exists() and os.path.samefile(image, other.path):
+                raise ConfigError(
+                    f"image {str(image)!r} from {source}: the same file as image "
+                    f"{str(other.path)!r} (label {other.label!r}), already attached"
+                )
         c.prepare_image(image, nbytes, source)
         self._images.append(c.ImageSpec(image, label))
         return f"{LABEL_DIR}/{label}"
@@ -131,6 +139,8 @@ class Machine:
         with self.session() as session:
             self.last_workdir = session.workdir
             outcome = session.boot(body, limit)
+            if (session.workdir / CWD_MISSING).exists():
+                raise ConfigError(f"cwd={cwd!r} from {source}: no such directory in the guest")
             stdout = session.read_text("stdout")
             stderr = session.read_text("stderr")
         result = RunResult(command, outcome.status, stdout, stderr, outcome.console)
@@ -156,9 +166,11 @@ class Machine:
         memory = c.parse_memory(
             c.DEFAULT_MEMORY_MIB if self.memory is None else self.memory, source
         )
+        c.check_memory_fits(memory, self.memory, source)
         scratch = None if self.scratch is None else c.parse_size(self.scratch, source, "scratch")
         if not isinstance(self.network, bool):
             raise ConfigError(f"network={self.network!r} from {source}: expected True or False")
+        boot_timeout = c.parse_timeout(self.boot_timeout, source, "boot_timeout")
         disks = len(self._images) + (scratch is not None)
         if disks > MAX_DISKS:
             raise ConfigError(
@@ -182,6 +194,7 @@ class Machine:
             echo=self._echo,
             extra_kernel_args=tuple(self.extra_kernel_args),
             raid_benchmarks=bool(self.raid_benchmarks),
+            boot_timeout=boot_timeout,
         )
 
 
@@ -189,7 +202,7 @@ def _check_command(command: object, source: str) -> list[str] | str:
     if isinstance(command, str):
         if "\0" in command:
             raise ConfigError(f"command {command!r} from {source}: contains a NUL byte")
-        return command
+        return c.check_text(command, "command", source)
     if isinstance(command, (list, tuple)) and command:
         argv = [os.fspath(a) if isinstance(a, os.PathLike) else a for a in command]
         for arg in argv:
@@ -197,5 +210,6 @@ def _check_command(command: object, source: str) -> list[str] | str:
                 raise ConfigError(
                     f"command argument {arg!r} from {source}: expected a string without NUL"
                 )
+            c.check_text(arg, "command argument", source)
         return argv
     raise ConfigError(f"command {command!r} from {source}: expected a string or an argv list")

@@ -34,7 +34,8 @@ from ._uml import GuestProcess
 
 __all__ = ["GuestRun", "MarkedTest", "apply_marker", "marked_test"]
 
-MARKER_KEYWORDS = ("images", "volumes", "memory", "scratch", "network", "env", "timeout", "scope")
+MARKER_KEYWORDS = ("images", "volumes", "memory", "scratch", "network", "env", "timeout",
+                   "boot_timeout", "scope")  # fmt: skip
 SCOPES = ("function", "module", "session")
 # Plugins that act on the host session only; the guest must not load them.
 HOST_ONLY_PLUGINS = frozenset({"xdist", "xdist.looponfail", "pytest_cov", "cacheprovider",
@@ -105,7 +106,7 @@ def _describe(value: object) -> object:
 def apply_marker(machine: Machine, marked: MarkedTest, image_dir: Path) -> None:
     """Set the marker's keywords on ``machine``, which carries the options' defaults."""
     kw, source = marked.kwargs, marked.source
-    for name in ("memory", "timeout"):  # None keeps the option's default
+    for name in ("memory", "timeout", "boot_timeout"):  # None keeps the option's default
         if kw.get(name) is not None:
             setattr(machine, name, kw[name])
     machine.scratch = kw.get("scratch")
@@ -316,6 +317,8 @@ class GuestRun:
     def _why_gone(self, received: list[pytest.TestReport]) -> str:
         assert self.session is not None
         work = self.session.workdir
+        if self.guest is not None and self.guest.ended_why is not None:
+            return self.guest.ended_why  # a reboot, or the boot limit
         if not (work / "started").exists():
             return "the guest did not boot"
         status = self.session.read_text("status").strip()

@@ -11,6 +11,7 @@ import fcntl
 import os
 import shlex
 import shutil
+import signal
 import subprocess
 import tempfile
 from collections.abc import Callable
@@ -21,7 +22,7 @@ from . import _templates as t
 from ._config import ImageSpec, Volume
 from ._errors import BootError, FakeMachineError, GuestTimeout
 from ._initramfs import initramfs
-from ._uml import MODULES_MOUNTPOINT, GuestProcess, memory_dir, memory_file_full
+from ._uml import MODULES_MOUNTPOINT, GuestProcess, Reaper, memory_dir, memory_file_full
 
 __all__ = ["BootOutcome", "Session", "command_body", "console_tail"]
 
@@ -38,6 +39,11 @@ SKIP_RAID_BENCHMARKS = ("raid6_select_algo", "calibrate_xor_blocks")
 SKIP_INITCALLS = ("init_zswap", "strp_dev_init", "ubd0_init")
 FAST_BOOT_ARGS = ("pty.legacy_count=0", "lpj=10000000", "printk.time=1")
 _CONSOLE_TAIL_LINES = 30
+# A longer command body goes through the work directory (COMMAND_BODY_FROM_FILE):
+# exec takes no argument over 128 KiB, nor 2 MiB of them in all.
+INLINE_COMMAND_MAX = 64 * 1024
+# Left in the work directory by the command body when it cannot enter its cwd.
+CWD_MISSING = "cwd-missing"
 _SAFE_PATH_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789/._-+")
 
 
@@ -53,7 +59,12 @@ def command_body(argv: list[str] | str, cwd: str, env: dict[str, str]) -> str:
         command, rest = shlex.quote(argv), ""
     else:  # "$@" hands every item over unchanged, whatever it contains
         command, rest = shlex.quote('exec "$@"'), " sh " + " ".join(map(shlex.quote, argv))
-    return t.COMMAND_BODY.format(cwd=shlex.quote(cwd), env=env_words, command=command, argv=rest)
+    body = t.COMMAND_BODY.format(cwd=shlex.quote(cwd), env=env_words, command=command, argv=rest)
+    if len(body.encode()) <= INLINE_COMMAND_MAX:
+        return body
+    script = "".join(f"export {shlex.quote(f'{k}={v}')}\n" for k, v in assignments.items())
+    script += argv if isinstance(argv, str) else "exec " + " ".join(map(shlex.quote, argv))
+    return t.COMMAND_BODY_FROM_FILE.format(cwd=shlex.quote(cwd), script=shlex.quote(script))
 
 
 @dataclass
@@ -81,8 +92,10 @@ class Session:
     extra_kernel_args: tuple[str, ...] = ()
     raid_benchmarks: bool = False
     cleanup: list[Path] = field(default_factory=list)  # removed even if the host dies
+    boot_timeout: float | None = None  # seconds from launch until the job starts
     workdir: Path = field(init=False)
     _locks: list[int] = field(init=False, default_factory=list)
+    _reaper: Reaper | None = field(init=False, default=None)
 
     def __enter__(self) -> Session:
         try:
@@ -91,6 +104,12 @@ class Session:
             raise FakeMachineError(
                 f"cannot create a work directory in {tempfile.gettempdir()}: {e.strerror}"
             ) from None
+        try:
+            if not self.keep:  # before anything goes in: a kill at any point leaves nothing
+                self._reaper = Reaper([self.workdir, *self.cleanup])
+        except BaseException:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+            raise
         try:
             self._lock_images()
             self._write_static_files()
@@ -104,12 +123,23 @@ class Session:
             raise
         return self
 
+    def __repr__(self) -> str:
+        workdir = getattr(self, "workdir", None)  # set by __enter__
+        return (
+            f"<Session kernel={str(self.kernel)!r} memory={self.memory_mib}M "
+            f"images={[i.label for i in self.images]} volumes={[v.guest for v in self.volumes]} "
+            f"workdir={None if workdir is None else str(workdir)!r}>"
+        )
+
     def __exit__(self, *exc: object) -> None:
         for fd in self._locks:
             os.close(fd)
         self._locks.clear()
         if not self.keep:
             shutil.rmtree(self.workdir, ignore_errors=True)
+        if self._reaper is not None:
+            self._reaper.disarm()
+            self._reaper = None
 
     def _lock_images(self) -> None:
         for image in self.images:
@@ -193,7 +223,7 @@ class Session:
     def launch(self, body: str) -> GuestProcess:
         """Write the job with ``body`` and start the guest; the caller must kill it."""
         work = self.workdir
-        for name in ("started", "status", "stdout", "stderr"):
+        for name in ("started", "status", "stdout", "stderr", "command", CWD_MISSING, "job-began"):
             (work / name).unlink(missing_ok=True)
         prelude = []
         if self.images:
@@ -211,6 +241,9 @@ class Session:
             echo=self.echo,
             cleanup=[] if self.keep else [work, *self.cleanup],
             memory_dir=memory_dir(self.memory_mib),
+            boot_timeout=self.boot_timeout,
+            started_file=work / "started",
+            reaper=self._reaper,
         )
         guest.start()
         return guest
@@ -228,9 +261,19 @@ class Session:
         try:
             status = int((self.workdir / "status").read_text())
         except (FileNotFoundError, ValueError):
-            if not self.workdir.is_dir():
+            started = (self.workdir / "started").exists()
+            killed = -(guest.returncode or 0)
+            if guest.ended_why is not None:
+                what = guest.ended_why
+            elif not self.workdir.is_dir():
                 what = f"the work directory {self.workdir} disappeared during the run"
-            elif (self.workdir / "started").exists():
+            elif killed > 0 and killed != signal.SIGABRT:  # UML aborts on a kernel panic
+                what = (
+                    f"the UML process (linux.uml) was killed by signal "
+                    f"{signal.Signals(killed).name} from outside "
+                    + ("during the command" if started else "before the command")
+                )
+            elif started:
                 what = "the guest powered off during the command"
             else:
                 what = "the guest did not boot to the command"
@@ -300,7 +343,7 @@ def _make_workdir() -> Path:
 
 
 def _make_scratch(path: Path, size: int) -> None:
-    with open(path, "wb") as f:
+    with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as f:
         f.truncate(size)
     mkfs = shutil.which("mkfs.ext4", path="/usr/sbin:/sbin:" + os.environ.get("PATH", ""))
     if mkfs is None:

@@ -11,7 +11,7 @@ from typing import Any, Optional
 
 import pytest
 
-from ._config import DEFAULT_MEMORY_MIB, parse_memory, parse_timeout
+from ._config import DEFAULT_BOOT_TIMEOUT, DEFAULT_MEMORY_MIB, parse_memory, parse_timeout
 from ._errors import ConfigError
 
 __all__ = ["Settings", "addoption", "settings_key"]
@@ -23,6 +23,10 @@ BACKEND_HELP = (
 MEMORY_HELP = f"default guest memory, e.g. 1G or 512M (default {DEFAULT_MEMORY_MIB}M)"
 TIMEOUT_HELP = "default seconds a guest may run before it is killed (default: no limit)"
 KERNEL_HELP = "the UML kernel binary to boot (default: linux.uml on PATH)"
+BOOT_TIMEOUT_HELP = (
+    "default seconds a guest may take to reach its command (for marked tests: its test "
+    "runner) before it is killed and the boot fails (default: 120)"
+)
 
 
 @dataclass(frozen=True)
@@ -30,6 +34,7 @@ class Settings:
     backend: str
     memory: int  # MiB
     timeout: float | None
+    boot_timeout: float | None
     kernel: str | None
     show_boot: bool
     keep: bool
@@ -45,6 +50,8 @@ def addoption(parser: pytest.Parser) -> None:
     group.addoption("--fakemachine-memory", metavar="SIZE", default=None, help=MEMORY_HELP)
     group.addoption("--fakemachine-timeout", metavar="SECONDS", default=None, help=TIMEOUT_HELP)
     group.addoption("--fakemachine-kernel", metavar="PATH", default=None, help=KERNEL_HELP)
+    group.addoption("--fakemachine-boot-timeout", metavar="SECONDS", default=None,
+                    help=BOOT_TIMEOUT_HELP)  # fmt: skip
     group.addoption("--fakemachine-show-boot", action="store_true", default=False,
                     help="stream each guest's console to the terminal as it boots")  # fmt: skip
     group.addoption("--fakemachine-keep", action="store_true", default=False,
@@ -57,13 +64,14 @@ def addoption(parser: pytest.Parser) -> None:
     parser.addini("fakemachine_memory", MEMORY_HELP, default=None)
     parser.addini("fakemachine_timeout", TIMEOUT_HELP, default=None)
     parser.addini("fakemachine_kernel", KERNEL_HELP, default=None)
+    parser.addini("fakemachine_boot_timeout", BOOT_TIMEOUT_HELP, default=None)
 
 
 def _pick(config: pytest.Config, name: str) -> tuple[Any, str]:
     """The value of setting ``name`` and where it came from (for error messages)."""
     value = config.getoption(f"fakemachine_{name}")
     if value is not None:
-        return value, f"--fakemachine-{name}"
+        return value, f"--fakemachine-{name.replace('_', '-')}"
     ini = config.getini(f"fakemachine_{name}")
     if ini not in (None, ""):
         return ini, f"ini option fakemachine_{name} in {config.inipath or 'the ini file'}"
@@ -78,12 +86,19 @@ def resolve(config: pytest.Config) -> Settings:
     memory, source = _pick(config, "memory")
     memory_mib = DEFAULT_MEMORY_MIB if memory is None else parse_memory(memory, source)
     timeout, source = _pick(config, "timeout")
+    timeout = parse_timeout(timeout, source)
+    boot_timeout, boot_source = _pick(config, "boot_timeout")
     kernel: Optional[str]
     kernel, _ = _pick(config, "kernel")
     return Settings(
         backend=backend,
         memory=memory_mib,
-        timeout=parse_timeout(timeout, source),
+        timeout=timeout,
+        boot_timeout=(
+            DEFAULT_BOOT_TIMEOUT
+            if boot_timeout is None
+            else parse_timeout(boot_timeout, boot_source, "boot_timeout")
+        ),
         kernel=kernel,
         show_boot=bool(config.getoption("fakemachine_show_boot")),
         keep=bool(config.getoption("fakemachine_keep")),

@@ -27,11 +27,13 @@ from pathlib import Path
 from typing import IO, final
 
 from ._errors import BackendUnavailable
+from ._watchdog import Reaper, claim_cpu, make_private, release_cpu
 
 __all__ = [
     "MODULES_MOUNTPOINT",
     "OWNER_ENV",
     "GuestProcess",
+    "Reaper",
     "apt_fix",
     "find_kernel",
     "find_slirp",
@@ -57,6 +59,12 @@ _MEMORY_FILE_FULL = (
     "Attempted to kill init! exitcode=0x00000007",
 )
 OWNER_ENV = "PYTEST_FAKEMACHINE_OWNER"  # pid of the Python process that started a guest
+# What UML's console says when the guest reboots: UML then re-executes itself,
+# and the guest would boot (and run its job) again. An emergency restart
+# (sysrq b) says nothing; then the second start of UML itself tells.
+_REBOOT_LINE = b"reboot: Restarting system"
+_UML_START_LINE = b"Checking that ptrace can change system call numbers"
+_WATCH_SECONDS = 0.05
 
 
 def _on_ubuntu(os_release: str = "/etc/os-release") -> bool:
@@ -166,15 +174,6 @@ def find_slirp() -> str:
     return found
 
 
-def _guest_cpu() -> int:
-    """The one CPU a guest runs on: UML is single-CPU, and its processes hopping
-    between CPUs cost a third of a boot. xdist workers spread over the CPUs."""
-    allowed = sorted(os.sched_getaffinity(0))
-    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
-    index = int(worker[2:]) if worker[2:].isdigit() else os.getpid()
-    return allowed[index % len(allowed)]
-
-
 def _child_setup(cpu: int) -> Callable[[], None]:
     def setup() -> None:
         # Runs in the child between fork and exec: SIGKILL when our process
@@ -193,10 +192,22 @@ class _Console:
     pipe: IO[bytes]
     log: IO[bytes] | None
     chunks: list[bytes] = field(default_factory=list)
+    rebooted: bool = False  # the console showed the guest restarting
+    _tail: bytes = b""  # the end of the last chunk, where a line may have begun
+    _starts: int = 0  # UML start-up lines seen
 
     def pump(self) -> None:
+        keep = max(len(_REBOOT_LINE), len(_UML_START_LINE))
         while chunk := self.pipe.read1(65536):  # type: ignore[attr-defined]
             self.chunks.append(chunk)
+            window = self._tail + chunk
+            # Only lines that end in this chunk: those in the tail were counted.
+            self._starts += window.count(
+                _UML_START_LINE, max(0, len(self._tail) - len(_UML_START_LINE) + 1)
+            )
+            if _REBOOT_LINE in window or self._starts > 1:
+                self.rebooted = True
+            self._tail = window[-keep:]
             if self.log is not None:
                 self.log.write(chunk)
                 self.log.flush()
@@ -220,8 +231,20 @@ class GuestProcess:
         echo: Callable[[str], None] | None = None,
         cleanup: Sequence[Path] = (),
         memory_dir: str | None = None,
+        boot_timeout: float | None = None,
+        started_file: Path | None = None,
+        reaper: Reaper | None = None,
     ) -> None:
         self._kernel = kernel
+        # The boot ends when started_file appears; past boot_timeout without it,
+        # the guest is killed (and ended_why says so).
+        self._boot_timeout = boot_timeout
+        self._started_file = started_file
+        self._watcher: threading.Thread | None = None
+        self._stop_watching = threading.Event()
+        self._cpu: int | None = None
+        # Why the guest was ended by us before it powered off (None: it was not).
+        self.ended_why: str | None = None
         self._memory_dir = memory_dir
         # Where UML keeps the guest's memory (for error messages).
         self.memory_dir = memory_dir or os.environ.get("TMPDIR") or SHM
@@ -235,9 +258,11 @@ class GuestProcess:
         self._console: _Console | None = None
         self._reader: threading.Thread | None = None
         self._echoed = 0  # console chunks already passed to echo
-        self._reaper: subprocess.Popen[bytes] | None = None
-        self._cleanup = tuple(cleanup)  # what the reaper removes if we die
-        self._reaper_pipe: int | None = None
+        # The watchdog for our death: the caller's (which then removes the
+        # directories), else one of our own that removes ``cleanup``.
+        self._shared_reaper = reaper
+        self._reaper: Reaper | None = None
+        self._cleanup = tuple(cleanup)
         self.started_at = 0.0
         self.ended_at = 0.0
 
@@ -272,6 +297,7 @@ class GuestProcess:
         log = open(self._console_log, "wb") if self._console_log else None  # noqa: SIM115
         try:
             self.started_at = time.monotonic()
+            self._cpu = claim_cpu()
             self._uml = subprocess.Popen(
                 args,
                 cwd=self._workdir,
@@ -280,7 +306,8 @@ class GuestProcess:
                 stderr=subprocess.STDOUT,
                 pass_fds=pass_fds,
                 start_new_session=True,
-                preexec_fn=_child_setup(_guest_cpu()),  # noqa: PLW1509 (no threads fork here)
+                # preexec_fn only calls prctl and sched_setaffinity: safe with threads.
+                preexec_fn=_child_setup(self._cpu),  # noqa: PLW1509
                 env=self._uml_env(),
             )
         except BaseException:
@@ -296,26 +323,52 @@ class GuestProcess:
         self._console = _Console(self._uml.stdout, log)
         self._reader = threading.Thread(target=self._console.pump, daemon=True)
         self._reader.start()
+        self._watcher = threading.Thread(target=self._watch, daemon=True)
+        self._watcher.start()
+
+    def _watch(self) -> None:
+        """End the guest when it reboots or overstays its boot limit; make UML's files private.
+
+        Runs in a thread of its own until kill() stops it, before the UML
+        process is reaped: until then its process group id cannot be reused.
+        """
+        assert self._uml is not None and self._console is not None
+        deadline = None if self._boot_timeout is None else self.started_at + self._boot_timeout
+        booted = self._started_file is None
+        private = False
+        while not self._stop_watching.wait(_WATCH_SECONDS) and not self.exited():
+            if not private:  # UML makes its pid file 0644, its directory 0755
+                private = make_private(self._workdir / "uml", self._workdir / "uml" / "pid")
+            if self._console.rebooted:
+                self._end("the guest rebooted; a reboot ends the run (its job never runs twice)")
+                return
+            if not booted:
+                assert self._started_file is not None
+                booted = self._started_file.exists()
+                if not booted and deadline is not None and time.monotonic() >= deadline:
+                    self._end(
+                        f"the guest did not reach the command within boot_timeout="
+                        f"{self._boot_timeout:g} s and was killed"
+                    )
+                    return
+
+    def _end(self, why: str) -> None:
+        assert self._uml is not None
+        self.ended_why = why
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self._uml.pid, signal.SIGKILL)
 
     def _start_reaper(self) -> None:
-        """A watchdog that kills the guest's process groups when we die, however.
+        """Have a watchdog kill the guest's process groups when we die, however.
 
         PR_SET_PDEATHSIG kills only the main UML process; its helper processes
-        would survive it. The reaper waits on a pipe only we hold open: when
-        our process ends, even by SIGKILL, the pipe closes and the reaper kills
-        the groups and removes the temporary directories.
+        would survive it. See :class:`Reaper`.
         """
-        groups = " ".join(f"-{p.pid}" for p in (self._uml, self._slirp) if p is not None)
-        script = f'read _; kill -9 {groups} 2>/dev/null; rm -rf -- "$@"'
-        read_end, self._reaper_pipe = os.pipe()
-        try:
-            self._reaper = subprocess.Popen(
-                ["/bin/sh", "-c", script, "fakemachine-reaper", *map(str, self._cleanup)],
-                stdin=read_end, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                start_new_session=True,
-            )  # fmt: skip
-        finally:
-            os.close(read_end)
+        if self._shared_reaper is None:
+            self._reaper = Reaper(self._cleanup)
+        reaper = self._shared_reaper or self._reaper
+        assert reaper is not None
+        reaper.watch([p.pid for p in (self._uml, self._slirp) if p is not None])
 
     def _uml_env(self) -> dict[str, str]:
         # UML needs little of ours: TMPDIR picks where its memory file lives
@@ -344,6 +397,11 @@ class GuestProcess:
                 time.sleep(_POLL_SECONDS)
                 continue
             self.ended_at = time.monotonic()
+            # UML's helper processes outlive a kernel killed from outside and
+            # hold the console pipe open: end them, so the console is complete
+            # at once. (The main process is unreaped: its group id is ours.)
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self._uml.pid, signal.SIGKILL)
             if self._reader is not None:
                 self._reader.join(timeout=5)
             self._echo_new()
@@ -382,13 +440,15 @@ class GuestProcess:
 
     def kill(self) -> None:
         """Kill the UML process group and the slirp helper; reap them."""
-        if self._reaper is not None:  # first, so it never kills a reused group id
-            self._reaper.kill()
-            self._reaper.wait()
+        self._stop_watching.set()  # before reaping: the watcher may kill the group
+        if self._watcher is not None and self._watcher is not threading.current_thread():
+            self._watcher.join()
+        # First, so the watchdog never kills a reused group id.
+        if self._reaper is not None:
+            self._reaper.disarm()
             self._reaper = None
-        if self._reaper_pipe is not None:
-            os.close(self._reaper_pipe)
-            self._reaper_pipe = None
+        elif self._shared_reaper is not None:
+            self._shared_reaper.watch([])
         for proc in (self._uml, self._slirp):
             if proc is None:
                 continue
@@ -401,6 +461,9 @@ class GuestProcess:
                 print(f"pytest-fakemachine: pid {proc.pid} did not die", file=sys.stderr)
         if not self.ended_at and self.started_at:
             self.ended_at = time.monotonic()
+        if self._cpu is not None:
+            release_cpu(self._cpu)
+            self._cpu = None
         if self._reader is not None:
             self._reader.join(timeout=5)
         if self._console is not None:

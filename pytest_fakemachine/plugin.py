@@ -32,8 +32,8 @@ if TYPE_CHECKING:
 
 MARKER_HELP = (
     "fakemachine(images=None, volumes=None, memory=None, scratch=None, network=False, "
-    "env=None, timeout=None, scope='function'): run the test (setup, call and teardown) "
-    "as root inside a User-Mode-Linux guest booted from the host's /usr"
+    "env=None, timeout=None, boot_timeout=None, scope='function'): run the test (setup, "
+    "call and teardown) as root inside a User-Mode-Linux guest booted from the host's /usr"
 )
 
 
@@ -90,16 +90,26 @@ def pytest_report_header(config: pytest.Config) -> str | None:
     if in_fakemachine():
         return "fakemachine: inside a guest"
     settings = config.stash[settings_key]
-    machine = _new_machine(config, "the pytest session")
-    try:
-        machine.check_backend()
-    except BackendUnavailable as e:
+    state = config.stash[_state_key]
+    # Whatever goes wrong here is the environment's: it is reported, and the
+    # tests that need a guest skip or error; the session itself goes on.
+    unavailable = _unavailable(state, config)
+    if unavailable is not None:
         verb = "skipped" if settings.backend == "auto" else "errors"
-        return f"fakemachine: backend {settings.backend}, unavailable ({e}); guest tests: {verb}"
-    kernel = str(machine.kernel or "linux.uml")
-    version = subprocess.run([kernel, "--version"], capture_output=True, text=True,
-                             stdin=subprocess.DEVNULL, check=False).stdout.strip()  # fmt: skip
-    return f"fakemachine: backend {settings.backend}, UML kernel {kernel} ({version or '?'})"
+        return (f"fakemachine: backend {settings.backend}, unavailable ({unavailable}); "
+                f"guest tests: {verb}")  # fmt: skip
+    kernel = str(settings.kernel or "linux.uml")
+    try:
+        version = subprocess.run([kernel, "--version"], capture_output=True, text=True,
+                                 stdin=subprocess.DEVNULL, check=False, timeout=30,
+                                 ).stdout.strip()  # fmt: skip
+    except (OSError, subprocess.SubprocessError) as e:
+        version = f"--version failed: {e}"
+    from ._initramfs import cache_note  # noqa: PLC0415 (host only, see the docstring)
+
+    note = cache_note()
+    return (f"fakemachine: backend {settings.backend}, UML kernel {kernel} ({version or '?'})"
+            + (f"; {note}" if note else ""))  # fmt: skip
 
 
 def _echo(config: pytest.Config) -> Callable[[str], None] | None:
@@ -122,7 +132,7 @@ def _new_machine(config: pytest.Config, source: str) -> Machine:
 
     settings = config.stash[settings_key]
     machine = Machine(settings.backend, memory=settings.memory, timeout=settings.timeout,
-                      kernel=settings.kernel)  # fmt: skip
+                      boot_timeout=settings.boot_timeout, kernel=settings.kernel)  # fmt: skip
     machine.source = source
     machine._echo = _echo(config)
     machine._keep = settings.keep
@@ -152,13 +162,19 @@ def fakemachine(request: pytest.FixtureRequest) -> Iterator[Machine]:
 
 
 def _unavailable(state: _State, config: pytest.Config) -> str | None:
-    """Why no guest can boot here (None if one can), checked once per session."""
+    """Why no guest can boot here (None if one can), checked once per session.
+
+    Any failure of the check is the environment's (a missing kernel, an
+    unusable cache...): it becomes the reason, never an error of the session.
+    """
     if not state.checked:
         state.checked = True
         try:
             _new_machine(config, "the pytest session").check_backend()
         except BackendUnavailable as e:
             state.unavailable = str(e)
+        except Exception as e:
+            state.unavailable = f"{type(e).__name__}: {e}"
     return state.unavailable
 
 

@@ -1,8 +1,12 @@
 """Many boots in a row, to catch flakes: ``python scripts/stress.py [--boots 200] [--tests 100]``.
 
-Runs ``--boots`` consecutive ``Machine().run()`` calls, then a marked suite
-of ``--tests`` function-scoped tests in one pytest run, and reports every
-failure, the timing spread, and whether any guest process outlived its run.
+Runs ``--boots`` consecutive ``Machine().run()`` calls, ``--reboots`` guests
+that reboot (each must end the run, its job run once), ``--threads`` threads
+booting guests at once, ``--kills`` Python processes SIGKILLed at a random
+instant while they prepare or boot a guest, then a marked suite of
+``--tests`` function-scoped tests in one pytest run. Reports every failure,
+the timing spread, and whether anything outlived its run: guest processes,
+or files in the private TMPDIR all of it runs in.
 Not part of the test suite (CI runs a 20-boot version in tests/test_faults.py).
 """
 
@@ -10,15 +14,19 @@ from __future__ import annotations
 
 import argparse
 import os
+import random
+import shutil
+import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import textwrap
+import threading
 import time
 from pathlib import Path
 
-from pytest_fakemachine import FakeMachineError, Machine
+from pytest_fakemachine import BootError, FakeMachineError, Machine
 from pytest_fakemachine._uml import leftovers
 
 
@@ -44,6 +52,102 @@ def boots(count: int) -> int:
         f"{count} boots: {failures} failures; wall median {statistics.median(times):.2f} s, "
         f"min {min(times):.2f} s, max {max(times):.2f} s"
     )
+    return failures
+
+
+def reboots(count: int) -> int:
+    """Guests that reboot: each run must end with "the guest rebooted", its job run once."""
+    failures = 0
+    with tempfile.TemporaryDirectory(prefix="fm-stress-") as tmp:
+        for i in range(count):
+            runs = Path(tmp) / f"runs{i}"
+            machine = Machine(timeout=120)
+            machine.add_volume(tmp, "/mnt/count")
+            command = ["reboot -f", "systemctl reboot; sleep 60", "echo b > /proc/sysrq-trigger"]
+            try:
+                machine.run(f"echo ran >> /mnt/count/{runs.name}; sync; {command[i % 3]}")
+                why = "the run returned"
+            except BootError as e:
+                why = "" if str(e).startswith("the guest rebooted") else str(e)[:300]
+            except FakeMachineError as e:
+                why = f"{type(e).__name__}: {str(e)[:300]}"
+            if not why and runs.read_text() != "ran\n":
+                why = f"the job ran {runs.read_text().count('ran')} times"
+            if why:
+                failures += 1
+                print(f"reboot {i} ({command[i % 3]}): {why}")
+    print(f"{count} reboots: {failures} failures")
+    return failures
+
+
+def threads(count: int, boots_each: int) -> int:
+    """``count`` threads, each booting ``boots_each`` guests one after the other."""
+    failures: list[str] = []
+
+    def worker(n: int) -> None:
+        machine = Machine(timeout=300)
+        for i in range(boots_each):
+            try:
+                out = machine.run(["echo", f"{n}.{i}"]).stdout
+                if out != f"{n}.{i}\n":
+                    failures.append(f"thread {n} boot {i}: stdout {out!r}")
+            except FakeMachineError as e:
+                failures.append(f"thread {n} boot {i}: {type(e).__name__}: {str(e)[:300]}")
+
+    start = time.perf_counter()
+    workers = [threading.Thread(target=worker, args=(n,)) for n in range(count)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    for failure in failures:
+        print(failure)
+    print(f"{count} threads x {boots_each} boots: {len(failures)} failures "
+          f"({time.perf_counter() - start:.1f} s)")  # fmt: skip
+    return len(failures)
+
+
+KILLED = """
+import sys
+from pytest_fakemachine import Machine
+machine = Machine(scratch=sys.argv[1])
+machine.add_image(sys.argv[2], size="1G")
+machine.run("sleep 30")
+"""
+
+
+def kills(count: int, tmp: Path) -> int:
+    """Python processes SIGKILLed at a random instant of preparing or booting a guest:
+    nothing of theirs may remain (work directory, scratch image, guest processes)."""
+    failures = 0
+    rng = random.Random(1)
+    for i in range(count):
+        before = set(os.listdir(tmp))
+        image = tmp / f"kill{i}.img"
+        proc = subprocess.Popen([sys.executable, "-c", KILLED, rng.choice(["64M", "50G"]),
+                                 str(image)], stdin=subprocess.DEVNULL)  # fmt: skip
+        # Until its work directory appears, then a random moment: formatting the
+        # scratch disk, writing files, starting linux.uml, or booting.
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not any(
+            n.startswith("fakemachine-") for n in set(os.listdir(tmp)) - before
+        ):
+            time.sleep(0.001)
+        time.sleep(rng.uniform(0, 1.5))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        deadline = time.monotonic() + 30
+        left: set[str] = set()
+        while time.monotonic() < deadline:
+            left = set(os.listdir(tmp)) - before - {image.name}
+            if not left and not leftovers(proc.pid):
+                break
+            time.sleep(0.05)
+        image.unlink(missing_ok=True)
+        if left or leftovers(proc.pid):
+            failures += 1
+            print(f"kill {i}: left behind {sorted(left)} {leftovers(proc.pid)}")
+    print(f"{count} kills during preparation or boot: {failures} left something behind")
     return failures
 
 
@@ -80,14 +184,31 @@ def marked_suite(count: int) -> int:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--boots", type=int, default=200)
+    parser.add_argument("--reboots", type=int, default=12)
+    parser.add_argument("--threads", type=int, default=4)
+    parser.add_argument("--thread-boots", type=int, default=10)
+    parser.add_argument("--kills", type=int, default=20)
     parser.add_argument("--tests", type=int, default=100)
     args = parser.parse_args()
-    failures = boots(args.boots) + marked_suite(args.tests)
-    orphans = leftovers(None)
-    if orphans:
-        print(f"orphaned guest processes: {orphans}")
-    print("stress: " + ("PASS" if not failures and not orphans else "FAIL"))
-    return 1 if failures or orphans else 0
+    # A TMPDIR of its own: whatever a run leaves there is a leak.
+    tmp = Path(tempfile.mkdtemp(prefix="fm-stress-tmp-"))
+    os.environ["TMPDIR"] = str(tmp)
+    tempfile.tempdir = str(tmp)
+    try:
+        failures = boots(args.boots) + reboots(args.reboots)
+        failures += threads(args.threads, args.thread_boots) + kills(args.kills, tmp)
+        failures += marked_suite(args.tests)
+        orphans = leftovers(None)
+        if orphans:
+            print(f"orphaned guest processes: {orphans}")
+        left = os.listdir(tmp)
+        if left:
+            print(f"left behind in TMPDIR {tmp}: {sorted(left)}")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    ok = not failures and not orphans and not left
+    print("stress: " + ("PASS" if ok else "FAIL"))
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":
