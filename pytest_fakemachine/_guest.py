@@ -9,19 +9,24 @@ sees each phase as soon as it ends::
 
     {"event": "start", "nodeid": ...}
     {"event": "report", "nodeid": ..., "report": <pytest_report_to_serializable>}
-    {"event": "collecterror", "nodeid": ..., "longrepr": ...}
+    {"event": "collectreport", "report": <pytest_report_to_serializable>}  (failed only)
+    {"event": "rerun", "nodeid": ...}  (one_attempt: a fresh guest reruns the test)
+    {"event": "finish", "nodeid": ...}  (the test's whole protocol, reruns included)
     {"event": "done", "exitstatus": ...}
 """
 
 from __future__ import annotations
 
 import importlib
+import io
 import json
 import os
 import sys
+from collections.abc import Generator
 from typing import IO, Any
 
 import pytest
+from _pytest._io import TerminalWriter
 
 
 class GuestReporter:
@@ -30,6 +35,14 @@ class GuestReporter:
     def __init__(self, spec: dict[str, Any], out: IO[str]) -> None:
         self.nodeids: list[str] = spec["nodeids"]
         self.options: dict[str, Any] = spec["options"]
+        # Function scope: each attempt of a rerun (pytest-rerunfailures) gets a
+        # fresh guest, as a local rerun gets fresh fixtures; the host tells how
+        # many attempts went before.
+        self.one_attempt: bool = spec.get("one_attempt", False)
+        self.prior_attempts: dict[str, int] = spec.get("prior_attempts", {})
+        self.rerun_pending = False
+        self.items: list[pytest.Item] = []
+        self.markup: bool = spec.get("markup", False)
         self.out = out
 
     def send(self, **event: Any) -> None:
@@ -47,6 +60,27 @@ class GuestReporter:
         # From pytest 9.2 this skips only pytest's own sections (pytest#14730).
         config.option.no_summary = True
 
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_sessionstart(self, session: pytest.Session) -> None:
+        config = session.config
+        # The host reports every test; what this session's terminal reporter
+        # writes (header, progress) would only mix into the test's own output,
+        # which the host shows live with -s.
+        terminal: Any = config.pluginmanager.get_plugin("terminalreporter")
+        if terminal is not None:
+            self.devnull = open(os.devnull, "w")  # noqa: SIM115 (lives as long as the session)
+            writer = TerminalWriter(self.devnull)
+            # As the host's: assertion diffs are highlighted where they are made.
+            writer.hasmarkup = self.markup
+            terminal._tw = writer
+        # pytest-rerunfailures counts the attempts a test had in failures_db
+        # (a no-op store outside xdist): add those made in earlier guests.
+        db: Any = getattr(config, "failures_db", None)
+        if self.prior_attempts and db is not None:
+            counted = db.get_test_failures
+            prior = self.prior_attempts
+            db.get_test_failures = lambda nodeid: counted(nodeid) + prior.get(nodeid, 0)
+
     @pytest.hookimpl(trylast=True)
     def pytest_collection_modifyitems(
         self, session: pytest.Session, config: pytest.Config, items: list[pytest.Item]
@@ -57,10 +91,19 @@ class GuestReporter:
         if deselected:
             config.hook.pytest_deselected(items=deselected)
         items[:] = selected
+        self.items = selected
 
     def pytest_collectreport(self, report: pytest.CollectReport) -> None:
         if report.failed:
-            self.send(event="collecterror", nodeid=report.nodeid, longrepr=str(report.longrepr))
+            config = self.config
+            data = config.hook.pytest_report_to_serializable(config=config, report=report)
+            self.send(event="collectreport", report=data)
+
+    @pytest.hookimpl(wrapper=True, tryfirst=True)
+    def pytest_runtest_protocol(self, item: pytest.Item) -> Generator[None, object, object]:
+        result = yield  # an exception (the pytest.exit below) skips "finish"
+        self.send(event="finish", nodeid=item.nodeid, output=_output_offsets())
+        return result
 
     def pytest_runtest_logstart(self, nodeid: str) -> None:
         self.send(event="start", nodeid=nodeid)
@@ -69,12 +112,48 @@ class GuestReporter:
         config = self.config
         data = config.hook.pytest_report_to_serializable(config=config, report=report)
         self.send(event="report", nodeid=report.nodeid, report=data)
+        outcome: str = report.outcome  # pytest-rerunfailures adds "rerun"
+        if self.one_attempt and outcome == "rerun":
+            self.rerun_pending = True
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_runtest_logfinish(self, nodeid: str) -> None:
+        if not self.rerun_pending:
+            return
+        # pytest-rerunfailures would rerun in this guest: hand the rerun to a
+        # fresh one. It set the session's fixtures aside for the rerun; put
+        # them back so this guest's session ends with their teardown.
+        self.send(event="rerun", nodeid=nodeid)
+        rerunfailures = sys.modules.get("pytest_rerunfailures")
+        restore = getattr(rerunfailures, "_restore_suspended_finalizers", None)
+        item = next((i for i in self.items if i.nodeid == nodeid), None)
+        if restore is not None and item is not None:
+            restore(item)
+        pytest.exit("the test reruns in a fresh guest", returncode=0)
+
+
+def _output_offsets() -> dict[str, int]:
+    """How far the runner's stdout and stderr files go: the host relays a
+    test's output up to there (with -s)."""
+    offsets = {}
+    for name, stream, fd in (("stdout", sys.__stdout__, 1), ("stderr", sys.__stderr__, 2)):
+        try:
+            if stream is not None:
+                stream.flush()
+            offsets[name] = os.lseek(fd, 0, os.SEEK_CUR)
+        except (OSError, ValueError):
+            pass
+    return offsets
 
 
 def main(spec_path: str) -> int:
     with open(spec_path) as f:
         spec = json.load(f)
     sys.path[:] = spec["sys_path"]
+    # stdout is a file the host relays live with -s: lines as they are
+    # printed, as on a terminal.
+    if isinstance(sys.stdout, io.TextIOWrapper):
+        sys.stdout.reconfigure(line_buffering=True)
     os.chdir(spec["invocation_dir"])
     with open(spec["events"], "a", encoding="utf-8") as out:
         reporter = GuestReporter(spec, out)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -28,14 +29,24 @@ from ._config import Image, check_env, check_guest_path
 from ._errors import ConfigError
 from ._machine import Machine
 from ._session import BootOutcome, Session, command_body, console_tail
+from ._settings import SCOPES, Settings, passenv_env
 from ._templates import GUEST_WORK
-from ._transport import EventReader, failure_reports, rebuild
+from ._transport import (
+    EventReader,
+    OutputRelay,
+    covers,
+    failure_reports,
+    rebuild,
+    rebuild_collect,
+    report_collect_error,
+    runner_stderr,
+)
 from ._uml import GuestProcess
 
 __all__ = ["GuestRun", "MarkedTest", "apply_marker", "marked_test"]
 
-MARKER_KEYWORDS = ("images", "volumes", "memory", "scratch", "network", "env", "timeout", "scope")
-SCOPES = ("function", "module", "session")
+MARKER_KEYWORDS = ("images", "volumes", "memory", "scratch", "network", "env", "passenv",
+                   "timeout", "scope")  # fmt: skip
 # Plugins that act on the host session only; the guest must not load them.
 HOST_ONLY_PLUGINS = frozenset({"xdist", "xdist.looponfail", "pytest_cov", "cacheprovider",
                                "html", "pytest_html", "stepwise"})  # fmt: skip
@@ -64,12 +75,18 @@ class MarkedTest:
     source: str
 
 
-def marked_test(item: pytest.Item) -> MarkedTest | None:
-    """The merged ``fakemachine`` markers of ``item`` (closest wins), or None."""
+def marked_test(item: pytest.Item, settings: Settings) -> MarkedTest | None:
+    """The merged ``fakemachine`` markers of ``item`` (closest wins), or None.
+
+    With ``--fakemachine-all``, a test without a marker counts as marked with
+    the default keywords, unless it drives guests itself (the fixture).
+    """
     markers = list(item.iter_markers("fakemachine"))
-    if not markers:
-        return None
     source = f"@pytest.mark.fakemachine on {item.nodeid}"
+    if not markers:
+        if not settings.all_tests or "fakemachine" in getattr(item, "fixturenames", ()):
+            return None
+        source = f"--fakemachine-all on {item.nodeid}"
     kwargs: dict[str, Any] = {}
     for marker in reversed(markers):  # farthest first, so the closest wins
         if marker.args:
@@ -81,7 +98,7 @@ def marked_test(item: pytest.Item) -> MarkedTest | None:
             f"{source}: unknown keyword {', '.join(map(repr, unknown))} "
             f"(known: {', '.join(MARKER_KEYWORDS)})"
         )
-    scope = kwargs.pop("scope", "function")
+    scope = kwargs.pop("scope", settings.scope)
     if scope not in SCOPES:
         raise ConfigError(f"scope={scope!r} from {source}: expected one of {', '.join(SCOPES)}")
     recipe = json.dumps(kwargs, sort_keys=True, default=_describe)
@@ -110,6 +127,12 @@ def apply_marker(machine: Machine, marked: MarkedTest, image_dir: Path) -> None:
             setattr(machine, name, kw[name])
     machine.scratch = kw.get("scratch")
     machine.network = kw.get("network", False)
+    passenv = kw.get("passenv") or ()
+    if isinstance(passenv, str):
+        passenv = passenv.split()
+    if not isinstance(passenv, (list, tuple)) or not all(isinstance(p, str) for p in passenv):
+        raise ConfigError(f"passenv={passenv!r} from {source}: expected names or globs")
+    machine.env.update(passenv_env(passenv))
     env = kw.get("env") or {}
     if not isinstance(env, dict):
         raise ConfigError(f"env={env!r} from {source}: expected a dict")
@@ -145,7 +168,8 @@ def python_mounts(config: pytest.Config) -> list[tuple[str, bool]]:
     wanted = {p: True for p in writable}
     package_parent = os.path.dirname(os.path.dirname(os.path.abspath(_guest.__file__)))
     for path in (package_parent, sys.prefix, sys.base_prefix, sys.exec_prefix,
-                 os.path.dirname(os.path.realpath(sys.executable)), *sys.path):  # fmt: skip
+                 os.path.dirname(os.path.realpath(sys.executable)), *sys.path,
+                 *import_finder_paths()):  # fmt: skip
         if path and os.path.isabs(path) and os.path.exists(path):
             real = os.path.realpath(path)
             if os.path.isfile(real):  # a zip or egg on sys.path
@@ -161,7 +185,43 @@ def python_mounts(config: pytest.Config) -> list[tuple[str, bool]]:
     return result
 
 
-def guest_spec(config: pytest.Config, items: list[pytest.Item], events: str) -> dict[str, Any]:
+def import_finder_paths() -> list[str]:
+    """Sources that editable installs reach through an import finder, not sys.path.
+
+    setuptools' PEP 660 finders (a module-level ``MAPPING`` of package ->
+    directory, ``NAMESPACES``), editables' ``RedirectingFinder`` (hatchling:
+    ``_redirections``, module -> file), and setuptools' strict mode (a tree of
+    links on sys.path to the sources).
+    """
+    paths: list[str] = []
+    for finder in sys.meta_path:
+        module = sys.modules.get(getattr(finder, "__module__", "") or "")
+        mapping = getattr(module, "MAPPING", None)
+        if isinstance(mapping, dict):
+            paths += [str(p) for p in mapping.values()]
+        namespaces = getattr(module, "NAMESPACES", None)
+        if isinstance(namespaces, dict):
+            paths += [str(p) for dirs in namespaces.values() for p in dirs]
+        redirections = getattr(finder, "_redirections", None)
+        if isinstance(redirections, dict):
+            paths += [str(p) for p in redirections.values()]
+    for entry in sys.path:
+        if os.path.basename(entry).startswith("__editable__") and os.path.isdir(entry):
+            for root, _, files in os.walk(entry):
+                links = (os.path.join(root, f) for f in files)
+                paths += [os.path.realpath(p) for p in links if os.path.islink(p)]
+    # A package's directory, or the directory of a module's file.
+    return [p if os.path.isdir(p) else os.path.dirname(p) for p in paths if os.path.isabs(p)]
+
+
+def guest_spec(
+    config: pytest.Config,
+    items: list[pytest.Item],
+    events: str,
+    *,
+    one_attempt: bool = False,
+    prior_attempts: dict[str, int] | None = None,
+) -> dict[str, Any]:
     """What the guest-side runner needs: its pytest args, options, node ids."""
     args = ["-p", "no:cacheprovider", "-p", "no:stepwise",
             f"--rootdir={config.rootpath}", f"--capture={config.option.capture}",
@@ -206,6 +266,9 @@ def guest_spec(config: pytest.Config, items: list[pytest.Item], events: str) -> 
         "sys_path": [p for p in sys.path if p],
         "invocation_dir": str(config.invocation_params.dir),
         "events": events,
+        "markup": config.get_terminal_writer().hasmarkup,
+        "one_attempt": one_attempt,
+        "prior_attempts": prior_attempts or {},
     }
 
 
@@ -230,8 +293,15 @@ class GuestRun:
     session: Session | None = None
     guest: GuestProcess | None = None
     reader: EventReader | None = None
+    function_scope: bool = True
+    prior_attempts: dict[str, int] = field(default_factory=dict)  # reruns in earlier guests
     events: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
-    collect_errors: list[str] = field(default_factory=list)
+    collect_reports: list[pytest.CollectReport] = field(default_factory=list)
+    collect_errors_reported: set[str] = field(default_factory=set)  # shared by the session
+    finished: dict[str, dict[str, int]] = field(default_factory=dict)  # -> where output ends
+    rerun: set[str] = field(default_factory=set)
+    relay: OutputRelay | None = None
+    boot_charged: bool = False
     done: bool = False
     dead: str = ""  # why the guest stopped early, once it did
     deadline: float | None = None
@@ -246,13 +316,17 @@ class GuestRun:
         self.session.cleanup.append(self.image_dir)
         self.session.__enter__()
         work = self.session.workdir
-        spec = guest_spec(self.config, self.items, f"{GUEST_WORK}/events.jsonl")
+        one_attempt = len(self.items) == 1 and self.function_scope
+        spec = guest_spec(self.config, self.items, f"{GUEST_WORK}/events.jsonl",
+                          one_attempt=one_attempt, prior_attempts=self.prior_attempts)  # fmt: skip
         (work / "guest.json").write_text(json.dumps(spec))
         env = {**self.machine.env, "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1",
                "PYTHONDONTWRITEBYTECODE": "1"}  # fmt: skip
         argv = [sys.executable, _guest.__file__, f"{GUEST_WORK}/guest.json"]
         body = command_body(argv, str(self.config.invocation_params.dir), env)
         self.reader = EventReader(work / "events.jsonl")
+        if self.config.option.capture in ("no", "tee-sys"):
+            self.relay = OutputRelay(work, _host_output(self.config))
         self.launched_at = time.monotonic()
         self.guest = self.session.launch(body)
         self._arm()
@@ -262,6 +336,8 @@ class GuestRun:
 
     def _pump(self) -> None:
         assert self.reader is not None
+        if self.relay is not None:
+            self.relay.read()
         for event in self.reader.read():
             kind = event.get("event")
             if kind == "start":
@@ -270,40 +346,53 @@ class GuestRun:
                     self.boot_seconds = time.monotonic() - self.launched_at
             elif kind == "report":
                 self.events.setdefault(event["nodeid"], []).append(event["report"])
-            elif kind == "collecterror":
-                self.collect_errors.append(event.get("longrepr", ""))
+            elif kind == "collectreport":
+                self.collect_reports.append(rebuild_collect(self.config, event["report"]))
+            elif kind == "finish":
+                self.finished[event["nodeid"]] = event.get("output", {})
+            elif kind == "rerun":
+                self.rerun.add(event["nodeid"])
             elif kind == "done":
                 self.done = True
 
-    def deliver(self, item: pytest.Item) -> None:
-        """Log ``item``'s reports as they come; fail it if the guest cannot finish it."""
+    def deliver(self, item: pytest.Item) -> bool:
+        """Log ``item``'s reports as they come; fail it if the guest cannot finish it.
+
+        True when the test is to be rerun in a fresh guest (pytest-rerunfailures
+        on a function-scoped test): this guest ran its attempt and exits.
+        """
         assert self.guest is not None
-        received: list[pytest.TestReport] = []
+        received: list[pytest.TestReport] = []  # the reports of the attempt under way
         while True:
             self._pump()
+            if self.relay is not None:  # a phase's output comes before its report
+                self.relay.write(self.finished.get(item.nodeid))
             for data in self.events.pop(item.nodeid, []):
                 report = rebuild(self.config, data)
+                if report.when == "setup":
+                    received = []
                 if item is self.items[0]:  # the test that paid for the boot
                     report.fakemachine_boot = self.boot_seconds  # type: ignore[attr-defined]
-                    if report.when == "setup" and self.boot_seconds is not None:
+                    if report.when == "setup" and not self.boot_charged:
                         # Setting up this test took the boot: --durations and
                         # junitxml show what the test cost, not just its fixtures.
-                        report.duration += self.boot_seconds
+                        self.boot_charged = True
+                        report.duration += self.boot_seconds or 0.0
                 item.ihook.pytest_runtest_logreport(report=report)
                 received.append(report)
-                if report.when == "teardown":
-                    return
+            if item.nodeid in self.finished:
+                return False
+            if item.nodeid in self.rerun:
+                return True
             if self.dead:
                 self._fail(item, received, self.dead)
-                return
+                return False
             if self.done:
-                errors = "\n".join(self.collect_errors)
-                self._fail(item, received, "the test was not collected in the guest"
-                           + (f":\n{errors}" if errors else ""))  # fmt: skip
-                return
+                self._not_collected(item, received)
+                return False
             if self.guest.exited():
                 self._pump()
-                if item.nodeid in self.events:
+                if item.nodeid in self.events or item.nodeid in {*self.finished, *self.rerun}:
                     continue
                 self.dead = self._why_gone(received)
                 continue
@@ -313,12 +402,26 @@ class GuestRun:
                 continue
             self.guest.wait(0.02)
 
+    def _not_collected(self, item: pytest.Item, received: list[pytest.TestReport]) -> None:
+        """The guest finished without running ``item``: report why, as pytest would."""
+        failed = [r for r in self.collect_reports if covers(r.nodeid, item.nodeid)]
+        if failed:
+            report_collect_error(item, failed[0], self.collect_errors_reported)
+            return
+        self._fail(item, received, "the test was not collected in the guest")
+
     def _why_gone(self, received: list[pytest.TestReport]) -> str:
         assert self.session is not None
         work = self.session.workdir
         if not (work / "started").exists():
             return "the guest did not boot"
         status = self.session.read_text("status").strip()
+        if status.isdigit() and int(status) > 128:
+            try:
+                name = signal.strsignal(int(status) - 128) or f"signal {int(status) - 128}"
+            except ValueError:
+                name = f"signal {int(status) - 128}"
+            return f"the test process crashed ({name})"
         if status and not received:
             return f"the guest-side pytest exited with status {status} before running the test"
         return "the guest powered off during the test"
@@ -326,14 +429,17 @@ class GuestRun:
     def _fail(self, item: pytest.Item, received: list[pytest.TestReport], why: str) -> None:
         console = self.guest.console() if self.guest is not None else ""
         tail = console_tail(console)
-        stderr = self.session.read_text("stderr").strip() if self.session else ""
-        message = why + (f"\nguest runner stderr:\n{stderr[-2000:]}" if stderr else "")
+        stderr = runner_stderr(self.session.read_text("stderr")) if self.session else ""
+        message = why + (f"\nguest runner stderr:\n{stderr}" if stderr else "")
         for report in failure_reports(item, received, message, tail):
             item.ihook.pytest_runtest_logreport(report=report)
 
     def close(self, *, graceful: bool = True) -> None:
         """Wait briefly for a normal power-off (if ``graceful``), then kill and clean up."""
         try:
+            if self.relay is not None:
+                self.relay.read()
+                self.relay.write()
             if self.guest is not None:
                 if graceful and not self.dead:  # the job unmounts, syncs, powers off
                     self.guest.wait(_GRACE_SECONDS)
@@ -352,6 +458,25 @@ class GuestRun:
     def remaining(self, delivered: Iterable[str]) -> list[pytest.Item]:
         done = set(delivered)
         return [item for item in self.items if item.nodeid not in done]
+
+
+def _host_output(config: pytest.Config) -> Callable[[str, bytes], None]:
+    """Writes the guest's output to the host's stdout or stderr, past pytest's capture."""
+    capman = config.pluginmanager.getplugin("capturemanager")
+
+    def write(name: str, data: bytes) -> None:
+        stream = sys.stdout if name == "stdout" else sys.stderr
+        with capman.global_and_fixture_disabled():
+            stream.flush()
+            binary = getattr(stream, "buffer", None)
+            if binary is not None:
+                binary.write(data)
+                binary.flush()
+            else:
+                stream.write(data.decode(errors="replace"))
+                stream.flush()
+
+    return write
 
 
 def new_image_dir() -> Path:

@@ -1,0 +1,132 @@
+"""A marked test is reported as a local one would be: output, collection
+errors, crashes, skips, ids and colours."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+
+@pytest.mark.parametrize("capture", ["-s", "--capture=tee-sys"])
+def test_guest_output_shows_live_with_capture_no_and_tee_sys(
+    pytester: pytest.Pytester, capture: str
+) -> None:
+    pytester.makepyfile(
+        test_t="""
+        import sys, pytest
+
+        pytestmark = pytest.mark.fakemachine(scope="module")
+
+        def test_prints():
+            print("out from the guest")
+            print("err from the guest", file=sys.stderr)
+
+        def test_fails():
+            print("before failing")
+            assert False
+        """
+    )
+    result = pytester.runpytest_subprocess(capture, "-v")
+    result.assert_outcomes(passed=1, failed=1)
+    # Each test's output shows while it runs: after its name, before its result.
+    result.stdout.fnmatch_lines([
+        "test_t.py::test_prints out from the guest",
+        "PASSED*",
+        "test_t.py::test_fails before failing",
+        "FAILED*",
+    ])  # fmt: skip
+    assert "err from the guest" in result.stderr.str()
+    assert "test session starts" not in result.stdout.str().split("test_t.py::test_prints")[1]
+    if capture == "--capture=tee-sys":  # captured as well, as locally
+        result.stdout.fnmatch_lines(["*Captured stdout call*", "before failing"])
+
+
+def test_guest_collection_error_is_one_collection_error(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        test_broken="""
+        import pytest
+        from pytest_fakemachine import in_fakemachine
+
+        pytestmark = pytest.mark.fakemachine
+
+        if in_fakemachine():
+            import no_such_module_in_the_guest
+
+        def test_one():
+            pass
+
+        def test_two():
+            pass
+        """,
+        test_fine="""
+        def test_on_the_host():
+            pass
+        """,
+    )
+    result = pytester.runpytest_subprocess()
+    assert result.ret == 1
+    result.assert_outcomes(passed=1, errors=3)
+    result.stdout.fnmatch_lines([
+        "*ERROR collecting test_broken.py*",
+        "*ERROR at setup of test_one*",
+        "*not run: collecting test_broken.py failed in the guest*",
+        "*ERROR at setup of test_two*",
+    ])  # fmt: skip
+    tracebacks = [line for line in result.outlines if re.match(r"E\s+ModuleNotFoundError", line)]
+    assert len(tracebacks) == 1, result.outlines
+    assert "fakemachine console" not in result.stdout.str()
+
+
+def test_crash_of_the_guest_python_names_the_signal_and_shows_the_stack(
+    pytester: pytest.Pytester,
+) -> None:
+    pytester.makepyfile(
+        test_t="""
+        import ctypes, pytest
+
+        pytestmark = pytest.mark.fakemachine(scope="module")
+
+        def test_segfault():
+            ctypes.string_at(0)
+
+        def test_after_the_crash():
+            pass
+        """
+    )
+    result = pytester.runpytest_subprocess()
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines([
+        "*the test process crashed (Segmentation fault)*",
+        "*Fatal Python error: Segmentation fault*",
+        '*File "*test_t.py", line 6 in test_segfault*',
+    ])  # fmt: skip
+
+
+SKIP_REASON = "not on this kernel, see issue 1234"
+
+
+def test_skip_shows_the_full_reason_and_the_tests_location(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("COLUMNS", "80")
+    pytester.makepyfile(
+        test_t=f"""
+        import pytest
+
+        @pytest.mark.fakemachine
+        def test_skips():
+            pytest.skip({SKIP_REASON!r})
+        """
+    )
+    result = pytester.runpytest_subprocess("-v", "-rs")
+    result.assert_outcomes(skipped=1)
+    result.stdout.fnmatch_lines([
+        f"test_t.py::test_skips SKIPPED ({SKIP_REASON})*",
+        f"SKIPPED [1] test_t.py:5: {SKIP_REASON}",
+    ])  # fmt: skip
+    missing = str(pytester.path / "no-such-linux.uml")
+    unavailable = pytester.runpytest_subprocess(f"--fakemachine-kernel={missing}", "-rs")
+    unavailable.stdout.fnmatch_lines(
+        ["SKIPPED [[]1] test_t.py:3: fakemachine: *no-such-linux.uml*"]
+    )
