@@ -18,11 +18,12 @@ sees each phase as soon as it ends::
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import io
 import json
 import os
 import sys
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from typing import IO, Any
 
 import pytest
@@ -155,13 +156,35 @@ def main(spec_path: str) -> int:
     if isinstance(sys.stdout, io.TextIOWrapper):
         sys.stdout.reconfigure(line_buffering=True)
     os.chdir(spec["invocation_dir"])
+    stop_coverage = _start_coverage(spec.get("coverage"))
     with open(spec["events"], "a", encoding="utf-8") as out:
         reporter = GuestReporter(spec, out)
         plugins: list[object] = [reporter]
         plugins += [importlib.import_module(module) for module in spec["plugins"]]
-        status = int(pytest.main(spec["args"], plugins=plugins))
+        try:
+            status = int(pytest.main(spec["args"], plugins=plugins))
+        finally:
+            if stop_coverage is not None:  # saved before "done": the host combines after it
+                stop_coverage()
         reporter.send(event="done", exitstatus=status)
     return status
+
+
+def _start_coverage(settings: dict[str, Any] | None) -> Callable[[], None] | None:
+    """Measure the guest's code like the host session does (if it does).
+
+    The support module (and coverage) loads only then; the runner itself
+    imports only the standard library and pytest.
+    """
+    if not settings:
+        return None
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_guest_coverage.py")
+    spec = importlib.util.spec_from_file_location("_fakemachine_guest_coverage", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    cov = module.start(settings)
+    return lambda: module.stop(cov)
 
 
 if __name__ == "__main__":

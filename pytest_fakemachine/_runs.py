@@ -157,14 +157,36 @@ def apply_marker(machine: Machine, marked: MarkedTest, image_dir: Path) -> None:
             machine.add_volume(volume)
 
 
-def python_mounts(config: pytest.Config) -> list[tuple[str, bool]]:
+def coverage_settings() -> dict[str, Any] | None:
+    """How the host session measures coverage (pytest-cov or ``coverage run``),
+    for the guest to measure its code the same way; None if it does not."""
+    module = sys.modules.get("coverage")  # never imported here for this
+    current = getattr(getattr(module, "Coverage", None), "current", None)
+    cov = current() if current is not None else None
+    if cov is None:
+        return None
+    config = cov.config
+    return {
+        "data_file": os.path.abspath(config.data_file),
+        "config_file": config.config_file or True,
+        "source": config.source,
+        "source_pkgs": config.source_pkgs or None,
+        "include": config.run_include or None,
+        "omit": config.run_omit or None,
+        "branch": config.branch,
+    }
+
+
+def python_mounts(
+    config: pytest.Config, also_writable: Iterable[str] = ()
+) -> list[tuple[str, bool]]:
     """Host directories the guest needs to import the same code: (path, writable).
 
     The interpreter's prefixes and sys.path entries outside /usr read-only;
     the rootdir and the invocation directory writable. Nested paths collapse
     into the outermost one.
     """
-    writable = {str(config.rootpath), str(config.invocation_params.dir)}
+    writable = {str(config.rootpath), str(config.invocation_params.dir), *also_writable}
     wanted = {p: True for p in writable}
     package_parent = os.path.dirname(os.path.dirname(os.path.abspath(_guest.__file__)))
     for path in (package_parent, sys.prefix, sys.base_prefix, sys.exec_prefix,
@@ -309,7 +331,9 @@ class GuestRun:
     boot_seconds: float | None = None  # launch to the first test's start, once known
 
     def start(self) -> None:
-        for path, writable in python_mounts(self.config):
+        coverage = coverage_settings()
+        data_dirs = [os.path.dirname(coverage["data_file"])] if coverage else []
+        for path, writable in python_mounts(self.config, data_dirs):
             check_guest_path(path, "the Python environment of the pytest session")
             self.machine.add_volume(path, read_only=not writable)
         self.session = self.machine.session()
@@ -319,6 +343,7 @@ class GuestRun:
         one_attempt = len(self.items) == 1 and self.function_scope
         spec = guest_spec(self.config, self.items, f"{GUEST_WORK}/events.jsonl",
                           one_attempt=one_attempt, prior_attempts=self.prior_attempts)  # fmt: skip
+        spec["coverage"] = coverage
         (work / "guest.json").write_text(json.dumps(spec))
         env = {**self.machine.env, "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1",
                "PYTHONDONTWRITEBYTECODE": "1"}  # fmt: skip

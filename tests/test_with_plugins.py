@@ -3,6 +3,7 @@ pytest-rerunfailures, pytest-timeout, pytest-cov (and coverage)."""
 
 from __future__ import annotations
 
+import sys
 import xml.etree.ElementTree as ET
 
 import pytest
@@ -137,3 +138,57 @@ def test_timeout_option_fails_the_test_cleanly(pytester: pytest.Pytester) -> Non
     assert result.ret == 1
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(["E*Failed: Timeout (>1.0s) from pytest-timeout."])
+
+
+COVERED = {
+    "mypkg/__init__.py": "",
+    "mypkg/code.py": """
+def on_the_host(x):
+    return x + 1
+
+
+def in_the_guest(x):
+    if x:
+        return x * 2
+    return 0
+""",
+    "test_cov.py": """
+import pytest
+from mypkg.code import in_the_guest, on_the_host
+
+def test_host():
+    assert on_the_host(1) == 2
+
+@pytest.mark.fakemachine
+def test_guest():
+    assert in_the_guest(2) == 4
+    assert in_the_guest(0) == 0
+""",
+}
+
+
+def _covered_project(pytester: pytest.Pytester) -> None:
+    for name, text in COVERED.items():
+        path = pytester.path / name
+        path.parent.mkdir(exist_ok=True)
+        path.write_text(text)
+
+
+def test_pytest_cov_counts_the_guests_lines(pytester: pytest.Pytester) -> None:
+    pytest.importorskip("pytest_cov", reason="the `test` extra installs it")
+    _covered_project(pytester)
+    result = pytester.runpytest_subprocess("--cov=mypkg", "--cov-report=term-missing")
+    result.assert_outcomes(passed=2)
+    result.stdout.fnmatch_lines(["mypkg/code.py * 100%*", "TOTAL * 100%*"])
+
+
+def test_coverage_run_gets_the_guests_parallel_data_files(pytester: pytest.Pytester) -> None:
+    pytest.importorskip("coverage", reason="the `test` extra installs it (with pytest-cov)")
+    _covered_project(pytester)
+    coverage = [sys.executable, "-m", "coverage"]
+    pytester.run(*coverage, "run", "--parallel-mode", "--source=mypkg", "-m", "pytest",
+                 "-p", "no:pytest_cov")  # fmt: skip
+    assert len(list(pytester.path.glob(".coverage.*"))) == 2  # the host's and the guest's
+    pytester.run(*coverage, "combine")
+    report = pytester.run(*coverage, "report")
+    report.stdout.fnmatch_lines(["TOTAL * 100%"])
