@@ -22,6 +22,8 @@ import importlib.util
 import io
 import json
 import os
+import shutil
+import stat
 import sys
 from collections.abc import Callable, Generator
 from typing import IO, Any
@@ -44,6 +46,10 @@ class GuestReporter:
         self.rerun_pending = False
         self.items: list[pytest.Item] = []
         self.markup: bool = spec.get("markup", False)
+        self.tmp_path_dir: str | None = spec.get("tmp_path_dir")
+        self.tmp_path_policy: str = spec.get("tmp_path_policy", "all")
+        self.tmp_paths: dict[str, str] = {}  # nodeid -> its tmp_path
+        self.failed: dict[str, bool] = {}
         self.out = out
 
     def send(self, **event: Any) -> None:
@@ -100,16 +106,44 @@ class GuestReporter:
             data = config.hook.pytest_report_to_serializable(config=config, report=report)
             self.send(event="collectreport", report=data)
 
+    @pytest.hookimpl(wrapper=True)
+    def pytest_fixture_setup(
+        self, fixturedef: pytest.FixtureDef[Any], request: pytest.FixtureRequest
+    ) -> Generator[None, object, object]:
+        result = yield
+        if fixturedef.argname == "tmp_path" and isinstance(result, os.PathLike):
+            self.tmp_paths[request.node.nodeid] = os.fspath(result)
+        return result
+
     @pytest.hookimpl(wrapper=True, tryfirst=True)
     def pytest_runtest_protocol(self, item: pytest.Item) -> Generator[None, object, object]:
         result = yield  # an exception (the pytest.exit below) skips "finish"
-        self.send(event="finish", nodeid=item.nodeid, output=_output_offsets())
+        tmp_path = self._keep_tmp_path(item.nodeid)
+        self.send(event="finish", nodeid=item.nodeid, output=_output_offsets(), tmp_path=tmp_path)
         return result
+
+    def _keep_tmp_path(self, nodeid: str) -> str | None:
+        """Copy the test's tmp_path, after its teardown, to the host's side (the
+        work directory) for the host to keep in its basetemp; its name there."""
+        source = self.tmp_paths.pop(nodeid, None)
+        policy = self.tmp_path_policy
+        if source is None or self.tmp_path_dir is None or policy == "none":
+            return None
+        if policy == "failed" and not self.failed.get(nodeid, False):
+            return None
+        name = os.path.basename(source)
+        try:
+            copy_regular_files(source, os.path.join(self.tmp_path_dir, name))
+        except OSError:
+            return None
+        return name
 
     def pytest_runtest_logstart(self, nodeid: str) -> None:
         self.send(event="start", nodeid=nodeid)
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        if report.failed:
+            self.failed[report.nodeid] = True
         config = self.config
         data = config.hook.pytest_report_to_serializable(config=config, report=report)
         self.send(event="report", nodeid=report.nodeid, report=data)
@@ -131,6 +165,25 @@ class GuestReporter:
         if restore is not None and item is not None:
             restore(item)
         pytest.exit("the test reruns in a fresh guest", returncode=0)
+
+
+def copy_regular_files(source: str, target: str) -> None:
+    """Copy the directories and regular files under ``source`` (no links,
+    devices, sockets or fifos; nothing on other file systems mounted below)."""
+    device = os.lstat(source).st_dev
+    for root, dirs, files in os.walk(source):
+        dirs[:] = [d for d in dirs if _is_dir_on(os.path.join(root, d), device)]
+        here = os.path.join(target, os.path.relpath(root, source))
+        os.makedirs(here, exist_ok=True)
+        for name in files:
+            path = os.path.join(root, name)
+            if stat.S_ISREG(os.lstat(path).st_mode):
+                shutil.copyfile(path, os.path.join(here, name))
+
+
+def _is_dir_on(path: str, device: int) -> bool:
+    st = os.lstat(path)
+    return stat.S_ISDIR(st.st_mode) and st.st_dev == device
 
 
 def _output_offsets() -> dict[str, int]:

@@ -344,6 +344,9 @@ class GuestRun:
         spec = guest_spec(self.config, self.items, f"{GUEST_WORK}/events.jsonl",
                           one_attempt=one_attempt, prior_attempts=self.prior_attempts)  # fmt: skip
         spec["coverage"] = coverage
+        (work / "tmp_path").mkdir()
+        spec["tmp_path_dir"] = f"{GUEST_WORK}/tmp_path"
+        spec["tmp_path_policy"] = self.config.getini("tmp_path_retention_policy")
         (work / "guest.json").write_text(json.dumps(spec))
         env = {**self.machine.env, "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1",
                "PYTHONDONTWRITEBYTECODE": "1"}  # fmt: skip
@@ -375,10 +378,25 @@ class GuestRun:
                 self.collect_reports.append(rebuild_collect(self.config, event["report"]))
             elif kind == "finish":
                 self.finished[event["nodeid"]] = event.get("output", {})
+                if event.get("tmp_path"):
+                    self._keep_tmp_path(event["tmp_path"])
             elif kind == "rerun":
                 self.rerun.add(event["nodeid"])
             elif kind == "done":
                 self.done = True
+
+    def _keep_tmp_path(self, name: str) -> None:
+        """Move a test's tmp_path, copied out by the guest, into the host's basetemp."""
+        assert self.session is not None
+        source = self.session.workdir / "tmp_path" / name
+        factory: pytest.TempPathFactory | None = getattr(self.config, "_tmp_path_factory", None)
+        if factory is None or not source.is_dir() or "/" in name:
+            return
+        target = factory.getbasetemp() / name
+        if target.exists():  # the name is taken on the host: a numbered one like it
+            target = factory.mktemp(name.rstrip("0123456789") or "tmp", numbered=True)
+            target.rmdir()
+        shutil.move(source, target)
 
     def deliver(self, item: pytest.Item) -> bool:
         """Log ``item``'s reports as they come; fail it if the guest cannot finish it.

@@ -130,3 +130,29 @@ def test_skip_shows_the_full_reason_and_the_tests_location(
     unavailable.stdout.fnmatch_lines(
         ["SKIPPED [[]1] test_t.py:3: fakemachine: *no-such-linux.uml*"]
     )
+
+
+def test_guest_tmp_path_is_kept_in_the_hosts_basetemp(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        test_t="""
+        import os, pytest
+
+        pytestmark = pytest.mark.fakemachine(scope="module")
+
+        def test_writes(tmp_path):
+            (tmp_path / "sub").mkdir()
+            (tmp_path / "sub" / "result.txt").write_text("from the guest")
+            os.mkfifo(tmp_path / "fifo")
+            (tmp_path / "link").symlink_to("/etc/hostname")
+            assert False, "inspect my files"
+
+        def test_without_tmp_path():
+            pass
+        """
+    )
+    result = pytester.runpytest_subprocess("--basetemp=basetemp")
+    result.assert_outcomes(passed=1, failed=1)
+    kept = pytester.path / "basetemp" / "test_writes0"
+    assert (kept / "sub" / "result.txt").read_text() == "from the guest"
+    assert sorted(p.name for p in kept.iterdir()) == ["sub"]  # regular files only
+    assert sorted(p.name for p in (pytester.path / "basetemp").iterdir()) == ["test_writes0"]
