@@ -142,7 +142,8 @@ def fakemachine(request: pytest.FixtureRequest) -> Iterator[Machine]:
     if unavailable is not None:
         if state.settings.backend == "auto":
             pytest.skip(f"fakemachine: {unavailable}")
-        raise BackendUnavailable(unavailable)
+        # The message says what to install; the fixture's source would only bury it.
+        pytest.fail(f"{BackendUnavailable.__name__}: {unavailable}", pytrace=False)
     machine = _new_machine(config, f"the fakemachine fixture of {request.node.nodeid}")
     config.hook.pytest_fakemachine_configure(machine=machine, item=request.node)
     yield machine

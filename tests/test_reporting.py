@@ -156,3 +156,33 @@ def test_guest_tmp_path_is_kept_in_the_hosts_basetemp(pytester: pytest.Pytester)
     assert (kept / "sub" / "result.txt").read_text() == "from the guest"
     assert sorted(p.name for p in kept.iterdir()) == ["sub"]  # regular files only
     assert sorted(p.name for p in (pytester.path / "basetemp").iterdir()) == ["test_writes0"]
+
+
+def _failures(result: pytest.RunResult) -> list[str]:
+    lines = result.outlines
+    start = next(i for i, line in enumerate(lines) if "FAILURES" in line)
+    end = next(i for i, line in enumerate(lines) if "short test summary" in line)
+    return lines[start:end]
+
+
+def test_failure_output_matches_a_local_run_with_colour_and_parameters(
+    pytester: pytest.Pytester,
+) -> None:
+    pytester.makepyfile(
+        test_t="""
+        import pytest
+
+        pytestmark = pytest.mark.fakemachine(scope="module")
+
+        @pytest.mark.parametrize("i, s", [(2, "2")])
+        def test_params(i, s):
+            assert {"i": i, "s": s, "list": [1, 2]} == {"i": 3, "s": "3", "list": [1, 3]}
+        """
+    )
+    options = ("--color=yes", "-l", "-vv")
+    guest = pytester.runpytest_subprocess(*options)
+    unknown_mark = "ignore::pytest.PytestUnknownMarkWarning"
+    local = pytester.runpytest_subprocess(*options, "-p", "no:fakemachine", "-W", unknown_mark)
+    guest.assert_outcomes(failed=1)
+    assert "\x1b[" in "".join(_failures(guest))  # highlighted diff
+    assert _failures(guest) == _failures(local)
