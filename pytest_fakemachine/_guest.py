@@ -25,8 +25,9 @@ import os
 import shutil
 import stat
 import sys
+import time
 from collections.abc import Callable, Generator
-from typing import IO, Any
+from typing import IO, Any, TextIO, cast
 
 import pytest
 from _pytest._io import TerminalWriter
@@ -46,6 +47,7 @@ class GuestReporter:
         self.rerun_pending = False
         self.items: list[pytest.Item] = []
         self.markup: bool = spec.get("markup", False)
+        self.interactive: bool = bool(spec.get("stdin"))
         self.tmp_path_dir: str | None = spec.get("tmp_path_dir")
         self.tmp_path_policy: str = spec.get("tmp_path_policy", "all")
         self.tmp_paths: dict[str, str] = {}  # nodeid -> its tmp_path
@@ -76,7 +78,8 @@ class GuestReporter:
         terminal: Any = config.pluginmanager.get_plugin("terminalreporter")
         if terminal is not None:
             self.devnull = open(os.devnull, "w")  # noqa: SIM115 (lives as long as the session)
-            writer = TerminalWriter(self.devnull)
+            self.gate = _Gate(self.devnull)
+            writer = TerminalWriter(cast(TextIO, self.gate))
             # As the host's: assertion diffs are highlighted where they are made.
             writer.hasmarkup = self.markup
             terminal._tw = writer
@@ -105,6 +108,26 @@ class GuestReporter:
             config = self.config
             data = config.hook.pytest_report_to_serializable(config=config, report=report)
             self.send(event="collectreport", report=data)
+
+    @pytest.hookimpl(wrapper=True, tryfirst=True)
+    def pytest_exception_interact(self) -> Generator[None, object, object]:
+        # --pdb: pytest prints the traceback, then the debugger starts.
+        self._show_terminal(True)
+        try:
+            return (yield)
+        finally:
+            self._show_terminal(False)
+
+    def pytest_enter_pdb(self) -> None:  # breakpoint(), pytest.set_trace()
+        self._show_terminal(True)
+
+    def pytest_leave_pdb(self) -> None:
+        self._show_terminal(False)
+
+    def _show_terminal(self, show: bool) -> None:
+        gate = getattr(self, "gate", None)
+        if gate is not None and self.interactive:
+            gate.open = show
 
     @pytest.hookimpl(wrapper=True)
     def pytest_fixture_setup(
@@ -167,6 +190,68 @@ class GuestReporter:
         pytest.exit("the test reruns in a fresh guest", returncode=0)
 
 
+class FileStdin(io.TextIOBase):
+    """stdin read from a file the host appends the user's input to (see
+    ``_relay``): reads wait for a line, as on a terminal."""
+
+    def __init__(self, path: str) -> None:
+        self._path = path
+        self._offset = 0
+        self._buffer = ""
+
+    def readable(self) -> bool:
+        return True
+
+    def isatty(self) -> bool:
+        return False
+
+    def _fill(self) -> bool:
+        """Read what the host added; False once it said the input ended."""
+        with open(self._path, "rb") as f:
+            f.seek(self._offset)
+            data = f.read()
+        self._offset += len(data)
+        self._buffer += data.decode(errors="replace")
+        return bool(data) or not os.path.exists(self._path + ".closed")
+
+    def readline(self, size: int | None = -1) -> str:  # type: ignore[override]
+        while "\n" not in self._buffer and self._fill():
+            time.sleep(0.05)
+        end = self._buffer.find("\n") + 1 or len(self._buffer)
+        if size is not None and 0 <= size < end:
+            end = size
+        line, self._buffer = self._buffer[:end], self._buffer[end:]
+        return line
+
+    def read(self, size: int | None = -1) -> str:
+        if size is None or size < 0:
+            while self._fill():
+                time.sleep(0.05)
+            data, self._buffer = self._buffer, ""
+            return data
+        return self.readline(size)
+
+
+class _Gate(io.TextIOBase):
+    """The guest's terminal output: shown (through stdout) only while the
+    debugger runs, so the host, not the guest, reports the tests."""
+
+    def __init__(self, devnull: IO[str]) -> None:
+        self.open = False
+        self._devnull = devnull
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        target = sys.__stdout__ if self.open and sys.__stdout__ is not None else self._devnull
+        return target.write(text)
+
+    def flush(self) -> None:
+        if sys.__stdout__ is not None:
+            sys.__stdout__.flush()
+
+
 def copy_regular_files(source: str, target: str) -> None:
     """Copy the directories and regular files under ``source`` (no links,
     devices, sockets or fifos; nothing on other file systems mounted below)."""
@@ -209,6 +294,8 @@ def main(spec_path: str) -> int:
     if isinstance(sys.stdout, io.TextIOWrapper):
         sys.stdout.reconfigure(line_buffering=True)
     os.chdir(spec["invocation_dir"])
+    if spec.get("stdin"):  # the user's terminal, for the debugger
+        sys.stdin = FileStdin(spec["stdin"])
     stop_coverage = _start_coverage(spec.get("coverage"))
     with open(spec["events"], "a", encoding="utf-8") as out:
         reporter = GuestReporter(spec, out)

@@ -28,6 +28,7 @@ from . import _guest
 from ._config import Image, check_env, check_guest_path
 from ._errors import ConfigError
 from ._machine import Machine
+from ._relay import STDIN_FILE, TerminalRelay, is_terminal
 from ._session import BootOutcome, Session, command_body, console_tail
 from ._settings import SCOPES, Settings, passenv_env
 from ._templates import GUEST_WORK
@@ -323,6 +324,7 @@ class GuestRun:
     finished: dict[str, dict[str, int]] = field(default_factory=dict)  # -> where output ends
     rerun: set[str] = field(default_factory=set)
     relay: OutputRelay | None = None
+    terminal: TerminalRelay | None = None
     boot_charged: bool = False
     done: bool = False
     dead: str = ""  # why the guest stopped early, once it did
@@ -344,6 +346,12 @@ class GuestRun:
         spec = guest_spec(self.config, self.items, f"{GUEST_WORK}/events.jsonl",
                           one_attempt=one_attempt, prior_attempts=self.prior_attempts)  # fmt: skip
         spec["coverage"] = coverage
+        interactive = wants_terminal(self.config)
+        if interactive:
+            spec["stdin"] = f"{GUEST_WORK}/{STDIN_FILE}"
+            option = self.config.option
+            debug = (("--pdb", option.usepdb), ("--trace", option.trace))
+            spec["args"][:0] = [flag for flag, wanted in debug if wanted]
         (work / "tmp_path").mkdir()
         spec["tmp_path_dir"] = f"{GUEST_WORK}/tmp_path"
         spec["tmp_path_policy"] = self.config.getini("tmp_path_retention_policy")
@@ -353,8 +361,10 @@ class GuestRun:
         argv = [sys.executable, _guest.__file__, f"{GUEST_WORK}/guest.json"]
         body = command_body(argv, str(self.config.invocation_params.dir), env)
         self.reader = EventReader(work / "events.jsonl")
-        if self.config.option.capture in ("no", "tee-sys"):
+        if self.config.option.capture in ("no", "tee-sys") or interactive:
             self.relay = OutputRelay(work, _host_output(self.config))
+        if interactive:
+            self.terminal = TerminalRelay(work)
         self.launched_at = time.monotonic()
         self.guest = self.session.launch(body)
         self._arm()
@@ -408,6 +418,11 @@ class GuestRun:
         received: list[pytest.TestReport] = []  # the reports of the attempt under way
         while True:
             self._pump()
+            if self.terminal is not None:
+                with self.config.pluginmanager.getplugin(
+                    "capturemanager"
+                ).global_and_fixture_disabled():
+                    self.terminal.pump()
             if self.relay is not None:  # a phase's output comes before its report
                 self.relay.write(self.finished.get(item.nodeid))
             for data in self.events.pop(item.nodeid, []):
@@ -501,6 +516,14 @@ class GuestRun:
     def remaining(self, delivered: Iterable[str]) -> list[pytest.Item]:
         done = set(delivered)
         return [item for item in self.items if item.nodeid not in done]
+
+
+def wants_terminal(config: pytest.Config) -> bool:
+    """Whether a guest's debugger may talk to the user: --pdb, --trace, or -s
+    (breakpoint()), with a terminal on the host's stdin."""
+    option = config.option
+    asked = option.usepdb or option.trace or option.capture == "no"
+    return bool(asked) and is_terminal(0)
 
 
 def _host_output(config: pytest.Config) -> Callable[[str, bytes], None]:
