@@ -118,6 +118,11 @@ def rebuild(config: pytest.Config, data: dict[str, Any]) -> pytest.TestReport:
     report.location = tuple(report.location)  # type: ignore[assignment]
     report.sections = [tuple(s) for s in report.sections]  # type: ignore[misc]
     report.user_properties = [tuple(p) for p in report.user_properties]  # type: ignore[misc]
+    context = data.get("_subtest.context")
+    if isinstance(context, dict) and hasattr(report, "context"):
+        # A subtest's kwargs cross as their reprs, and pytest's deserialization
+        # repr()s them again (i='2' for i=2; xdist shows it too): keep them once.
+        object.__setattr__(report.context, "kwargs", dict(context.get("kwargs") or {}))
     return report
 
 

@@ -351,7 +351,9 @@ def pytest_report_teststatus(
         return status
     # Not on a skip or xfail: their reason follows the word and gets what is
     # left of the line, as locally.
+    # Nor on a subtest's line: the test's own line says it.
     outcome_only = not report.skipped and not hasattr(report, "wasxfail")
+    outcome_only = outcome_only and type(report) is pytest.TestReport
     if (
         boot is not None
         and report.when == "call"
