@@ -48,6 +48,7 @@ class GuestReporter:
         self.items: list[pytest.Item] = []
         self.markup: bool = spec.get("markup", False)
         self.interactive: bool = bool(spec.get("stdin"))
+        self.terminal_log: str | None = spec.get("terminal_log")
         self.tmp_path_dir: str | None = spec.get("tmp_path_dir")
         self.tmp_path_policy: str = spec.get("tmp_path_policy", "all")
         self.tmp_paths: dict[str, str] = {}  # nodeid -> its tmp_path
@@ -77,7 +78,10 @@ class GuestReporter:
         # which the host shows live with -s.
         terminal: Any = config.pluginmanager.get_plugin("terminalreporter")
         if terminal is not None:
-            self.devnull = open(os.devnull, "w")  # noqa: SIM115 (lives as long as the session)
+            # Kept where the host reads it if this process dies (e.g.
+            # pytest-timeout's thread method dumps the stacks there, then exits).
+            log = self.terminal_log or os.devnull
+            self.devnull = open(log, "a", buffering=1)  # noqa: SIM115 (lives as long as the session)
             self.gate = _Gate(self.devnull)
             writer = TerminalWriter(cast(TextIO, self.gate))
             # As the host's: assertion diffs are highlighted where they are made.
@@ -234,17 +238,17 @@ class FileStdin(io.TextIOBase):
 
 class _Gate(io.TextIOBase):
     """The guest's terminal output: shown (through stdout) only while the
-    debugger runs, so the host, not the guest, reports the tests."""
+    debugger runs, so the host, not the guest, reports the tests; else logged."""
 
-    def __init__(self, devnull: IO[str]) -> None:
+    def __init__(self, log: IO[str]) -> None:
         self.open = False
-        self._devnull = devnull
+        self._log = log
 
     def writable(self) -> bool:
         return True
 
     def write(self, text: str) -> int:
-        target = sys.__stdout__ if self.open and sys.__stdout__ is not None else self._devnull
+        target = sys.__stdout__ if self.open and sys.__stdout__ is not None else self._log
         return target.write(text)
 
     def flush(self) -> None:

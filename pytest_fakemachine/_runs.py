@@ -346,6 +346,7 @@ class GuestRun:
         spec = guest_spec(self.config, self.items, f"{GUEST_WORK}/events.jsonl",
                           one_attempt=one_attempt, prior_attempts=self.prior_attempts)  # fmt: skip
         spec["coverage"] = coverage
+        spec["terminal_log"] = f"{GUEST_WORK}/terminal"
         interactive = wants_terminal(self.config)
         if interactive:
             spec["stdin"] = f"{GUEST_WORK}/{STDIN_FILE}"
@@ -482,6 +483,8 @@ class GuestRun:
             return f"the test process crashed ({name})"
         if status and not received:
             return f"the guest-side pytest exited with status {status} before running the test"
+        if status:
+            return f"the guest-side pytest exited with status {status} during the test"
         return "the guest powered off during the test"
 
     def _fail(self, item: pytest.Item, received: list[pytest.TestReport], why: str) -> None:
@@ -489,6 +492,9 @@ class GuestRun:
         tail = console_tail(console)
         stderr = runner_stderr(self.session.read_text("stderr")) if self.session else ""
         message = why + (f"\nguest runner stderr:\n{stderr}" if stderr else "")
+        terminal = self.session.read_text("terminal").strip() if self.session else ""
+        if terminal and "pytest exited" in why:  # its last words, e.g. a timeout's stacks
+            message += f"\nguest pytest's terminal (last lines):\n{console_tail(terminal, 150)}"
         for report in failure_reports(item, received, message, tail):
             item.ihook.pytest_runtest_logreport(report=report)
 

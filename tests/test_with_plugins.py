@@ -192,3 +192,28 @@ def test_coverage_run_gets_the_guests_parallel_data_files(pytester: pytest.Pytes
     pytester.run(*coverage, "combine")
     report = pytester.run(*coverage, "report")
     report.stdout.fnmatch_lines(["TOTAL * 100%"])
+
+
+def test_timeout_thread_method_ends_the_guest_pytest_and_says_where(
+    pytester: pytest.Pytester,
+) -> None:
+    pytester.makepyfile(
+        """
+        import time, pytest
+
+        @pytest.mark.fakemachine
+        def test_hangs():
+            time.sleep(60)
+
+        @pytest.mark.fakemachine
+        def test_next():
+            pass
+        """
+    )
+    result = pytester.runpytest_subprocess("--timeout=1", "--timeout-method=thread")
+    result.assert_outcomes(failed=1, passed=1)
+    result.stdout.fnmatch_lines([
+        "*the guest-side pytest exited with status 1 during the test*",
+        "*Timeout*",
+        "*time.sleep(60)*",
+    ])  # fmt: skip
