@@ -12,6 +12,20 @@ from pytest_fakemachine._uml import leftovers
 
 pytest_plugins = ["pytester"]
 
+# Installed for tests/test_with_plugins.py; every guest of an inner pytest run
+# would import them (host plugins load in the guest). Other tests block them.
+OPTIONAL_PLUGINS = ("rerunfailures", "timeout", "pytest_cov")
+
+
+@pytest.fixture(autouse=True)
+def _block_optional_plugins(request: pytest.FixtureRequest) -> None:
+    if "pytester" in request.fixturenames and not request.node.get_closest_marker("uses_plugins"):
+        # After pytester's own set-up, which clears PYTEST_ADDOPTS.
+        request.getfixturevalue("pytester")
+        monkeypatch = request.getfixturevalue("monkeypatch")
+        blocked = " ".join(f"-p no:{name}" for name in OPTIONAL_PLUGINS)
+        monkeypatch.setenv("PYTEST_ADDOPTS", blocked)
+
 
 def wait_for_no_leftovers(owner: int | None, seconds: float = 5.0) -> list[int]:
     """Pids of guests (and slirp helpers) ``owner`` started that still run after ``seconds``.

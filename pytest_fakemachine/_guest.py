@@ -9,19 +9,28 @@ sees each phase as soon as it ends::
 
     {"event": "start", "nodeid": ...}
     {"event": "report", "nodeid": ..., "report": <pytest_report_to_serializable>}
-    {"event": "collecterror", "nodeid": ..., "longrepr": ...}
+    {"event": "collectreport", "report": <pytest_report_to_serializable>}  (failed only)
+    {"event": "rerun", "nodeid": ...}  (one_attempt: a fresh guest reruns the test)
+    {"event": "finish", "nodeid": ...}  (the test's whole protocol, reruns included)
     {"event": "done", "exitstatus": ...}
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.util
+import io
 import json
 import os
+import shutil
+import stat
 import sys
-from typing import IO, Any
+import time
+from collections.abc import Callable, Generator
+from typing import IO, Any, TextIO, cast
 
 import pytest
+from _pytest._io import TerminalWriter
 
 
 class GuestReporter:
@@ -30,6 +39,20 @@ class GuestReporter:
     def __init__(self, spec: dict[str, Any], out: IO[str]) -> None:
         self.nodeids: list[str] = spec["nodeids"]
         self.options: dict[str, Any] = spec["options"]
+        # Function scope: each attempt of a rerun (pytest-rerunfailures) gets a
+        # fresh guest, as a local rerun gets fresh fixtures; the host tells how
+        # many attempts went before.
+        self.one_attempt: bool = spec.get("one_attempt", False)
+        self.prior_attempts: dict[str, int] = spec.get("prior_attempts", {})
+        self.rerun_pending = False
+        self.items: list[pytest.Item] = []
+        self.markup: bool = spec.get("markup", False)
+        self.interactive: bool = bool(spec.get("stdin"))
+        self.terminal_log: str | None = spec.get("terminal_log")
+        self.tmp_path_dir: str | None = spec.get("tmp_path_dir")
+        self.tmp_path_policy: str = spec.get("tmp_path_policy", "all")
+        self.tmp_paths: dict[str, str] = {}  # nodeid -> its tmp_path
+        self.failed: dict[str, bool] = {}
         self.out = out
 
     def send(self, **event: Any) -> None:
@@ -47,6 +70,31 @@ class GuestReporter:
         # From pytest 9.2 this skips only pytest's own sections (pytest#14730).
         config.option.no_summary = True
 
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_sessionstart(self, session: pytest.Session) -> None:
+        config = session.config
+        # The host reports every test; what this session's terminal reporter
+        # writes (header, progress) would only mix into the test's own output,
+        # which the host shows live with -s.
+        terminal: Any = config.pluginmanager.get_plugin("terminalreporter")
+        if terminal is not None:
+            # Kept where the host reads it if this process dies (e.g.
+            # pytest-timeout's thread method dumps the stacks there, then exits).
+            log = self.terminal_log or os.devnull
+            self.devnull = open(log, "a", buffering=1)  # noqa: SIM115 (lives as long as the session)
+            self.gate = _Gate(self.devnull)
+            writer = TerminalWriter(cast(TextIO, self.gate))
+            # As the host's: assertion diffs are highlighted where they are made.
+            writer.hasmarkup = self.markup
+            terminal._tw = writer
+        # pytest-rerunfailures counts the attempts a test had in failures_db
+        # (a no-op store outside xdist): add those made in earlier guests.
+        db: Any = getattr(config, "failures_db", None)
+        if self.prior_attempts and db is not None:
+            counted = db.get_test_failures
+            prior = self.prior_attempts
+            db.get_test_failures = lambda nodeid: counted(nodeid) + prior.get(nodeid, 0)
+
     @pytest.hookimpl(trylast=True)
     def pytest_collection_modifyitems(
         self, session: pytest.Session, config: pytest.Config, items: list[pytest.Item]
@@ -57,32 +105,230 @@ class GuestReporter:
         if deselected:
             config.hook.pytest_deselected(items=deselected)
         items[:] = selected
+        self.items = selected
 
     def pytest_collectreport(self, report: pytest.CollectReport) -> None:
         if report.failed:
-            self.send(event="collecterror", nodeid=report.nodeid, longrepr=str(report.longrepr))
+            config = self.config
+            data = config.hook.pytest_report_to_serializable(config=config, report=report)
+            self.send(event="collectreport", report=data)
+
+    @pytest.hookimpl(wrapper=True, tryfirst=True)
+    def pytest_exception_interact(self) -> Generator[None, object, object]:
+        # --pdb: pytest prints the traceback, then the debugger starts.
+        self._show_terminal(True)
+        try:
+            return (yield)
+        finally:
+            self._show_terminal(False)
+
+    def pytest_enter_pdb(self) -> None:  # breakpoint(), pytest.set_trace()
+        self._show_terminal(True)
+
+    def pytest_leave_pdb(self) -> None:
+        self._show_terminal(False)
+
+    def _show_terminal(self, show: bool) -> None:
+        gate = getattr(self, "gate", None)
+        if gate is not None and self.interactive:
+            gate.open = show
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_fixture_setup(
+        self, fixturedef: pytest.FixtureDef[Any], request: pytest.FixtureRequest
+    ) -> Generator[None, object, object]:
+        result = yield
+        if fixturedef.argname == "tmp_path" and isinstance(result, os.PathLike):
+            self.tmp_paths[request.node.nodeid] = os.fspath(result)
+        return result
+
+    @pytest.hookimpl(wrapper=True, tryfirst=True)
+    def pytest_runtest_protocol(self, item: pytest.Item) -> Generator[None, object, object]:
+        result = yield  # an exception (the pytest.exit below) skips "finish"
+        tmp_path = self._keep_tmp_path(item.nodeid)
+        self.send(event="finish", nodeid=item.nodeid, output=_output_offsets(), tmp_path=tmp_path)
+        return result
+
+    def _keep_tmp_path(self, nodeid: str) -> str | None:
+        """Copy the test's tmp_path, after its teardown, to the host's side (the
+        work directory) for the host to keep in its basetemp; its name there."""
+        source = self.tmp_paths.pop(nodeid, None)
+        policy = self.tmp_path_policy
+        if source is None or self.tmp_path_dir is None or policy == "none":
+            return None
+        if policy == "failed" and not self.failed.get(nodeid, False):
+            return None
+        name = os.path.basename(source)
+        try:
+            copy_regular_files(source, os.path.join(self.tmp_path_dir, name))
+        except OSError:
+            return None
+        return name
 
     def pytest_runtest_logstart(self, nodeid: str) -> None:
         self.send(event="start", nodeid=nodeid)
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        if report.failed:
+            self.failed[report.nodeid] = True
         config = self.config
         data = config.hook.pytest_report_to_serializable(config=config, report=report)
         self.send(event="report", nodeid=report.nodeid, report=data)
+        outcome: str = report.outcome  # pytest-rerunfailures adds "rerun"
+        if self.one_attempt and outcome == "rerun":
+            self.rerun_pending = True
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_runtest_logfinish(self, nodeid: str) -> None:
+        if not self.rerun_pending:
+            return
+        # pytest-rerunfailures would rerun in this guest: hand the rerun to a
+        # fresh one. It set the session's fixtures aside for the rerun; put
+        # them back so this guest's session ends with their teardown.
+        self.send(event="rerun", nodeid=nodeid)
+        rerunfailures = sys.modules.get("pytest_rerunfailures")
+        restore = getattr(rerunfailures, "_restore_suspended_finalizers", None)
+        item = next((i for i in self.items if i.nodeid == nodeid), None)
+        if restore is not None and item is not None:
+            restore(item)
+        pytest.exit("the test reruns in a fresh guest", returncode=0)
+
+
+class FileStdin(io.TextIOBase):
+    """stdin read from a file the host appends the user's input to (see
+    ``_relay``): reads wait for a line, as on a terminal."""
+
+    def __init__(self, path: str) -> None:
+        self._path = path
+        self._offset = 0
+        self._buffer = ""
+
+    def readable(self) -> bool:
+        return True
+
+    def isatty(self) -> bool:
+        return False
+
+    def _fill(self) -> bool:
+        """Read what the host added; False once it said the input ended."""
+        with open(self._path, "rb") as f:
+            f.seek(self._offset)
+            data = f.read()
+        self._offset += len(data)
+        self._buffer += data.decode(errors="replace")
+        return bool(data) or not os.path.exists(self._path + ".closed")
+
+    def readline(self, size: int | None = -1) -> str:  # type: ignore[override]
+        while "\n" not in self._buffer and self._fill():
+            time.sleep(0.05)
+        end = self._buffer.find("\n") + 1 or len(self._buffer)
+        if size is not None and 0 <= size < end:
+            end = size
+        line, self._buffer = self._buffer[:end], self._buffer[end:]
+        return line
+
+    def read(self, size: int | None = -1) -> str:
+        if size is None or size < 0:
+            while self._fill():
+                time.sleep(0.05)
+            data, self._buffer = self._buffer, ""
+            return data
+        return self.readline(size)
+
+
+class _Gate(io.TextIOBase):
+    """The guest's terminal output: shown (through stdout) only while the
+    debugger runs, so the host, not the guest, reports the tests; else logged."""
+
+    def __init__(self, log: IO[str]) -> None:
+        self.open = False
+        self._log = log
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        target = sys.__stdout__ if self.open and sys.__stdout__ is not None else self._log
+        return target.write(text)
+
+    def flush(self) -> None:
+        if sys.__stdout__ is not None:
+            sys.__stdout__.flush()
+
+
+def copy_regular_files(source: str, target: str) -> None:
+    """Copy the directories and regular files under ``source`` (no links,
+    devices, sockets or fifos; nothing on other file systems mounted below)."""
+    device = os.lstat(source).st_dev
+    for root, dirs, files in os.walk(source):
+        dirs[:] = [d for d in dirs if _is_dir_on(os.path.join(root, d), device)]
+        here = os.path.join(target, os.path.relpath(root, source))
+        os.makedirs(here, exist_ok=True)
+        for name in files:
+            path = os.path.join(root, name)
+            if stat.S_ISREG(os.lstat(path).st_mode):
+                shutil.copyfile(path, os.path.join(here, name))
+
+
+def _is_dir_on(path: str, device: int) -> bool:
+    st = os.lstat(path)
+    return stat.S_ISDIR(st.st_mode) and st.st_dev == device
+
+
+def _output_offsets() -> dict[str, int]:
+    """How far the runner's stdout and stderr files go: the host relays a
+    test's output up to there (with -s)."""
+    offsets = {}
+    for name, stream, fd in (("stdout", sys.__stdout__, 1), ("stderr", sys.__stderr__, 2)):
+        try:
+            if stream is not None:
+                stream.flush()
+            offsets[name] = os.lseek(fd, 0, os.SEEK_CUR)
+        except (OSError, ValueError):
+            pass
+    return offsets
 
 
 def main(spec_path: str) -> int:
     with open(spec_path) as f:
         spec = json.load(f)
     sys.path[:] = spec["sys_path"]
+    # stdout is a file the host relays live with -s: lines as they are
+    # printed, as on a terminal.
+    if isinstance(sys.stdout, io.TextIOWrapper):
+        sys.stdout.reconfigure(line_buffering=True)
     os.chdir(spec["invocation_dir"])
+    if spec.get("stdin"):  # the user's terminal, for the debugger
+        sys.stdin = FileStdin(spec["stdin"])
+    stop_coverage = _start_coverage(spec.get("coverage"))
     with open(spec["events"], "a", encoding="utf-8") as out:
         reporter = GuestReporter(spec, out)
         plugins: list[object] = [reporter]
         plugins += [importlib.import_module(module) for module in spec["plugins"]]
-        status = int(pytest.main(spec["args"], plugins=plugins))
+        try:
+            status = int(pytest.main(spec["args"], plugins=plugins))
+        finally:
+            if stop_coverage is not None:  # saved before "done": the host combines after it
+                stop_coverage()
         reporter.send(event="done", exitstatus=status)
     return status
+
+
+def _start_coverage(settings: dict[str, Any] | None) -> Callable[[], None] | None:
+    """Measure the guest's code like the host session does (if it does).
+
+    The support module (and coverage) loads only then; the runner itself
+    imports only the standard library and pytest.
+    """
+    if not settings:
+        return None
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_guest_coverage.py")
+    spec = importlib.util.spec_from_file_location("_fakemachine_guest_coverage", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    cov = module.start(settings)
+    return lambda: module.stop(cov)
 
 
 if __name__ == "__main__":

@@ -12,13 +12,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
@@ -27,31 +27,27 @@ from . import _guest
 from ._config import Image, check_env, check_guest_path
 from ._errors import ConfigError
 from ._machine import Machine
+from ._relay import STDIN_FILE, TerminalRelay, is_terminal
 from ._session import BootOutcome, Session, command_body, console_tail
+from ._settings import SCOPES, Settings, passenv_env
+from ._spec import coverage_settings, guest_spec, python_mounts
 from ._templates import GUEST_WORK
-from ._transport import EventReader, failure_reports, rebuild
+from ._transport import (
+    EventReader,
+    OutputRelay,
+    covers,
+    failure_reports,
+    rebuild,
+    rebuild_collect,
+    report_collect_error,
+    runner_stderr,
+)
 from ._uml import GuestProcess
 
 __all__ = ["GuestRun", "MarkedTest", "apply_marker", "marked_test"]
 
-MARKER_KEYWORDS = ("images", "volumes", "memory", "scratch", "network", "env", "timeout",
-                   "boot_timeout", "scope")  # fmt: skip
-SCOPES = ("function", "module", "session")
-# Plugins that act on the host session only; the guest must not load them.
-HOST_ONLY_PLUGINS = frozenset({"xdist", "xdist.looponfail", "pytest_cov", "cacheprovider",
-                               "html", "pytest_html", "stepwise"})  # fmt: skip
-# Host option values the guest must not take over (selection, output files, debugging).
-HOST_ONLY_OPTIONS = frozenset({
-    "file_or_dir", "keyword", "markexpr", "deselect", "ignore", "ignore_glob", "xmlpath",
-    "basetemp", "usepdb", "usepdb_cls", "trace", "maxfail", "exitfirst", "stepwise",
-    "stepwise_skip", "lf", "failedfirst", "newfirst", "cacheclear", "last_failed_no_failures",
-    "numprocesses", "maxprocesses", "dist", "tx", "rsyncdir", "rsyncignore", "looponfail",
-    "plugins", "capture", "override_ini", "inifilename", "rootdir", "confcutdir", "noconftest",
-    "importmode", "assertmode", "collectonly", "help", "version", "showfixtures",
-    "show_fixtures_per_test", "markers", "durations", "durations_min", "reportchars",
-    "pastebin", "color", "pythonwarnings", "debug", "traceconfig", "setuponly", "setupshow",
-    "setupplan", "junitprefix", "log_file", "report_log", "cov_source", "cov_report",
-})  # fmt: skip
+MARKER_KEYWORDS = ("images", "volumes", "memory", "scratch", "network", "env", "passenv",
+                   "timeout", "boot_timeout", "scope")  # fmt: skip
 _GRACE_SECONDS = 30.0  # how long a finished guest may take to power off
 
 
@@ -65,12 +61,18 @@ class MarkedTest:
     source: str
 
 
-def marked_test(item: pytest.Item) -> MarkedTest | None:
-    """The merged ``fakemachine`` markers of ``item`` (closest wins), or None."""
+def marked_test(item: pytest.Item, settings: Settings) -> MarkedTest | None:
+    """The merged ``fakemachine`` markers of ``item`` (closest wins), or None.
+
+    With ``--fakemachine-all``, a test without a marker counts as marked with
+    the default keywords, unless it drives guests itself (the fixture).
+    """
     markers = list(item.iter_markers("fakemachine"))
-    if not markers:
-        return None
     source = f"@pytest.mark.fakemachine on {item.nodeid}"
+    if not markers:
+        if not settings.all_tests or "fakemachine" in getattr(item, "fixturenames", ()):
+            return None
+        source = f"--fakemachine-all on {item.nodeid}"
     kwargs: dict[str, Any] = {}
     for marker in reversed(markers):  # farthest first, so the closest wins
         if marker.args:
@@ -82,7 +84,7 @@ def marked_test(item: pytest.Item) -> MarkedTest | None:
             f"{source}: unknown keyword {', '.join(map(repr, unknown))} "
             f"(known: {', '.join(MARKER_KEYWORDS)})"
         )
-    scope = kwargs.pop("scope", "function")
+    scope = kwargs.pop("scope", settings.scope)
     if scope not in SCOPES:
         raise ConfigError(f"scope={scope!r} from {source}: expected one of {', '.join(SCOPES)}")
     recipe = json.dumps(kwargs, sort_keys=True, default=_describe)
@@ -111,6 +113,12 @@ def apply_marker(machine: Machine, marked: MarkedTest, image_dir: Path) -> None:
             setattr(machine, name, kw[name])
     machine.scratch = kw.get("scratch")
     machine.network = kw.get("network", False)
+    passenv = kw.get("passenv") or ()
+    if isinstance(passenv, str):
+        passenv = passenv.split()
+    if not isinstance(passenv, (list, tuple)) or not all(isinstance(p, str) for p in passenv):
+        raise ConfigError(f"passenv={passenv!r} from {source}: expected names or globs")
+    machine.env.update(passenv_env(passenv))
     env = kw.get("env") or {}
     if not isinstance(env, dict):
         raise ConfigError(f"env={env!r} from {source}: expected a dict")
@@ -135,89 +143,6 @@ def apply_marker(machine: Machine, marked: MarkedTest, image_dir: Path) -> None:
             machine.add_volume(volume)
 
 
-def python_mounts(config: pytest.Config) -> list[tuple[str, bool]]:
-    """Host directories the guest needs to import the same code: (path, writable).
-
-    The interpreter's prefixes and sys.path entries outside /usr read-only;
-    the rootdir and the invocation directory writable. Nested paths collapse
-    into the outermost one.
-    """
-    writable = {str(config.rootpath), str(config.invocation_params.dir)}
-    wanted = {p: True for p in writable}
-    package_parent = os.path.dirname(os.path.dirname(os.path.abspath(_guest.__file__)))
-    for path in (package_parent, sys.prefix, sys.base_prefix, sys.exec_prefix,
-                 os.path.dirname(os.path.realpath(sys.executable)), *sys.path):  # fmt: skip
-        if path and os.path.isabs(path) and os.path.exists(path):
-            real = os.path.realpath(path)
-            if os.path.isfile(real):  # a zip or egg on sys.path
-                real = os.path.dirname(real)
-            wanted.setdefault(real, False)
-    result: list[tuple[str, bool]] = []
-    for path in sorted(wanted, key=len):
-        if path == "/usr" or path.startswith("/usr/"):
-            continue
-        outer = next((p for p, _ in result if path.startswith(p.rstrip("/") + "/")), None)
-        if outer is None:
-            result.append((path, wanted[path]))
-    return result
-
-
-def guest_spec(config: pytest.Config, items: list[pytest.Item], events: str) -> dict[str, Any]:
-    """What the guest-side runner needs: its pytest args, options, node ids."""
-    args = ["-p", "no:cacheprovider", "-p", "no:stepwise",
-            f"--rootdir={config.rootpath}", f"--capture={config.option.capture}",
-            "-o", "addopts=", "-q"]  # fmt: skip
-    if config.inipath is not None:
-        args.append(f"--config-file={config.inipath}")
-    if config.option.confcutdir:
-        args.append(f"--confcutdir={config.option.confcutdir}")
-    if config.option.noconftest:
-        args.append("--noconftest")
-    args.append(f"--import-mode={config.option.importmode}")
-    args.append(f"--assert={config.option.assertmode}")
-    for override in config.option.override_ini or ():
-        args += ["-o", override]
-    for warning in config.known_args_namespace.pythonwarnings or ():
-        args += ["-W", warning]
-    manager = config.pluginmanager
-    # The host's plugins (from entry points or -p) go to the guest as module
-    # names it imports and registers itself: `-p NAME` would make pytest scan
-    # every installed distribution's metadata, over hostfs, once per plugin.
-    modules: dict[str, str] = {}
-    wanted = [manager.get_name(plugin) for plugin, _ in manager.list_plugin_distinfo()]
-    wanted += [n for n in config.option.plugins or () if not n.startswith("no:")]
-    for name in wanted:
-        plugin = manager.get_plugin(name) if name else None
-        if name and name not in HOST_ONLY_PLUGINS and isinstance(plugin, ModuleType):
-            modules[name] = plugin.__name__
-    for name in config.option.plugins or ():
-        if name.startswith("no:") and name[3:] not in HOST_ONLY_PLUGINS:
-            args += ["-p", name]
-    paths = list(dict.fromkeys(str(item.path) for item in items))
-    options = {
-        name: value
-        for name, value in vars(config.option).items()
-        if name not in HOST_ONLY_OPTIONS and not name.startswith("fakemachine") and _json_ok(value)
-    }
-    return {
-        "args": args + paths,
-        "plugins": list(dict.fromkeys(modules.values())),
-        "nodeids": [item.nodeid for item in items],
-        "options": options,
-        "sys_path": [p for p in sys.path if p],
-        "invocation_dir": str(config.invocation_params.dir),
-        "events": events,
-    }
-
-
-def _json_ok(value: object) -> bool:
-    try:
-        json.dumps(value)
-    except (TypeError, ValueError):
-        return False
-    return True
-
-
 @dataclass(eq=False)
 class GuestRun:
     """One guest running ``items`` in order, their reports delivered one test at a time."""
@@ -231,8 +156,16 @@ class GuestRun:
     session: Session | None = None
     guest: GuestProcess | None = None
     reader: EventReader | None = None
+    function_scope: bool = True
+    prior_attempts: dict[str, int] = field(default_factory=dict)  # reruns in earlier guests
     events: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
-    collect_errors: list[str] = field(default_factory=list)
+    collect_reports: list[pytest.CollectReport] = field(default_factory=list)
+    collect_errors_reported: set[str] = field(default_factory=set)  # shared by the session
+    finished: dict[str, dict[str, int]] = field(default_factory=dict)  # -> where output ends
+    rerun: set[str] = field(default_factory=set)
+    relay: OutputRelay | None = None
+    terminal: TerminalRelay | None = None
+    boot_charged: bool = False
     done: bool = False
     dead: str = ""  # why the guest stopped early, once it did
     deadline: float | None = None
@@ -240,20 +173,39 @@ class GuestRun:
     boot_seconds: float | None = None  # launch to the first test's start, once known
 
     def start(self) -> None:
-        for path, writable in python_mounts(self.config):
+        coverage = coverage_settings()
+        data_dirs = [os.path.dirname(coverage["data_file"])] if coverage else []
+        for path, writable in python_mounts(self.config, data_dirs):
             check_guest_path(path, "the Python environment of the pytest session")
             self.machine.add_volume(path, read_only=not writable)
         self.session = self.machine.session()
         self.session.cleanup.append(self.image_dir)
         self.session.__enter__()
         work = self.session.workdir
-        spec = guest_spec(self.config, self.items, f"{GUEST_WORK}/events.jsonl")
+        one_attempt = len(self.items) == 1 and self.function_scope
+        spec = guest_spec(self.config, self.items, f"{GUEST_WORK}/events.jsonl",
+                          one_attempt=one_attempt, prior_attempts=self.prior_attempts)  # fmt: skip
+        spec["coverage"] = coverage
+        spec["terminal_log"] = f"{GUEST_WORK}/terminal"
+        interactive = wants_terminal(self.config)
+        if interactive:
+            spec["stdin"] = f"{GUEST_WORK}/{STDIN_FILE}"
+            option = self.config.option
+            debug = (("--pdb", option.usepdb), ("--trace", option.trace))
+            spec["args"][:0] = [flag for flag, wanted in debug if wanted]
+        (work / "tmp_path").mkdir()
+        spec["tmp_path_dir"] = f"{GUEST_WORK}/tmp_path"
+        spec["tmp_path_policy"] = self.config.getini("tmp_path_retention_policy")
         (work / "guest.json").write_text(json.dumps(spec))
         env = {**self.machine.env, "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1",
                "PYTHONDONTWRITEBYTECODE": "1"}  # fmt: skip
         argv = [sys.executable, _guest.__file__, f"{GUEST_WORK}/guest.json"]
         body = command_body(argv, str(self.config.invocation_params.dir), env)
         self.reader = EventReader(work / "events.jsonl")
+        if self.config.option.capture in ("no", "tee-sys") or interactive:
+            self.relay = OutputRelay(work, _host_output(self.config))
+        if interactive:
+            self.terminal = TerminalRelay(work)
         self.launched_at = time.monotonic()
         self.guest = self.session.launch(body)
         self._arm()
@@ -263,6 +215,8 @@ class GuestRun:
 
     def _pump(self) -> None:
         assert self.reader is not None
+        if self.relay is not None:
+            self.relay.read()
         for event in self.reader.read():
             kind = event.get("event")
             if kind == "start":
@@ -271,40 +225,73 @@ class GuestRun:
                     self.boot_seconds = time.monotonic() - self.launched_at
             elif kind == "report":
                 self.events.setdefault(event["nodeid"], []).append(event["report"])
-            elif kind == "collecterror":
-                self.collect_errors.append(event.get("longrepr", ""))
+            elif kind == "collectreport":
+                self.collect_reports.append(rebuild_collect(self.config, event["report"]))
+            elif kind == "finish":
+                self.finished[event["nodeid"]] = event.get("output", {})
+                if event.get("tmp_path"):
+                    self._keep_tmp_path(event["tmp_path"])
+            elif kind == "rerun":
+                self.rerun.add(event["nodeid"])
             elif kind == "done":
                 self.done = True
 
-    def deliver(self, item: pytest.Item) -> None:
-        """Log ``item``'s reports as they come; fail it if the guest cannot finish it."""
+    def _keep_tmp_path(self, name: str) -> None:
+        """Move a test's tmp_path, copied out by the guest, into the host's basetemp."""
+        assert self.session is not None
+        source = self.session.workdir / "tmp_path" / name
+        factory: pytest.TempPathFactory | None = getattr(self.config, "_tmp_path_factory", None)
+        if factory is None or not source.is_dir() or "/" in name:
+            return
+        target = factory.getbasetemp() / name
+        if target.exists():  # the name is taken on the host: a numbered one like it
+            target = factory.mktemp(name.rstrip("0123456789") or "tmp", numbered=True)
+            target.rmdir()
+        shutil.move(source, target)
+
+    def deliver(self, item: pytest.Item) -> bool:
+        """Log ``item``'s reports as they come; fail it if the guest cannot finish it.
+
+        True when the test is to be rerun in a fresh guest (pytest-rerunfailures
+        on a function-scoped test): this guest ran its attempt and exits.
+        """
         assert self.guest is not None
-        received: list[pytest.TestReport] = []
+        received: list[pytest.TestReport] = []  # the reports of the attempt under way
         while True:
             self._pump()
+            if self.terminal is not None:
+                with self.config.pluginmanager.getplugin(
+                    "capturemanager"
+                ).global_and_fixture_disabled():
+                    self.terminal.pump()
+            if self.relay is not None:  # a phase's output comes before its report
+                self.relay.write(self.finished.get(item.nodeid))
             for data in self.events.pop(item.nodeid, []):
                 report = rebuild(self.config, data)
+                if report.when == "setup":
+                    received = []
                 if item is self.items[0]:  # the test that paid for the boot
                     report.fakemachine_boot = self.boot_seconds  # type: ignore[attr-defined]
-                    if report.when == "setup" and self.boot_seconds is not None:
+                    if report.when == "setup" and not self.boot_charged:
                         # Setting up this test took the boot: --durations and
                         # junitxml show what the test cost, not just its fixtures.
-                        report.duration += self.boot_seconds
+                        self.boot_charged = True
+                        report.duration += self.boot_seconds or 0.0
                 item.ihook.pytest_runtest_logreport(report=report)
                 received.append(report)
-                if report.when == "teardown":
-                    return
+            if item.nodeid in self.finished:
+                return False
+            if item.nodeid in self.rerun:
+                return True
             if self.dead:
                 self._fail(item, received, self.dead)
-                return
+                return False
             if self.done:
-                errors = "\n".join(self.collect_errors)
-                self._fail(item, received, "the test was not collected in the guest"
-                           + (f":\n{errors}" if errors else ""))  # fmt: skip
-                return
+                self._not_collected(item, received)
+                return False
             if self.guest.exited():
                 self._pump()
-                if item.nodeid in self.events:
+                if item.nodeid in self.events or item.nodeid in {*self.finished, *self.rerun}:
                     continue
                 self.dead = self._why_gone(received)
                 continue
@@ -314,6 +301,14 @@ class GuestRun:
                 continue
             self.guest.wait(0.02)
 
+    def _not_collected(self, item: pytest.Item, received: list[pytest.TestReport]) -> None:
+        """The guest finished without running ``item``: report why, as pytest would."""
+        failed = [r for r in self.collect_reports if covers(r.nodeid, item.nodeid)]
+        if failed:
+            report_collect_error(item, failed[0], self.collect_errors_reported)
+            return
+        self._fail(item, received, "the test was not collected in the guest")
+
     def _why_gone(self, received: list[pytest.TestReport]) -> str:
         assert self.session is not None
         work = self.session.workdir
@@ -322,21 +317,35 @@ class GuestRun:
         if not (work / "started").exists():
             return "the guest did not boot"
         status = self.session.read_text("status").strip()
+        if status.isdigit() and int(status) > 128:
+            try:
+                name = signal.strsignal(int(status) - 128) or f"signal {int(status) - 128}"
+            except ValueError:
+                name = f"signal {int(status) - 128}"
+            return f"the test process crashed ({name})"
         if status and not received:
             return f"the guest-side pytest exited with status {status} before running the test"
+        if status:
+            return f"the guest-side pytest exited with status {status} during the test"
         return "the guest powered off during the test"
 
     def _fail(self, item: pytest.Item, received: list[pytest.TestReport], why: str) -> None:
         console = self.guest.console() if self.guest is not None else ""
         tail = console_tail(console)
-        stderr = self.session.read_text("stderr").strip() if self.session else ""
-        message = why + (f"\nguest runner stderr:\n{stderr[-2000:]}" if stderr else "")
+        stderr = runner_stderr(self.session.read_text("stderr")) if self.session else ""
+        message = why + (f"\nguest runner stderr:\n{stderr}" if stderr else "")
+        terminal = self.session.read_text("terminal").strip() if self.session else ""
+        if terminal and "pytest exited" in why:  # its last words, e.g. a timeout's stacks
+            message += f"\nguest pytest's terminal (last lines):\n{console_tail(terminal, 150)}"
         for report in failure_reports(item, received, message, tail):
             item.ihook.pytest_runtest_logreport(report=report)
 
     def close(self, *, graceful: bool = True) -> None:
         """Wait briefly for a normal power-off (if ``graceful``), then kill and clean up."""
         try:
+            if self.relay is not None:
+                self.relay.read()
+                self.relay.write()
             if self.guest is not None:
                 if graceful and not self.dead:  # the job unmounts, syncs, powers off
                     self.guest.wait(_GRACE_SECONDS)
@@ -355,6 +364,33 @@ class GuestRun:
     def remaining(self, delivered: Iterable[str]) -> list[pytest.Item]:
         done = set(delivered)
         return [item for item in self.items if item.nodeid not in done]
+
+
+def wants_terminal(config: pytest.Config) -> bool:
+    """Whether a guest's debugger may talk to the user: --pdb, --trace, or -s
+    (breakpoint()), with a terminal on the host's stdin."""
+    option = config.option
+    asked = option.usepdb or option.trace or option.capture == "no"
+    return bool(asked) and is_terminal(0)
+
+
+def _host_output(config: pytest.Config) -> Callable[[str, bytes], None]:
+    """Writes the guest's output to the host's stdout or stderr, past pytest's capture."""
+    capman = config.pluginmanager.getplugin("capturemanager")
+
+    def write(name: str, data: bytes) -> None:
+        stream = sys.stdout if name == "stdout" else sys.stderr
+        with capman.global_and_fixture_disabled():
+            stream.flush()
+            binary = getattr(stream, "buffer", None)
+            if binary is not None:
+                binary.write(data)
+                binary.flush()
+            else:
+                stream.write(data.decode(errors="replace"))
+                stream.flush()
+
+    return write
 
 
 def new_image_dir() -> Path:

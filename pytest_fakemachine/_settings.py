@@ -6,6 +6,10 @@ wins over the ini file. Resolved settings are stored in ``config.stash``.
 
 from __future__ import annotations
 
+import fnmatch
+import os
+import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -14,7 +18,9 @@ import pytest
 from ._config import DEFAULT_BOOT_TIMEOUT, DEFAULT_MEMORY_MIB, parse_memory, parse_timeout
 from ._errors import ConfigError
 
-__all__ = ["Settings", "addoption", "settings_key"]
+__all__ = ["SCOPES", "Settings", "addoption", "passenv_env", "settings_key"]
+
+SCOPES = ("function", "module", "session")
 
 BACKEND_HELP = (
     "auto (default): use UML where it runs, else skip what needs a guest with the reason; "
@@ -27,6 +33,15 @@ BOOT_TIMEOUT_HELP = (
     "default seconds a guest may take to reach its command (for marked tests: its test "
     "runner) before it is killed and the boot fails (default: 120)"
 )
+ALL_HELP = (
+    "run every collected test without a fakemachine marker as if it had one with the "
+    "default keywords (tests that use the fakemachine fixture stay on the host)"
+)
+SCOPE_HELP = "scope of marked tests that give none: function (default), module or session"
+PASSENV_HELP = (
+    "host environment variables (names or globs, whitespace- or line-separated) passed "
+    "into every guest the plugin starts; default none"
+)
 
 
 @dataclass(frozen=True)
@@ -38,9 +53,13 @@ class Settings:
     kernel: str | None
     show_boot: bool
     keep: bool
+    all_tests: bool = False
+    scope: str = "function"
+    passenv: tuple[str, ...] = ()
 
 
 settings_key = pytest.StashKey[Settings]()
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 def addoption(parser: pytest.Parser) -> None:
@@ -60,6 +79,10 @@ def addoption(parser: pytest.Parser) -> None:
     group.addoption("--fakemachine-doctor", action="store_true", default=False,
                     help="check that this host can boot a guest, print how to fix what is "
                          "missing, and exit")  # fmt: skip
+    group.addoption("--fakemachine-all", action="store_true", default=None, help=ALL_HELP)
+    parser.addini("fakemachine_all", ALL_HELP, type="bool", default=False)
+    parser.addini("fakemachine_scope", SCOPE_HELP, default=None)
+    parser.addini("fakemachine_passenv", PASSENV_HELP, default=None)
     parser.addini("fakemachine_backend", BACKEND_HELP, default="auto")
     parser.addini("fakemachine_memory", MEMORY_HELP, default=None)
     parser.addini("fakemachine_timeout", TIMEOUT_HELP, default=None)
@@ -90,6 +113,11 @@ def resolve(config: pytest.Config) -> Settings:
     boot_timeout, boot_source = _pick(config, "boot_timeout")
     kernel: Optional[str]
     kernel, _ = _pick(config, "kernel")
+    scope = config.getini("fakemachine_scope") or "function"
+    if scope not in SCOPES:
+        where = f"ini option fakemachine_scope in {config.inipath or 'the ini file'}"
+        raise ConfigError(f"scope={scope!r} from {where}: expected one of {', '.join(SCOPES)}")
+    all_tests = config.getoption("fakemachine_all") or config.getini("fakemachine_all")
     return Settings(
         backend=backend,
         memory=memory_mib,
@@ -102,4 +130,16 @@ def resolve(config: pytest.Config) -> Settings:
         kernel=kernel,
         show_boot=bool(config.getoption("fakemachine_show_boot")),
         keep=bool(config.getoption("fakemachine_keep")),
+        all_tests=bool(all_tests),
+        scope=scope,
+        passenv=tuple((config.getini("fakemachine_passenv") or "").split()),
     )
+
+
+def passenv_env(patterns: Iterable[str]) -> dict[str, str]:
+    """The host's variables whose names match ``patterns`` (globs, tox's passenv)."""
+    return {
+        name: value
+        for name, value in os.environ.items()
+        if _ENV_NAME.fullmatch(name) and any(fnmatch.fnmatchcase(name, p) for p in patterns)
+    }

@@ -9,6 +9,7 @@ makes the ones pytest would have made, failing the phase that was under way.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
@@ -16,9 +17,69 @@ from typing import Any, NoReturn
 import pytest
 from _pytest.runner import CallInfo
 
-__all__ = ["EventReader", "failure_reports", "rebuild", "skip_reports"]
+__all__ = [
+    "EventReader",
+    "OutputRelay",
+    "covers",
+    "failure_reports",
+    "rebuild",
+    "rebuild_collect",
+    "report_collect_error",
+    "runner_stderr",
+    "skip_reports",
+]
 
 CONSOLE_SECTION = "fakemachine console"
+_STDERR_TAIL = 2000
+
+
+class FileTail:
+    """The bytes appended to a file since the last read (the guest writes it over hostfs)."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._offset = 0
+
+    def read(self) -> bytes:
+        try:
+            with open(self._path, "rb") as f:
+                f.seek(self._offset)
+                data = f.read()
+        except FileNotFoundError:
+            return b""
+        self._offset += len(data)
+        return data
+
+
+class OutputRelay:
+    """Copies the guest runner's stdout and stderr to the host's as they grow
+    (``-s``, ``--capture=tee-sys``: the test's output shows live, as locally).
+
+    :meth:`read` before reading the events, :meth:`write` after: a test's
+    "finish" event names where its output ends in each file, and bytes read
+    before an event was written cannot belong to a later test.
+    """
+
+    def __init__(self, workdir: Path, write: Callable[[str, bytes], None]) -> None:
+        self._tails = {name: FileTail(workdir / name) for name in ("stdout", "stderr")}
+        self._pending = {name: b"" for name in self._tails}
+        self._written = dict.fromkeys(self._tails, 0)  # file offsets
+        self._write = write
+
+    def read(self) -> None:
+        for name, tail in self._tails.items():
+            self._pending[name] += tail.read()
+
+    def write(self, upto: dict[str, int] | None = None) -> None:
+        """Write what was read, up to the file offsets ``upto`` (all if None)."""
+        for name, pending in self._pending.items():
+            count = len(pending)
+            if upto is not None and name in upto:
+                count = max(0, min(count, upto[name] - self._written[name]))
+            if count:
+                self._write(name, pending[:count])
+                self._pending[name] = pending[count:]
+                self._written[name] += count
 
 
 class EventReader:
@@ -57,7 +118,50 @@ def rebuild(config: pytest.Config, data: dict[str, Any]) -> pytest.TestReport:
     report.location = tuple(report.location)  # type: ignore[assignment]
     report.sections = [tuple(s) for s in report.sections]  # type: ignore[misc]
     report.user_properties = [tuple(p) for p in report.user_properties]  # type: ignore[misc]
+    context = data.get("_subtest.context")
+    if isinstance(context, dict) and hasattr(report, "context"):
+        # A subtest's kwargs cross as their reprs, and pytest's deserialization
+        # repr()s them again (i='2' for i=2; xdist shows it too): keep them once.
+        object.__setattr__(report.context, "kwargs", dict(context.get("kwargs") or {}))
     return report
+
+
+def rebuild_collect(config: pytest.Config, data: dict[str, Any]) -> pytest.CollectReport:
+    report = config.hook.pytest_report_from_serializable(config=config, data=data)
+    if not isinstance(report, pytest.CollectReport):
+        raise TypeError(f"the guest sent a {type(report).__name__}, not a CollectReport")
+    return report
+
+
+def covers(collector: str, nodeid: str) -> bool:
+    """Whether the collector ``collector`` (a node id) contains the test ``nodeid``."""
+    return collector in ("", ".") or nodeid.startswith((collector + "::", collector + "/"))
+
+
+def report_collect_error(
+    item: pytest.Item, report: pytest.CollectReport, reported: set[str]
+) -> None:
+    """Log the guest's collection error once (as pytest logs a local one) and
+    fail ``item`` with a pointer to it."""
+    if report.nodeid not in reported:
+        reported.add(report.nodeid)
+        item.ihook.pytest_collectreport(report=report)
+    where = report.nodeid or "the session"
+    message = f"not run: collecting {where} failed in the guest (ERROR collecting {where})"
+    for failed in failure_reports(item, [], message):
+        item.ihook.pytest_runtest_logreport(report=failed)
+
+
+def runner_stderr(stderr: str) -> str:
+    """What of the guest runner's stderr explains its end: a crash's whole
+    faulthandler dump (it names the crashing code), else the tail."""
+    stderr = stderr.strip()
+    crash = stderr.rfind("Fatal Python error")
+    if crash >= 0:
+        return stderr[crash:]
+    if len(stderr) > _STDERR_TAIL:
+        return "..." + stderr[-_STDERR_TAIL:]
+    return stderr
 
 
 def _fail(message: str) -> Callable[[], NoReturn]:
@@ -85,14 +189,17 @@ def failure_reports(
         when = "call"
     else:
         when = "teardown"
+    # Made directly, not through pytest_runtest_makereport: plugins' makereport
+    # hooks expect the state their own setup phase left on the item (e.g.
+    # pytest-rerunfailures' _rerun_condition_excinfos), and none ran here.
     call = CallInfo.from_call(_fail(message), when=when)  # type: ignore[arg-type]
-    failed: pytest.TestReport = item.ihook.pytest_runtest_makereport(item=item, call=call)
+    failed = pytest.TestReport.from_item_and_call(item, call)
     if console:
         failed.sections.append((CONSOLE_SECTION, console))
     reports.append(failed)
     if when != "teardown":
         ok = CallInfo.from_call(lambda: None, when="teardown")
-        reports.append(item.ihook.pytest_runtest_makereport(item=item, call=ok))
+        reports.append(pytest.TestReport.from_item_and_call(item, ok))
     return reports
 
 
@@ -104,7 +211,8 @@ def skip_reports(item: pytest.Item, reason: str) -> list[pytest.TestReport]:
 
     setup = CallInfo.from_call(skip, when="setup")
     teardown = CallInfo.from_call(lambda: None, when="teardown")
-    return [
-        item.ihook.pytest_runtest_makereport(item=item, call=setup),
-        item.ihook.pytest_runtest_makereport(item=item, call=teardown),
-    ]
+    skipped = pytest.TestReport.from_item_and_call(item, setup)
+    # At the test's own location (as a skip marker's), not at the line above.
+    path, line = item.reportinfo()[:2]
+    skipped.longrepr = (os.fspath(path), (line or 0) + 1, f"Skipped: {reason}")
+    return [skipped, pytest.TestReport.from_item_and_call(item, teardown)]

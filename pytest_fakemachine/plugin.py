@@ -23,7 +23,7 @@ from ._config import parse_timeout
 from ._errors import BackendUnavailable, FakeMachineError
 from ._inguest import in_fakemachine
 from ._settings import Settings, settings_key
-from ._transport import failure_reports, skip_reports
+from ._transport import covers, failure_reports, report_collect_error, skip_reports
 
 if TYPE_CHECKING:
     from ._machine import Machine
@@ -32,8 +32,8 @@ if TYPE_CHECKING:
 
 MARKER_HELP = (
     "fakemachine(images=None, volumes=None, memory=None, scratch=None, network=False, "
-    "env=None, timeout=None, boot_timeout=None, scope='function'): run the test (setup, "
-    "call and teardown) as root inside a User-Mode-Linux guest booted from the host's /usr"
+    "env=None, passenv=None, timeout=None, boot_timeout=None, scope='function'): run the test "
+    "(setup, call and teardown) as root inside a User-Mode-Linux guest booted from the host's /usr"
 )
 
 
@@ -48,6 +48,9 @@ class _State:
     unavailable: str | None = None  # why no guest can boot, once checked
     checked: bool = False
     kept: list[Path] = field(default_factory=list)
+    # Collection errors met in guests: their modules' other tests boot no guest.
+    collect_errors: list[pytest.CollectReport] = field(default_factory=list)
+    collect_errors_reported: set[str] = field(default_factory=set)
     summarizing: bool = False  # the terminal summary has begun
 
 
@@ -134,6 +137,7 @@ def _new_machine(config: pytest.Config, source: str) -> Machine:
     machine = Machine(settings.backend, memory=settings.memory, timeout=settings.timeout,
                       boot_timeout=settings.boot_timeout, kernel=settings.kernel)  # fmt: skip
     machine.source = source
+    machine.env.update(_settings.passenv_env(settings.passenv))
     machine._echo = _echo(config)
     machine._keep = settings.keep
     return machine
@@ -153,7 +157,8 @@ def fakemachine(request: pytest.FixtureRequest) -> Iterator[Machine]:
     if unavailable is not None:
         if state.settings.backend == "auto":
             pytest.skip(f"fakemachine: {unavailable}")
-        raise BackendUnavailable(unavailable)
+        # The message says what to install; the fixture's source would only bury it.
+        pytest.fail(f"{BackendUnavailable.__name__}: {unavailable}", pytrace=False)
     machine = _new_machine(config, f"the fakemachine fixture of {request.node.nodeid}")
     config.hook.pytest_fakemachine_configure(machine=machine, item=request.node)
     yield machine
@@ -184,7 +189,7 @@ def _mark(state: _State, item: pytest.Item) -> MarkedTest | None:
         from ._runs import marked_test  # noqa: PLC0415 (host only, see the docstring)
 
         try:
-            state.marks[item.nodeid] = marked_test(item)
+            state.marks[item.nodeid] = marked_test(item, state.settings)
         except FakeMachineError as e:
             state.marks[item.nodeid] = e
     mark = state.marks[item.nodeid]
@@ -232,7 +237,9 @@ def _xdist_queue(config: pytest.Config) -> list[int] | None:
     return []
 
 
-def _start_run(state: _State, item: pytest.Item, mark: MarkedTest) -> GuestRun | None:
+def _start_run(
+    state: _State, item: pytest.Item, mark: MarkedTest, prior_attempts: dict[str, int]
+) -> GuestRun | None:
     """Boot a guest for ``item``'s group; None if the test was reported skipped."""
     from ._runs import GuestRun, apply_marker, new_image_dir  # noqa: PLC0415 (host only)
 
@@ -257,7 +264,9 @@ def _start_run(state: _State, item: pytest.Item, mark: MarkedTest) -> GuestRun |
     def on_outcome(outcome: BootOutcome) -> None:
         config.hook.pytest_fakemachine_guest_result(machine=machine, item=item, outcome=outcome)
 
-    run = GuestRun(config, _group(state, item, mark), machine, image_dir, on_outcome, timeout)
+    run = GuestRun(config, _group(state, item, mark), machine, image_dir, on_outcome, timeout,
+                   function_scope=mark.scope == "function", prior_attempts=prior_attempts,
+                   collect_errors_reported=state.collect_errors_reported)  # fmt: skip
     for member in run.items:
         state.runs[member.nodeid] = run
     try:
@@ -295,20 +304,30 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> 
     ihook = item.ihook
     ihook.pytest_runtest_logstart(nodeid=item.nodeid, location=item.location)
     run = state.runs.get(item.nodeid)
+    attempts: dict[str, int] = {}  # of a function-scoped test rerun in fresh guests
     try:
-        if error is None and (run is None or run.dead):
-            assert mark is not None
-            if run is not None:
-                _close(state, run)
-            run = _start_run(state, item, mark)
-        if error is None and run is not None:
-            run.deliver(item)
+        while error is None:
+            if _report_known_collect_error(state, item):
+                break
+            if run is None or run.dead:
+                assert mark is not None
+                if run is not None:
+                    _close(state, run)
+                run = _start_run(state, item, mark, attempts)
+            if run is None or not run.deliver(item):
+                break
+            attempts[item.nodeid] = attempts.get(item.nodeid, 0) + 1
+            _close(state, run)
+            run = None
     except FakeMachineError as e:
         error = e
     except BaseException:  # Ctrl-C and the like: nothing may keep running
         if run is not None:
             _close(state, run, graceful=False)
         raise
+    if run is not None:
+        state.collect_errors += run.collect_reports
+        run.collect_reports.clear()
     if error is not None:
         message = f"{type(error).__name__}: {error}"
         for report in failure_reports(item, [], message):
@@ -321,6 +340,15 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> 
     return True
 
 
+def _report_known_collect_error(state: _State, item: pytest.Item) -> bool:
+    """Fail ``item`` at once if a guest could not collect its module."""
+    for report in state.collect_errors:
+        if covers(report.nodeid, item.nodeid):
+            report_collect_error(item, report, state.collect_errors_reported)
+            return True
+    return False
+
+
 def _teardown_host_nodes(item: pytest.Item, nextitem: pytest.Item | None) -> None:
     """Finish host-side fixtures of nodes ``nextitem`` does not share, as pytest's
     own teardown step would (e.g. the module of a host test that ran before)."""
@@ -328,7 +356,8 @@ def _teardown_host_nodes(item: pytest.Item, nextitem: pytest.Item | None) -> Non
         lambda: item.session._setupstate.teardown_exact(nextitem), when="teardown"
     )
     if call.excinfo is not None:
-        report = item.ihook.pytest_runtest_makereport(item=item, call=call)
+        # Not through pytest_runtest_makereport: see failure_reports.
+        report = pytest.TestReport.from_item_and_call(item, call)
         item.ihook.pytest_runtest_logreport(report=report)
 
 
@@ -343,9 +372,44 @@ def pytest_report_teststatus(
     state = config.stash.get(_state_key, None)
     if state is None or state.summarizing:  # the short summary keeps pytest's words
         return status
-    if boot is not None and report.when == "call" and isinstance(word, str) and word:
+    # Not on a skip or xfail: their reason follows the word and gets what is
+    # left of the line, as locally.
+    # Nor on a subtest's line: the test's own line says it.
+    outcome_only = not report.skipped and not hasattr(report, "wasxfail")
+    outcome_only = outcome_only and type(report) is pytest.TestReport
+    if (
+        boot is not None
+        and report.when == "call"
+        and outcome_only
+        and isinstance(word, str)
+        and word
+    ):
         word = f"{word} (guest boot {boot:.1f} s)"
     return category, letter, word
+
+
+def _is_marked(item: pytest.Item) -> bool:
+    try:
+        return _mark(item.config.stash[_state_key], item) is not None
+    except FakeMachineError:
+        return True
+
+
+@pytest.hookimpl(tryfirst=True, optionalhook=True)
+def pytest_timeout_set_timer(item: pytest.Item, settings: object) -> bool | None:
+    """pytest-timeout: a marked test's limit applies in its guest to the test's
+    phases (the guest loads pytest-timeout too); on the host it would count
+    the boot and interrupt the wait for the guest."""
+    if in_fakemachine() or not _is_marked(item):
+        return None
+    return True
+
+
+@pytest.hookimpl(tryfirst=True, optionalhook=True)
+def pytest_timeout_cancel_timer(item: pytest.Item) -> bool | None:
+    if in_fakemachine() or not _is_marked(item):
+        return None
+    return True
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:

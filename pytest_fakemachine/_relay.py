@@ -1,0 +1,48 @@
+"""The user's terminal, relayed to a program in a guest (host side).
+
+What the user types goes, as it comes, to a file in the guest's work
+directory, which the guest-side program reads as its stdin (see
+``_guest.FileStdin``); the program's output comes back through the runner's
+stdout file (:class:`pytest_fakemachine._transport.OutputRelay`). The host's
+terminal stays in its normal (cooked) mode: it echoes and edits the line, and
+hands it over on Enter. Used for ``--pdb`` and ``breakpoint()`` in marked
+tests; apart from the UML process code so an interactive shell can reuse it.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+from pathlib import Path
+
+__all__ = ["STDIN_CLOSED", "STDIN_FILE", "TerminalRelay", "is_terminal"]
+
+STDIN_FILE = "stdin"
+STDIN_CLOSED = "stdin.closed"  # exists once the user's stdin reached its end
+
+
+def is_terminal(fd: int = 0) -> bool:
+    try:
+        return os.isatty(fd)
+    except OSError:
+        return False
+
+
+class TerminalRelay:
+    """Appends what arrives on ``fd`` to ``workdir/stdin``; call :meth:`pump` often."""
+
+    def __init__(self, workdir: Path, fd: int = 0) -> None:
+        self._path = workdir / STDIN_FILE
+        self._path.touch()
+        self._fd = fd
+        self._closed = False
+
+    def pump(self) -> None:
+        while not self._closed and select.select([self._fd], [], [], 0)[0]:
+            data = os.read(self._fd, 4096)
+            if not data:  # Ctrl-D on an empty line, or the end of a pipe
+                self._closed = True
+                (self._path.parent / STDIN_CLOSED).touch()
+                return
+            with open(self._path, "ab") as f:
+                f.write(data)

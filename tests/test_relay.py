@@ -1,0 +1,54 @@
+"""The debugger of a marked test, in the guest, on the user's terminal (a
+pseudo-terminal here): --pdb at a failure, breakpoint() with -s."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+pexpect = pytest.importorskip("pexpect", reason="the `test` extra installs it")
+
+
+def test_pdb_and_breakpoint_in_the_guest_talk_to_the_terminal(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        test_t="""
+        import pytest
+        from pytest_fakemachine import in_fakemachine
+
+        pytestmark = pytest.mark.fakemachine(scope="module")
+
+        def test_fails():
+            x = 41
+            assert x == 42
+
+        def test_breaks():
+            y = 5
+            breakpoint()
+            assert y == 5
+        """
+    )
+    child = pexpect.spawn(
+        sys.executable,
+        ["-m", "pytest", "-p", "no:cacheprovider", "--pdb", "-s", "test_t.py"],
+        cwd=str(pytester.path),
+        encoding="utf-8",
+        timeout=120,
+    )
+    try:
+        child.expect("entering PDB")  # after the failure's traceback, as locally
+        child.expect(r"\(Pdb\) ")
+        child.sendline("p x + 1, in_fakemachine()")
+        child.expect(r"\(42, True\)")
+        child.expect(r"\(Pdb\) ")
+        child.sendline("c")
+        child.expect(r"test_t.py\(\d+\)test_breaks\(\)")
+        child.expect(r"\(Pdb\) ")
+        child.sendline("p y * 10")
+        child.expect("50")
+        child.sendline("c")
+        child.expect("1 failed, 1 passed")
+        child.expect(pexpect.EOF)
+    finally:
+        child.close(force=True)
+    assert child.exitstatus == 1
