@@ -26,9 +26,9 @@ from ._uml import MODULES_MOUNTPOINT, GuestProcess, memory_dir, memory_file_full
 __all__ = ["BootOutcome", "Session", "command_body", "console_tail"]
 
 GUEST_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-# Read-only host directories the host's tools expect (as upstream fakemachine had).
-STATIC_MOUNTS = ("/etc/ssl", "/etc/ca-certificates", "/etc/alternatives", "/etc/dbus-1",
-                 "/var/lib/binfmts")  # fmt: skip
+# Read-only host directories the host's tools expect (as upstream fakemachine
+# had). The host's /etc comes with the initramfs (see _guest_system).
+STATIC_MOUNTS = ("/var/lib/binfmts",)
 # Boot-time costs that serve no test: the RAID6/XOR benchmarks (most of a
 # second; btrfs RAID5/6 needs them, see Machine.raid_benchmarks), zswap and
 # strparser set-up, 256 legacy BSD ptys, and the delay-loop calibration.
@@ -134,6 +134,8 @@ class Session:
         work = self.workdir
         mounts = [_hostfs(path, path, read_only=True) for path in STATIC_MOUNTS
                   if os.path.isdir(path)]  # fmt: skip
+        # init's copy of /proc/cpuinfo with a "core id" line (for procps' ps).
+        mounts.append(_mount(t.CPUINFO, "/proc/cpuinfo", "none", "bind"))
         # The Debian UML kernel's modules, where modprobe looks for them.
         mounts.append(_hostfs(str(self.modules), str(MODULES_MOUNTPOINT), read_only=True))
         if self.scratch_bytes is None:

@@ -20,6 +20,10 @@ LABEL_DIR = "/dev/disk/by-fakemachine-label"
 # systemd then gives the mount no default dependencies, which would load
 # local-fs.target and through it ~110 host units over hostfs at boot. (/run
 # needs none: systemd counts it among its API file systems.)
+# The static device nodes go into the devtmpfs (see _guest_system). procps
+# 4.0.2 (Debian 12) fails ("Unable to get system boot time") on a
+# /proc/cpuinfo without "core id", which UML's has not: the run's fstab binds
+# a copy with that line over it.
 # SYSTEMD_UNIT_PATH: our units, then the host's, and none of systemd's other
 # default directories, each a lookup over hostfs for every unit name. The
 # generator paths name no directory, so systemd forks no generator runner.
@@ -29,6 +33,11 @@ INIT = """\
 echo "none /run/fakemachine hostfs $FAKEMACHINE_WORK 0 0" >>/etc/fstab
 /bin/busybox mount -a || exec /bin/busybox sh -c 'echo "fakemachine: mount -a failed" >/dev/console; /bin/busybox poweroff -f'
 echo "SRC=none TARGET=/run/fakemachine ROOT=/ OPTS=x-initrd.mount" >/run/mount/utab
+cd /dev && /bin/busybox cpio -idmu <{static_nodes} 2>/dev/null; cd /
+while IFS= read -r line; do
+    echo "$line"
+    case $line in processor*) echo "core id		: 0" ;; esac
+done </proc/cpuinfo >{cpuinfo}
 . /run/fakemachine/setup.sh
 export SYSTEMD_UNIT_PATH={unit_path}
 export SYSTEMD_GENERATOR_PATH={no_generators} SYSTEMD_ENVIRONMENT_GENERATOR_PATH={no_generators}
@@ -60,7 +69,12 @@ PASSWD = (
     "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n"
 )
 GROUP = "root:x:0:\ndisk:x:6:\ntty:x:5:\nkvm:x:104:\nnogroup:x:65534:\n"
-HOSTS = "127.0.0.1\tlocalhost fakemachine\n::1\tlocalhost ip6-localhost ip6-loopback\n"
+# As Debian's installer writes it: `hostname -f` answers "fakemachine".
+HOSTS = (
+    "127.0.0.1\tlocalhost\n127.0.1.1\tfakemachine\n"
+    "::1\tlocalhost ip6-localhost ip6-loopback\nff02::1\tip6-allnodes\nff02::2\tip6-allrouters\n"
+)
+CPUINFO = "/run/fakemachine.cpuinfo"
 HOSTNAME = "fakemachine\n"
 
 # Sourced by INIT before systemd starts: the run's mounts, in one program
