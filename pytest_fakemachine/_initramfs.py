@@ -50,6 +50,7 @@ _DIRS = (
     "dev", "proc", "sys", "run", "run/mount", "run/fakemachine", "tmp", "root", "scratch",
     "mnt", "usr", "usr/bin", "var", "var/tmp", "etc", "etc/systemd", "etc/systemd/system",
     "etc/systemd/system/mount.d", "etc/udev", "etc/udev/rules.d", *gs.FHS_DIRS,
+    *sorted({"etc/systemd/system/" + os.path.dirname(name) for name in gs.UNIT_DROPINS}),
 )  # fmt: skip
 # Unpacked by init into the devtmpfs at /dev: the static device nodes.
 STATIC_NODES_ARCHIVE = "run/fakemachine-static-nodes.cpio"
@@ -220,6 +221,7 @@ def _links(inputs: _Inputs) -> list[tuple[str, str]]:
         (f"etc/systemd/system/{t.UNIT_NAME}", f"{t.GUEST_WORK}/{t.UNIT_NAME}"),
         ("etc/udev/rules.d/99-fakemachine.rules", f"{t.GUEST_WORK}/udev.rules"),
     ]
+    links += [(f"etc/systemd/system/{name}", "/dev/null") for name in gs.MASKED_UNITS]
     links += [(f"etc/udev/rules.d/{name}", "/dev/null")
               for name in gs.udev_rules_to_mask(inputs.udev_rules)]  # fmt: skip
     if not inputs.etc:  # a host without /etc/os-release (tests): the guest still has one

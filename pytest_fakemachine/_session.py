@@ -20,6 +20,7 @@ from pathlib import Path
 from . import _templates as t
 from ._config import ImageSpec, Volume
 from ._errors import BootError, FakeMachineError, GuestTimeout
+from ._guest_system import BOOT_SOCKETS
 from ._initramfs import initramfs
 from ._uml import MODULES_MOUNTPOINT, GuestProcess, memory_dir, memory_file_full
 
@@ -136,6 +137,8 @@ class Session:
                   if os.path.isdir(path)]  # fmt: skip
         # init's copy of /proc/cpuinfo with a "core id" line (for procps' ps).
         mounts.append(_mount(t.CPUINFO, "/proc/cpuinfo", "none", "bind"))
+        # Here, not by systemd's dev-mqueue.mount (a mount process) on first use.
+        mounts.append(_mount("mqueue", "/dev/mqueue", "mqueue", "nosuid,nodev,noexec"))
         # The Debian UML kernel's modules, where modprobe looks for them.
         mounts.append(_hostfs(str(self.modules), str(MODULES_MOUNTPOINT), read_only=True))
         if self.scratch_bytes is None:
@@ -157,7 +160,7 @@ class Session:
         _write(work / "udev.rules", rules)
         _write(
             work / t.UNIT_NAME,
-            t.UNIT.format(work=t.GUEST_WORK),
+            t.UNIT.format(work=t.GUEST_WORK, sockets=" ".join(BOOT_SOCKETS)),
             mode=0o644,  # systemd warns about units others cannot read
         )
         if self.network:

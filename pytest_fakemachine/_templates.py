@@ -12,7 +12,9 @@ GUEST_WORK = "/run/fakemachine"
 UNIT_NAME = "fakemachine.service"
 LABEL_DIR = "/dev/disk/by-fakemachine-label"
 
-# PID 1 until systemd takes over. busybox is the initramfs' only program, and
+# PID 1 until systemd takes over. First it moves a bind mount of the rootfs
+# onto / and runs itself again there: pivot_root (bubblewrap, nspawn, unshare)
+# refuses to leave the rootfs itself (~50 ms, two more program starts). busybox is the initramfs' only program, and
 # each program start costs ~20 ms in UML: one `mount -a` does every mount.
 # FAKEMACHINE_WORK reaches init as an environment variable (no dot in its
 # name). The utab line marks the work directory as mounted by the initramfs
@@ -30,6 +32,11 @@ LABEL_DIR = "/dev/disk/by-fakemachine-label"
 INIT = """\
 #!/bin/busybox sh
 # pytest-fakemachine guest init: mount everything, then hand over to systemd.
+if [ "$FAKEMACHINE_ROOT" != moved ]; then
+    # The initramfs (rootfs) cannot be pivoted away from: make / a bind mount of it.
+    /bin/busybox mount --bind / /mnt && cd /mnt && /bin/busybox mount --move . / &&
+        FAKEMACHINE_ROOT=moved exec /bin/busybox chroot . /init
+fi
 echo "none /run/fakemachine hostfs $FAKEMACHINE_WORK 0 0" >>/etc/fstab
 /bin/busybox mount -a || exec /bin/busybox sh -c 'echo "fakemachine: mount -a failed" >/dev/console; /bin/busybox poweroff -f'
 echo "SRC=none TARGET=/run/fakemachine ROOT=/ OPTS=x-initrd.mount" >/run/mount/utab
@@ -91,6 +98,7 @@ UNIT = """\
 [Unit]
 Description=pytest-fakemachine job
 DefaultDependencies=no
+Wants={sockets}
 SuccessAction=poweroff-immediate
 FailureAction=poweroff-immediate
 
@@ -143,9 +151,9 @@ COMMAND_BODY = """\
 cd -- {cwd} || exit 1
 exec busybox env -i {env} /bin/sh -c {command}{argv}"""
 
-# udevd only reads our rules (the host's are masked in the initramfs).
+# Coldplug of the disks alone: udevd (socket-activated by the first uevent)
+# reads the host's rules but those for hardware the guest has not.
 PRELUDE_UDEV = """\
-/lib/systemd/systemd-udevd --daemon
 udevadm trigger --subsystem-match=block --action=add --settle"""
 
 PRELUDE_NETWORK = """\
