@@ -18,8 +18,11 @@ of /etc subdirectories that cost about as much.
 from __future__ import annotations
 
 import fnmatch
+import functools
 import os
+import re
 import stat
+import subprocess
 from collections.abc import Iterator
 
 from . import _templates as t
@@ -36,6 +39,7 @@ __all__ = [
     "etc_entries",
     "generated_etc",
     "guest_alternatives",
+    "procps_needs_core_id",
     "udev_rules_to_mask",
 ]
 
@@ -137,6 +141,30 @@ UNIT_DROPINS = {
     "dbus.socket.d/fakemachine.conf": _NO_DEFAULT_DEPENDENCIES,
     "dbus.service.d/fakemachine.conf": _NO_DEFAULT_DEPENDENCIES,
 }
+
+
+@functools.lru_cache(maxsize=1)
+def procps_needs_core_id() -> bool:
+    """Whether the host's ps fails on UML's /proc/cpuinfo, which has no "core id".
+
+    procps 4.0.0-4.0.2 (Debian 12's) then fail with "Unable to get system boot
+    time"; later versions tolerate it, and 3.x never looked. The guest then
+    gets a copy with that line bound over /proc/cpuinfo, at a price: a new
+    proc cannot be mounted in a user namespace (`unshare -r --mount-proc`,
+    rootless podman, bwrap --unshare-user) while a file of /proc is covered.
+    """
+    try:
+        out = subprocess.run(
+            ["ps", "--version"], capture_output=True, text=True, check=False,
+            stdin=subprocess.DEVNULL,
+        ).stdout  # fmt: skip
+    except OSError:
+        return False
+    found = re.search(r"procps-ng (\d+)\.(\d+)\.(\d+)", out)
+    if found is None:
+        return False
+    version = tuple(int(n) for n in found.groups())
+    return (4, 0, 0) <= version < (4, 0, 3)
 
 
 def denied(relpath: str) -> bool:

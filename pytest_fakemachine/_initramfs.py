@@ -191,7 +191,7 @@ def _generated_files() -> dict[str, tuple[bytes, int]]:
         unit_path=UNIT_PATH,
         no_generators=NO_GENERATORS,
         static_nodes="/" + STATIC_NODES_ARCHIVE,
-        cpuinfo=t.CPUINFO,
+        cpuinfo_copy=t.CPUINFO_COPY.format(cpuinfo=t.CPUINFO) if gs.procps_needs_core_id() else "",
     )
     return {
         "init": (init.encode(), 0o755),

@@ -20,7 +20,7 @@ from pathlib import Path
 from . import _templates as t
 from ._config import ImageSpec, Volume
 from ._errors import BootError, FakeMachineError, GuestTimeout
-from ._guest_system import BOOT_SOCKETS
+from ._guest_system import BOOT_SOCKETS, procps_needs_core_id
 from ._initramfs import initramfs
 from ._uml import MODULES_MOUNTPOINT, GuestProcess, memory_dir, memory_file_full
 
@@ -135,8 +135,8 @@ class Session:
         work = self.workdir
         mounts = [_hostfs(path, path, read_only=True) for path in STATIC_MOUNTS
                   if os.path.isdir(path)]  # fmt: skip
-        # init's copy of /proc/cpuinfo with a "core id" line (for procps' ps).
-        mounts.append(_mount(t.CPUINFO, "/proc/cpuinfo", "none", "bind"))
+        if procps_needs_core_id():  # init's copy of /proc/cpuinfo, for procps' ps
+            mounts.append(_mount(t.CPUINFO, "/proc/cpuinfo", "none", "bind"))
         # Here, not by systemd's dev-mqueue.mount (a mount process) on first use.
         mounts.append(_mount("mqueue", "/dev/mqueue", "mqueue", "nosuid,nodev,noexec"))
         # The Debian UML kernel's modules, where modprobe looks for them.

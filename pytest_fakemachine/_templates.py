@@ -24,8 +24,9 @@ LABEL_DIR = "/dev/disk/by-fakemachine-label"
 # needs none: systemd counts it among its API file systems.)
 # The static device nodes go into the devtmpfs (see _guest_system). procps
 # 4.0.2 (Debian 12) fails ("Unable to get system boot time") on a
-# /proc/cpuinfo without "core id", which UML's has not: the run's fstab binds
-# a copy with that line over it.
+# /proc/cpuinfo without "core id", which UML's has not: on such hosts init
+# writes a copy with that line (CPUINFO_COPY, ~20 ms) and the run's fstab
+# binds it over /proc/cpuinfo.
 # SYSTEMD_UNIT_PATH: our units, then the host's, and none of systemd's other
 # default directories, each a lookup over hostfs for every unit name. The
 # generator paths name no directory, so systemd forks no generator runner.
@@ -41,11 +42,7 @@ echo "none /run/fakemachine hostfs $FAKEMACHINE_WORK 0 0" >>/etc/fstab
 /bin/busybox mount -a || exec /bin/busybox sh -c 'echo "fakemachine: mount -a failed" >/dev/console; /bin/busybox poweroff -f'
 echo "SRC=none TARGET=/run/fakemachine ROOT=/ OPTS=x-initrd.mount" >/run/mount/utab
 cd /dev && /bin/busybox cpio -idmu <{static_nodes} 2>/dev/null; cd /
-while IFS= read -r line; do
-    echo "$line"
-    case $line in processor*) echo "core id		: 0" ;; esac
-done </proc/cpuinfo >{cpuinfo}
-. /run/fakemachine/setup.sh
+{cpuinfo_copy}. /run/fakemachine/setup.sh
 export SYSTEMD_UNIT_PATH={unit_path}
 export SYSTEMD_GENERATOR_PATH={no_generators} SYSTEMD_ENVIRONMENT_GENERATOR_PATH={no_generators}
 exec /lib/systemd/systemd
@@ -82,6 +79,13 @@ HOSTS = (
     "::1\tlocalhost ip6-localhost ip6-loopback\nff02::1\tip6-allnodes\nff02::2\tip6-allrouters\n"
 )
 CPUINFO = "/run/fakemachine.cpuinfo"
+# For a host ps that needs "core id" (see _guest_system.procps_needs_core_id).
+CPUINFO_COPY = """\
+while IFS= read -r line; do
+    echo "$line"
+    case $line in processor*) echo "core id		: 0" ;; esac
+done </proc/cpuinfo >{cpuinfo}
+"""
 HOSTNAME = "fakemachine\n"
 
 # Sourced by INIT before systemd starts: the run's mounts, in one program

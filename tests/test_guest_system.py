@@ -193,3 +193,18 @@ def _getent(database: str, key: str) -> str:
     return subprocess.run(
         ["getent", database, key], capture_output=True, text=True, check=True
     ).stdout.strip()
+
+
+@pytest.mark.parametrize(
+    ("version", "needed"),
+    [("procps-ng 4.0.2", True), ("procps-ng 4.0.4", False), ("procps-ng 3.3.17", False),
+     ("busybox", False)],
+)  # fmt: skip
+def test_cpuinfo_copy_only_for_a_ps_that_needs_core_id(
+    monkeypatch: pytest.MonkeyPatch, version: str, needed: bool
+) -> None:
+    def fake_run(*args: object, **kwargs: object) -> subprocess.CompletedProcess[str]:
+        return subprocess.CompletedProcess([], 0, f"ps from {version}\n", "")
+
+    monkeypatch.setattr(subprocess, "run", fake_run)
+    assert gs.procps_needs_core_id.__wrapped__() is needed
