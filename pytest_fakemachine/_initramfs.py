@@ -51,6 +51,7 @@ _DIRS = (
     "mnt", "usr", "usr/bin", "var", "var/tmp", "etc", "etc/systemd", "etc/systemd/system",
     "etc/systemd/system/mount.d", "etc/udev", "etc/udev/rules.d", *gs.FHS_DIRS,
     *sorted({"etc/systemd/system/" + os.path.dirname(name) for name in gs.UNIT_DROPINS}),
+    gs.SYSINIT_WANTS,
 )  # fmt: skip
 # Unpacked by init into the devtmpfs at /dev: the static device nodes.
 STATIC_NODES_ARCHIVE = "run/fakemachine-static-nodes.cpio"
@@ -221,7 +222,7 @@ def _links(inputs: _Inputs) -> list[tuple[str, str]]:
         (f"etc/systemd/system/{t.UNIT_NAME}", f"{t.GUEST_WORK}/{t.UNIT_NAME}"),
         ("etc/udev/rules.d/99-fakemachine.rules", f"{t.GUEST_WORK}/udev.rules"),
     ]
-    links += [(f"etc/systemd/system/{name}", "/dev/null") for name in gs.MASKED_UNITS]
+    links += [(f"{gs.SYSINIT_WANTS}/{name}", "/dev/null") for name in gs.SYSINIT_LEFT_OUT]
     links += [(f"etc/udev/rules.d/{name}", "/dev/null")
               for name in gs.udev_rules_to_mask(inputs.udev_rules)]  # fmt: skip
     if not inputs.etc:  # a host without /etc/os-release (tests): the guest still has one

@@ -94,3 +94,13 @@ def test_fuse_as_a_guest_user(tmp_path: object) -> None:
         " cat mnt/f; fusermount3 -u mnt'"
     )
     assert (out.returncode, out.stdout) == (0, "hi\n"), out.stderr
+
+
+@in_guest
+def test_sysinit_leaves_out_its_costly_wants_which_can_still_be_started() -> None:
+    assert sh("systemctl start sysinit.target").returncode == 0
+    state = sh("systemctl is-active systemd-udev-trigger.service systemd-sysctl.service")
+    assert state.stdout.split() == ["inactive", "inactive"]  # no coldplug, no sysctl
+    # Left out as dependencies, not masked as units.
+    started = sh("systemctl start systemd-sysctl.service && systemctl is-active systemd-sysctl")
+    assert (started.returncode, started.stdout) == (0, "active\n"), started.stderr
