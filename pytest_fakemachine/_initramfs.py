@@ -223,6 +223,7 @@ def _links(inputs: _Inputs) -> list[tuple[str, str]]:
         ("etc/udev/rules.d/99-fakemachine.rules", f"{t.GUEST_WORK}/udev.rules"),
     ]
     links += [(f"{gs.SYSINIT_WANTS}/{name}", "/dev/null") for name in gs.SYSINIT_LEFT_OUT]
+    links += [(f"etc/systemd/system/{name}", "/dev/null") for name in gs.MASKED_UNITS]
     links += [(f"etc/udev/rules.d/{name}", "/dev/null")
               for name in gs.udev_rules_to_mask(inputs.udev_rules)]  # fmt: skip
     if not inputs.etc:  # a host without /etc/os-release (tests): the guest still has one
