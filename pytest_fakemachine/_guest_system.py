@@ -198,39 +198,35 @@ def denied(relpath: str) -> bool:
 
 
 def etc_entries(root: str = HOST_ETC) -> Iterator[tuple[str, os.stat_result]]:
-    """The host paths under ``root`` the guest gets, with their lstat.
+    """The host paths under ``root`` the guest gets, with their lstat, sorted.
 
     Regular files and symlinks only; never a denied path, nor a file or
-    directory that others may not read (a directory also needs x).
+    directory that others may not read (a directory also needs x). Walked
+    with scandir and plain string paths: it runs at every boot (the cache key).
     """
-    for dirpath, dirnames, filenames in os.walk(root):
-        rel_dir = os.path.relpath(dirpath, root)
-        kept = []
-        for name in sorted(dirnames):
-            path = os.path.join(dirpath, name)
-            rel = os.path.normpath(os.path.join(rel_dir, name))
-            try:
-                st = os.lstat(path)
-            except OSError:
-                continue
-            if stat.S_ISLNK(st.st_mode):  # a link to a directory: copied as a link
-                if not denied(rel):
-                    yield path, st
-                continue
-            if not denied(rel) and st.st_mode & 0o005 == 0o005:
-                kept.append(name)
-        dirnames[:] = kept
-        for name in sorted(filenames):
-            path = os.path.join(dirpath, name)
-            rel = os.path.normpath(os.path.join(rel_dir, name))
-            if denied(rel):
-                continue
-            try:
-                st = os.lstat(path)
-            except OSError:
-                continue
-            if stat.S_ISLNK(st.st_mode) or (stat.S_ISREG(st.st_mode) and st.st_mode & 0o004):
-                yield path, st
+    yield from _walk(root, "")
+
+
+def _walk(directory: str, prefix: str) -> Iterator[tuple[str, os.stat_result]]:
+    try:
+        with os.scandir(directory) as it:
+            entries = sorted(it, key=lambda e: e.name)
+    except OSError:
+        return
+    for entry in entries:
+        rel = prefix + entry.name
+        if denied(rel):
+            continue
+        try:
+            st = entry.stat(follow_symlinks=False)
+        except OSError:
+            continue
+        mode = st.st_mode
+        if stat.S_ISDIR(mode):
+            if mode & 0o005 == 0o005:
+                yield from _walk(entry.path, rel + "/")
+        elif stat.S_ISLNK(mode) or (stat.S_ISREG(mode) and mode & 0o004):
+            yield entry.path, st
 
 
 def _read(path: str) -> str:
