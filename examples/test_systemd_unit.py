@@ -4,10 +4,10 @@ The guest runs the host's systemd as PID 1, so ``systemctl`` talks to a real
 service manager: no container tricks, no mocking of D-Bus.
 
 The guest boots straight into the unit that runs the test, skipping
-``sysinit.target``. A unit with default dependencies pulls that whole target
-in on its first start (udev coldplug, tmpfiles, sysusers: 15-20 s in a UML
-guest), so the units here say ``DefaultDependencies=no``. Drop that line to
-test a unit file exactly as shipped, at the cost of that one-time wait.
+``sysinit.target``. A unit with default dependencies pulls that target in on
+its first start (journald, udevd: a second or two in a UML guest, the rest of
+it is masked), so the units here say ``DefaultDependencies=no``. Drop that
+line to test a unit file exactly as shipped, at the cost of that one-time wait.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ def install_unit(name: str, text: str) -> None:
 
 @pytest.fixture(scope="module")
 def journald() -> Iterator[None]:
-    """journald, started on demand: nothing in the guest has started it yet."""
+    """journald, started before the test (it is socket-activated anyway)."""
     systemctl("start", "systemd-journald.socket", "systemd-journald.service")
     yield
 

@@ -27,7 +27,16 @@ class CpioWriter:
         self._ino = 0
         self._closed = False
 
-    def _entry(self, name: str, mode: int, data: bytes = b"", nlink: int = 1) -> None:
+    def _entry(
+        self,
+        name: str,
+        mode: int,
+        data: bytes = b"",
+        nlink: int = 1,
+        *,
+        gid: int = 0,
+        rdev: tuple[int, int] = (0, 0),
+    ) -> None:
         if self._closed:
             raise ValueError("cpio archive already closed")
         name = name.lstrip("/") or "."
@@ -37,14 +46,14 @@ class CpioWriter:
             self._ino,  # inode
             mode,
             0,  # uid
-            0,  # gid
+            gid,
             nlink,
             0,  # mtime
             len(data),
             0,  # devmajor
             0,  # devminor
-            0,  # rdevmajor
-            0,  # rdevminor
+            rdev[0],  # rdevmajor
+            rdev[1],  # rdevminor
             len(encoded),
             0,  # check
         )
@@ -60,6 +69,9 @@ class CpioWriter:
 
     def add_symlink(self, name: str, target: str) -> None:
         self._entry(name, stat.S_IFLNK | 0o777, target.encode())
+
+    def add_char_device(self, name: str, major: int, minor: int, perm: int, gid: int = 0) -> None:
+        self._entry(name, stat.S_IFCHR | perm, gid=gid, rdev=(major, minor))
 
     def close(self) -> None:
         if not self._closed:

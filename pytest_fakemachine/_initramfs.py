@@ -1,13 +1,14 @@
 """Build the guest's initramfs from the host's own files, once per content.
 
 The archive holds busybox with the dynamic linker and libraries it needs, the
-``/init`` script, a minimal ``/etc`` and symlinks into the run's work
-directory. Everything else the guest runs comes from the host's ``/usr`` over
-hostfs. The archive is cached in the user's cache directory under a name
-derived from its inputs, so it is built once and shared (under a file lock)
-by every pytest process of the user. Its size and SHA-256 are recorded next
-to it when it is written and checked before it is used: a damaged archive is
-rebuilt, not booted. A cache directory that is not the user's alone (another
+``/init`` script, the guest's ``/etc`` (made from the host's, see
+``_guest_system``) and symlinks into the run's work directory. Everything
+else the guest runs comes from the host's ``/usr`` over hostfs. The archive
+is cached in the user's cache directory under a name derived from its inputs
+(the host's /etc entries included), so it is built once and shared (under a
+file lock) by every pytest process of the user. Its size and SHA-256 are
+recorded next to it when it is written and checked before it is used: a
+damaged archive is rebuilt, not booted. A cache directory that is not the user's alone (another
 user's, or writable by others: they could plant the guest's init) is not
 used; a private one in the temporary directory takes its place.
 """
@@ -28,6 +29,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import _guest_system as gs
 from . import _templates as t
 from ._cpio import CpioWriter
 from ._errors import BackendUnavailable
@@ -36,10 +38,10 @@ __all__ = ["archive_problem", "cache_dir", "cache_note", "initramfs"]
 
 # Bump when the cpio writer's output changes: the key sees what goes into the
 # archive (host files, directories, generated files, links), not how it is written.
-_FORMAT = "2"
+_FORMAT = "3"
 _BUSYBOX = "/usr/bin/busybox"
 # What the guest's init and job run as busybox applets (udhcpc only with network).
-_APPLETS = ("sh", "mount", "poweroff", "sync", "mv", "env")
+_APPLETS = ("sh", "mount", "poweroff", "sync", "mv", "env", "cpio")
 # An archive unused this long (atime; relatime updates it daily) is another
 # version's leftover, removed when a new one is built.
 _STALE_SECONDS = 7 * 24 * 3600
@@ -52,8 +54,12 @@ NO_GENERATORS = "/run/fakemachine-no-generators"
 _DIRS = (
     "dev", "proc", "sys", "run", "run/mount", "run/fakemachine", "tmp", "root", "scratch",
     "mnt", "usr", "usr/bin", "var", "var/tmp", "etc", "etc/systemd", "etc/systemd/system",
-    "etc/systemd/system/mount.d", "etc/udev", "etc/udev/rules.d",
+    "etc/systemd/system/mount.d", "etc/udev", "etc/udev/rules.d", *gs.FHS_DIRS,
+    *sorted({"etc/systemd/system/" + os.path.dirname(name) for name in gs.UNIT_DROPINS}),
+    gs.SYSINIT_WANTS,
 )  # fmt: skip
+# Unpacked by init into the devtmpfs at /dev: the static device nodes.
+STATIC_NODES_ARCHIVE = "run/fakemachine-static-nodes.cpio"
 _MERGED_USR = {"bin": "usr/bin", "sbin": "usr/sbin", "lib": "usr/lib", "lib64": "usr/lib64"}
 
 
@@ -136,7 +142,9 @@ def cache_dir() -> Path:
 @dataclass(frozen=True)
 class _Inputs:
     files: tuple[str, ...]  # host paths copied into the archive, links included
-    udev_rules: tuple[str, ...]  # names of the host's udev rules to mask
+    udev_rules: tuple[str, ...]  # names of the host's udev rules
+    # The host's /etc entries the guest gets: (path, mode, size, mtime_ns).
+    etc: tuple[tuple[str, int, int, int], ...] = ()
 
     def fingerprint(self) -> str:
         digest = hashlib.sha256(_FORMAT.encode())
@@ -144,6 +152,7 @@ class _Inputs:
         for path in self.files:
             st = os.lstat(path)
             digest.update(f"{path}:{st.st_mode}:{st.st_size}:{st.st_mtime_ns}\0".encode())
+        digest.update(repr(self.etc).encode())
         return digest.hexdigest()[:24]
 
 
@@ -224,7 +233,8 @@ def _collect_inputs() -> _Inputs:
     files: list[str] = []
     for path in [_BUSYBOX, *_library_paths(_BUSYBOX, version)]:
         files += [p for p in _with_links(path) if p not in files]
-    return _Inputs(tuple(files), _names_in(_UDEV_RULE_DIRS))
+    etc = tuple((path, st.st_mode, st.st_size, st.st_mtime_ns) for path, st in gs.etc_entries())
+    return _Inputs(tuple(files), _names_in(_UDEV_RULE_DIRS), etc)
 
 
 def _names_in(directories: tuple[str, ...]) -> tuple[str, ...]:
@@ -235,7 +245,7 @@ def write_base(cpio: CpioWriter, files: Iterable[str], dirs: Iterable[str]) -> N
     """``dirs``, the merged-/usr links, and the host ``files`` with their parents."""
     made = set()
     for d in dirs:
-        cpio.add_dir(d, 0o1777 if d in ("tmp", "var/tmp") else 0o755)
+        cpio.add_dir(d, 0o1777 if d in ("tmp", "var/tmp", "run/lock") else 0o755)
         made.add(d)
     for link, target in _MERGED_USR.items():
         cpio.add_symlink(link, target)
@@ -254,41 +264,81 @@ def write_base(cpio: CpioWriter, files: Iterable[str], dirs: Iterable[str]) -> N
 
 def _generated_files() -> dict[str, tuple[bytes, int]]:
     """The archive's files written from templates: path -> (content, mode)."""
-    init = t.INIT.format(unit_path=UNIT_PATH, no_generators=NO_GENERATORS)
+    init = t.INIT.format(
+        unit_path=UNIT_PATH,
+        no_generators=NO_GENERATORS,
+        static_nodes="/" + STATIC_NODES_ARCHIVE,
+        cpuinfo_copy=t.CPUINFO_COPY.format(cpuinfo=t.CPUINFO) if gs.procps_needs_core_id() else "",
+    )
     return {
         "init": (init.encode(), 0o755),
-        "etc/passwd": (t.PASSWD.encode(), 0o644),
-        "etc/group": (t.GROUP.encode(), 0o644),
-        "etc/hosts": (t.HOSTS.encode(), 0o644),
-        "etc/hostname": (t.HOSTNAME.encode(), 0o644),
-        "etc/machine-id": (b"", 0o644),
-        "etc/fstab": (t.FSTAB.encode(), 0o644),
-        "etc/resolv.conf": (b"", 0o644),
+        **gs.generated_etc(),
         "etc/systemd/system/mount.d/fakemachine.conf": (t.MOUNT_DROPIN.encode(), 0o644),
+        STATIC_NODES_ARCHIVE: (_static_nodes(), 0o644),
     }
+
+
+def _static_nodes() -> bytes:
+    buf = io.BytesIO()
+    cpio = CpioWriter(buf)
+    for d in sorted({os.path.dirname(name) for name, *_ in gs.STATIC_NODES} - {""}):
+        cpio.add_dir(d)
+    for name, major, minor, mode, gid in gs.STATIC_NODES:
+        cpio.add_char_device(name, major, minor, mode, gid)
+    cpio.close()
+    return buf.getvalue()
 
 
 def _links(inputs: _Inputs) -> list[tuple[str, str]]:
     """The archive's symlinks: (path, target)."""
     links = [
-        ("etc/os-release", "../usr/lib/os-release"),
+        *gs.FHS_LINKS,
+        *gs.guest_alternatives(),
         ("etc/mtab", "../proc/self/mounts"),
         (f"etc/systemd/system/{t.UNIT_NAME}", f"{t.GUEST_WORK}/{t.UNIT_NAME}"),
         ("etc/udev/rules.d/99-fakemachine.rules", f"{t.GUEST_WORK}/udev.rules"),
     ]
-    # Only our udev rules: the host's 40-odd rules cost a quarter second to load.
-    links += [(f"etc/udev/rules.d/{name}", "/dev/null") for name in inputs.udev_rules
-              if name != "99-fakemachine.rules"]  # fmt: skip
+    links += [(f"{gs.SYSINIT_WANTS}/{name}", "/dev/null") for name in gs.SYSINIT_LEFT_OUT]
+    links += [(f"etc/systemd/system/{name}", "/dev/null") for name in gs.MASKED_UNITS]
+    links += [(f"etc/udev/rules.d/{name}", "/dev/null")
+              for name in gs.udev_rules_to_mask(inputs.udev_rules)]  # fmt: skip
+    if not inputs.etc:  # a host without /etc/os-release (tests): the guest still has one
+        links.append(("etc/os-release", "../usr/lib/os-release"))
     return links
+
+
+def _write_etc(cpio: CpioWriter, inputs: _Inputs, replaced: set[str]) -> None:
+    """The host's /etc entries, minus what the archive holds otherwise."""
+    made = {"etc", *_DIRS}
+    for path, mode, _size, _mtime in inputs.etc:
+        name = path.lstrip("/")
+        if name in replaced:
+            continue
+        parts = name.split("/")
+        for i in range(2, len(parts)):
+            d = "/".join(parts[:i])
+            if d not in made:
+                cpio.add_dir(d, os.stat("/" + d).st_mode & 0o7777)
+                made.add(d)
+        try:
+            if stat.S_ISLNK(mode):
+                cpio.add_symlink(name, os.readlink(path))
+            else:
+                cpio.add_file(name, Path(path).read_bytes(), mode & 0o7777)
+        except OSError:  # changed or gone since the walk: the next key differs anyway
+            continue
 
 
 def _archive(inputs: _Inputs) -> bytes:
     buf = io.BytesIO()
     cpio = CpioWriter(buf)
     write_base(cpio, inputs.files, _DIRS)
-    for name, (content, mode) in _generated_files().items():
+    generated = _generated_files()
+    links = _links(inputs)
+    _write_etc(cpio, inputs, {*generated, *(path for path, _ in links), *_DIRS})
+    for name, (content, mode) in generated.items():
         cpio.add_file(name, content, mode)
-    for path, target in _links(inputs):
+    for path, target in links:
         cpio.add_symlink(path, target)
     cpio.close()
     return buf.getvalue()

