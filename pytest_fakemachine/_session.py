@@ -80,6 +80,7 @@ class Session:
     echo: Callable[[str], None] | None = None
     extra_kernel_args: tuple[str, ...] = ()
     raid_benchmarks: bool = False
+    pass_fds: tuple[int, ...] = ()  # host fds for channels in extra_kernel_args
     cleanup: list[Path] = field(default_factory=list)  # removed even if the host dies
     workdir: Path = field(init=False)
     _locks: list[int] = field(init=False, default_factory=list)
@@ -211,6 +212,7 @@ class Session:
             echo=self.echo,
             cleanup=[] if self.keep else [work, *self.cleanup],
             memory_dir=memory_dir(self.memory_mib),
+            pass_fds=self.pass_fds,
         )
         guest.start()
         return guest

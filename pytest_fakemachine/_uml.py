@@ -220,8 +220,10 @@ class GuestProcess:
         echo: Callable[[str], None] | None = None,
         cleanup: Sequence[Path] = (),
         memory_dir: str | None = None,
+        pass_fds: Sequence[int] = (),
     ) -> None:
         self._kernel = kernel
+        self._pass_fds = tuple(pass_fds)  # host fds the kernel args name (ssl1=fd:N...)
         self._memory_dir = memory_dir
         # Where UML keeps the guest's memory (for error messages).
         self.memory_dir = memory_dir or os.environ.get("TMPDIR") or SHM
@@ -250,7 +252,7 @@ class GuestProcess:
 
     def start(self) -> None:
         args = [str(self._kernel), *self._args]
-        pass_fds: tuple[int, ...] = ()
+        pass_fds: tuple[int, ...] = self._pass_fds
         guest_end: socket.socket | None = None
         if self._network:
             slirp = find_slirp()
@@ -268,7 +270,7 @@ class GuestProcess:
             finally:
                 host_end.close()
             args.append(f"vec0:transport=fd,fd={guest_end.fileno()},vec=0")
-            pass_fds = (guest_end.fileno(),)
+            pass_fds += (guest_end.fileno(),)
         log = open(self._console_log, "wb") if self._console_log else None  # noqa: SIM115
         try:
             self.started_at = time.monotonic()
