@@ -336,12 +336,11 @@ def _shell() -> str:
 
 @dataclass
 class _Wiring:
-    """Host pipes for the guest's serial lines, and what the guest does with them."""
+    """Host pipes for the guest's serial lines; the guest's ends close here once
+    the UML process holds them, ours at the end of the run."""
 
-    kernel_args: list[str] = field(default_factory=list)
     guest_fds: list[int] = field(default_factory=list)  # closed here once UML holds them
     host_fds: list[int] = field(default_factory=list)
-    prelude: str = ""
 
     def pipe(self) -> tuple[int, int]:
         r, w = os.pipe()
