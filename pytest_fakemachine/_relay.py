@@ -136,17 +136,20 @@ class TerminalRelay:
         self._resize = resize
         self._saved: list[Any] | None = None
         self._old_winch: object = None
-        self._output: threading.Thread | None = None
-        # A pipe to wake the input thread at the end (os.read on a tty does
-        # not return when another thread closes it).
+        self._threads: list[threading.Thread] = []
+        # Ends both copies: os.read on a tty does not return when another
+        # thread closes it, and the guest may live on after the relay (a
+        # shell in a test's guest, then the rest of its tests).
         self._stop_r, self._stop_w = os.pipe()
 
     def __enter__(self) -> TerminalRelay:
         self._saved = termios.tcgetattr(self._in)
         tty.setraw(self._in, termios.TCSANOW)
         self._old_winch = signal.signal(signal.SIGWINCH, self._on_winch)
-        start_thread(self._copy_in, "fakemachine-tty-in")
-        self._output = start_thread(lambda: copy_out(self._from_guest, self._out), "tty-out")
+        self._threads = [
+            start_thread(lambda: self._copy(self._in, self._to_guest, drain=False), "tty-in"),
+            start_thread(lambda: self._copy(self._from_guest, self._out, drain=True), "tty-out"),
+        ]
         return self
 
     def __exit__(
@@ -156,29 +159,37 @@ class TerminalRelay:
         tb: TracebackType | None,
     ) -> None:
         os.write(self._stop_w, b"x")
-        if self._output is not None:
-            self._output.join(timeout=5)  # the guest's last words before it powered off
+        for thread in self._threads:
+            thread.join(timeout=5)
         signal.signal(signal.SIGWINCH, self._old_winch)  # type: ignore[arg-type]
         if self._saved is not None:
             termios.tcsetattr(self._in, termios.TCSADRAIN, self._saved)
         os.close(self._stop_w)
+        os.close(self._stop_r)
 
     def _on_winch(self, signum: int, frame: FrameType | None) -> None:
         self._resize(*window_size(self._out))
 
-    def _copy_in(self) -> None:
+    def _copy(self, src: int, dst: int, *, drain: bool) -> None:
+        """Copy until ``src`` ends or the relay stops; with ``drain``, what
+        ``src`` already holds at the stop is copied too (the guest's last words)."""
         with selectors.DefaultSelector() as sel:
-            sel.register(self._in, selectors.EVENT_READ)
+            sel.register(src, selectors.EVENT_READ)
             sel.register(self._stop_r, selectors.EVENT_READ)
             try:
                 while True:
                     if any(key.fd == self._stop_r for key, _ in sel.select()):
-                        return
-                    data = os.read(self._in, CHUNK)
+                        break
+                    data = os.read(src, CHUNK)
                     if not data:
                         return
-                    _write_all(self._to_guest, data)
-            except OSError:
+                    _write_all(dst, data)
+                if drain:
+                    os.set_blocking(src, False)
+                    try:
+                        while data := os.read(src, CHUNK):
+                            _write_all(dst, data)
+                    finally:
+                        os.set_blocking(src, True)
+            except OSError:  # BlockingIOError: drained; others: a side went away
                 return
-            finally:
-                os.close(self._stop_r)

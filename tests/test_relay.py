@@ -141,6 +141,22 @@ def test_terminal_relay_is_raw_both_ways_resizes_and_restores(terminal: tuple[in
         os.close(fd)
 
 
+def test_terminal_relay_stops_while_the_guest_lives_on(terminal: tuple[int, int]) -> None:
+    """pdb or a shell in a test's guest: the relay ends, the guest does not,
+    and nothing of the guest's later output goes to the terminal."""
+    master, slave = terminal
+    to_guest_r, to_guest_w = os.pipe()
+    from_guest_r, from_guest_w = os.pipe()
+    with TerminalRelay(slave, slave, to_guest_w, from_guest_r, lambda r, c: None):
+        os.write(from_guest_w, b"last words")
+    assert os.read(master, 100) == b"last words"
+    os.write(from_guest_w, b"later")  # the guest goes on; the relay is over
+    os.set_blocking(from_guest_r, False)  # a copy still running would have taken it
+    assert os.read(from_guest_r, 100) == b"later"
+    for fd in (to_guest_r, to_guest_w, from_guest_r, from_guest_w):
+        os.close(fd)
+
+
 def test_interactive_root_shell_through_a_pseudo_terminal() -> None:
     shell = pexpect.spawn(CLI, ["-m", "512"], timeout=120, dimensions=(30, 100), env={
         **os.environ, "TERM": "xterm"})  # fmt: skip
