@@ -15,10 +15,16 @@ sees each phase as soon as it ends::
 
 from __future__ import annotations
 
+import fcntl
 import importlib
 import json
 import os
+import shutil
+import struct
+import subprocess
 import sys
+import termios
+import threading
 from typing import IO, Any
 
 import pytest
@@ -31,6 +37,8 @@ class GuestReporter:
         self.nodeids: list[str] = spec["nodeids"]
         self.options: dict[str, Any] = spec["options"]
         self.out = out
+        self.shell: dict[str, Any] | None = spec.get("shell")
+        self.shell_line: int | None = None
 
     def send(self, **event: Any) -> None:
         self.out.write(json.dumps(event) + "\n")
@@ -65,10 +73,51 @@ class GuestReporter:
     def pytest_runtest_logstart(self, nodeid: str) -> None:
         self.send(event="start", nodeid=nodeid)
 
+    def pytest_exception_interact(
+        self, node: pytest.Item | pytest.Collector, report: pytest.TestReport | Any
+    ) -> None:
+        """--fakemachine-shell-on-fail: after the failed phase's report, before teardown."""
+        if self.shell is None or not isinstance(node, pytest.Item):
+            return
+        if not report.failed or report.when not in ("setup", "call"):
+            return
+        if self.shell_line is None:
+            self.shell_line = open_shell_lines(self.shell)
+        tmp_path = getattr(node, "funcargs", {}).get("tmp_path")
+        self.send(event="shell", nodeid=node.nodeid)
+        try:
+            run_shell(self.shell, self.shell_line, str(tmp_path) if tmp_path else os.getcwd())
+        finally:
+            self.send(event="shell-end", nodeid=node.nodeid)
+
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         config = self.config
         data = config.hook.pytest_report_to_serializable(config=config, report=report)
         self.send(event="report", nodeid=report.nodeid, report=data)
+
+
+def open_shell_lines(shell: dict[str, Any]) -> int:
+    """Open the shell's terminal line for the whole run (a tty forgets its
+    window size on its last close) and apply the host's sizes as they come."""
+    line = os.open(shell["line"], os.O_RDWR | os.O_NOCTTY)
+    winch = os.open(shell["winch"], os.O_RDONLY | os.O_NOCTTY)
+
+    def follow_sizes() -> None:
+        with os.fdopen(winch, "rb", buffering=0) as sizes:
+            for entry in sizes:
+                rows, cols = (int(n) for n in entry.split())
+                fcntl.ioctl(line, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+
+    threading.Thread(target=follow_sizes, daemon=True).start()
+    return line
+
+
+def run_shell(shell: dict[str, Any], line: int, cwd: str) -> None:
+    """A root shell on ``line``, as the session leader with it as its terminal."""
+    bash = shutil.which("bash")
+    env = {**os.environ, "TERM": shell["term"], "PS1": shell["ps1"]}
+    subprocess.run(["setsid", "--wait", "--ctty", bash or "sh", "-i"], stdin=line, stdout=line,
+                   stderr=line, cwd=cwd, env=env, check=False)  # fmt: skip
 
 
 def main(spec_path: str) -> int:

@@ -28,6 +28,7 @@ from ._config import Image, check_env, check_guest_path
 from ._errors import ConfigError
 from ._machine import Machine
 from ._session import BootOutcome, Session, command_body, console_tail
+from ._shell import ShellWiring
 from ._templates import GUEST_WORK
 from ._transport import EventReader, failure_reports, rebuild
 from ._uml import GuestProcess
@@ -237,16 +238,24 @@ class GuestRun:
     deadline: float | None = None
     launched_at: float = 0.0
     boot_seconds: float | None = None  # launch to the first test's start, once known
+    shell: ShellWiring | None = None  # --fakemachine-shell-on-fail
+    shell_over: bool = False
 
     def start(self) -> None:
         for path, writable in python_mounts(self.config):
             check_guest_path(path, "the Python environment of the pytest session")
             self.machine.add_volume(path, read_only=not writable)
+        if self.shell is not None:
+            self.machine.extra_kernel_args += self.shell.kernel_args()
         self.session = self.machine.session()
+        if self.shell is not None:
+            self.session.pass_fds += self.shell.pass_fds
         self.session.cleanup.append(self.image_dir)
         self.session.__enter__()
         work = self.session.workdir
         spec = guest_spec(self.config, self.items, f"{GUEST_WORK}/events.jsonl")
+        if self.shell is not None:
+            spec["shell"] = self.shell.spec()
         (work / "guest.json").write_text(json.dumps(spec))
         env = {**self.machine.env, "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1",
                "PYTHONDONTWRITEBYTECODE": "1"}  # fmt: skip
@@ -255,6 +264,8 @@ class GuestRun:
         self.reader = EventReader(work / "events.jsonl")
         self.launched_at = time.monotonic()
         self.guest = self.session.launch(body)
+        if self.shell is not None:
+            self.shell.launched()
         self._arm()
 
     def _arm(self) -> None:
@@ -274,6 +285,16 @@ class GuestRun:
                 self.collect_errors.append(event.get("longrepr", ""))
             elif kind == "done":
                 self.done = True
+            elif kind == "shell" and self.shell is not None:
+                self.shell_over = False
+                self.shell.interact(event.get("nodeid", ""), self._shell_ended)
+                self._arm()  # the time in the shell is not the test's
+            elif kind == "shell-end":
+                self.shell_over = True
+
+    def _shell_ended(self) -> bool:
+        self._pump()
+        return self.shell_over or self.guest is None or self.guest.exited()
 
     def deliver(self, item: pytest.Item) -> None:
         """Log ``item``'s reports as they come; fail it if the guest cannot finish it."""
@@ -347,6 +368,8 @@ class GuestRun:
         finally:
             if self.session is not None:
                 self.session.__exit__()
+            if self.shell is not None:
+                self.shell.close()
             shutil.rmtree(self.image_dir, ignore_errors=True)
 
     def remaining(self, delivered: Iterable[str]) -> list[pytest.Item]:

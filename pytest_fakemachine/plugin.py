@@ -23,6 +23,8 @@ from ._config import parse_timeout
 from ._errors import BackendUnavailable, FakeMachineError
 from ._inguest import in_fakemachine
 from ._settings import Settings, settings_key
+from ._shell import ShellWiring
+from ._shell import why_off as why_shell_off
 from ._transport import failure_reports, skip_reports
 
 if TYPE_CHECKING:
@@ -99,7 +101,9 @@ def pytest_report_header(config: pytest.Config) -> str | None:
     kernel = str(machine.kernel or "linux.uml")
     version = subprocess.run([kernel, "--version"], capture_output=True, text=True,
                              stdin=subprocess.DEVNULL, check=False).stdout.strip()  # fmt: skip
-    return f"fakemachine: backend {settings.backend}, UML kernel {kernel} ({version or '?'})"
+    header = f"fakemachine: backend {settings.backend}, UML kernel {kernel} ({version or '?'})"
+    off = why_shell_off(config) if config.getoption("fakemachine_shell_on_fail") else None
+    return header + (f"\nfakemachine: --fakemachine-shell-on-fail is off: {off}" if off else "")
 
 
 def _echo(config: pytest.Config) -> Callable[[str], None] | None:
@@ -242,6 +246,8 @@ def _start_run(state: _State, item: pytest.Item, mark: MarkedTest) -> GuestRun |
         config.hook.pytest_fakemachine_guest_result(machine=machine, item=item, outcome=outcome)
 
     run = GuestRun(config, _group(state, item, mark), machine, image_dir, on_outcome, timeout)
+    if config.getoption("fakemachine_shell_on_fail") and why_shell_off(config) is None:
+        run.shell = ShellWiring()
     for member in run.items:
         state.runs[member.nodeid] = run
     try:
