@@ -296,8 +296,12 @@ def parse(argv: Sequence[str]) -> Options:
 
 def build_machine(opts: Options) -> Machine:
     """A :class:`Machine` from the options; :class:`ConfigError` names a bad value."""
+    # boot_timeout=None: the boot limit is --boot-timeout's, watched by _BootWatch
+    # (its message names the flag); the session's default 120 s would cut a
+    # longer one short.
     machine = Machine(opts.backend, network=opts.network, timeout=opts.timeout,
-                      kernel=opts.kernel, env={**COMPAT_ENV, **opts.env})  # fmt: skip
+                      kernel=opts.kernel, env={**COMPAT_ENV, **opts.env},
+                      boot_timeout=None)  # fmt: skip
     machine.source = PROG
     if opts.memory is not None:
         machine.memory = opts.memory

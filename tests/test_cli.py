@@ -78,6 +78,12 @@ def test_sizes_are_binary_and_memory_bare_numbers_are_mib(tmp_path: Path) -> Non
     assert build_machine(parse(["-m", "1G"])).session().memory_mib == 1024
 
 
+def test_boot_timeout_is_the_flags_alone() -> None:
+    # The session's own boot limit (Machine's default 120 s) would kill a
+    # guest before a longer --boot-timeout; the command's watch is the only one.
+    assert build_machine(parse(["--boot-timeout", "300"])).session().boot_timeout is None
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
