@@ -16,7 +16,8 @@ import pytest
 
 from conftest import wait_for_no_leftovers
 from pytest_fakemachine import ConfigError
-from pytest_fakemachine._cli import _UsageError, build_machine, main, parse
+from pytest_fakemachine._cli import build_machine, main
+from pytest_fakemachine._cli_args import UsageError, parse
 
 CLI = str(Path(sys.executable).parent / "pytest-fakemachine")
 MiB = 1 << 20
@@ -65,7 +66,7 @@ def test_command_words_with_or_without_dashes() -> None:
     assert parse(["-m", "1G", "ls", "-l", "/"]).command == ["ls", "-l", "/"]
     assert parse(["--", "-v", "x"]).command == ["-v", "x"]  # after --, nothing is a flag
     assert parse([]).command == []
-    with pytest.raises(_UsageError, match="before and after"):
+    with pytest.raises(UsageError, match="before and after"):
         parse(["ls", "--", "x"])
 
 
