@@ -12,6 +12,7 @@ sees each phase as soon as it ends::
     {"event": "collectreport", "report": <pytest_report_to_serializable>}  (failed only)
     {"event": "rerun", "nodeid": ...}  (one_attempt: a fresh guest reruns the test)
     {"event": "finish", "nodeid": ...}  (the test's whole protocol, reruns included)
+    {"event": "shell", "nodeid": ...}, {"event": "shell-end", ...}  (_guest_shell)
     {"event": "done", "exitstatus": ...}
 """
 
@@ -305,6 +306,8 @@ def main(spec_path: str) -> int:
         reporter = GuestReporter(spec, out)
         plugins: list[object] = [reporter]
         plugins += [importlib.import_module(module) for module in spec["plugins"]]
+        if spec.get("shell"):  # --fakemachine-shell-on-fail
+            plugins.append(_load_sibling("_guest_shell").ShellOnFail(spec["shell"], reporter.send))
         try:
             status = int(pytest.main(spec["args"], plugins=plugins))
         finally:
@@ -322,13 +325,20 @@ def _start_coverage(settings: dict[str, Any] | None) -> Callable[[], None] | Non
     """
     if not settings:
         return None
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_guest_coverage.py")
-    spec = importlib.util.spec_from_file_location("_fakemachine_guest_coverage", path)
+    module = _load_sibling("_guest_coverage")
+    cov = module.start(settings)
+    return lambda: module.stop(cov)
+
+
+def _load_sibling(name: str) -> Any:
+    """A standalone guest-side module next to this file, loaded by path (the
+    runner is a script: the package itself is not imported in the guest)."""
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), f"{name}.py")
+    spec = importlib.util.spec_from_file_location(f"_fakemachine{name}", path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    cov = module.start(settings)
-    return lambda: module.stop(cov)
+    return module
 
 
 if __name__ == "__main__":

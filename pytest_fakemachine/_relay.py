@@ -1,12 +1,18 @@
-"""The user's terminal, relayed to a program in a guest (host side).
+"""The line relay of the debugger: the user's terminal, line by line, to a
+guest's pytest (host side), for ``--pdb``, ``--trace`` and ``breakpoint()``.
 
 What the user types goes, as it comes, to a file in the guest's work
 directory, which the guest-side program reads as its stdin (see
 ``_guest.FileStdin``); the program's output comes back through the runner's
 stdout file (:class:`pytest_fakemachine._transport.OutputRelay`). The host's
 terminal stays in its normal (cooked) mode: it echoes and edits the line, and
-hands it over on Enter. Used for ``--pdb`` and ``breakpoint()`` in marked
-tests; apart from the UML process code so an interactive shell can reuse it.
+hands it over on Enter. The guest's pytest keeps its own stdout (the runner's
+pipe), so no serial line is needed.
+
+The interactive shells (``pytest-fakemachine`` with no command,
+``--fakemachine-shell-on-fail``) need a raw terminal with job control and
+window sizes instead: that is :mod:`pytest_fakemachine._terminal`, over UML
+serial lines.
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ import os
 import select
 from pathlib import Path
 
-__all__ = ["STDIN_CLOSED", "STDIN_FILE", "TerminalRelay", "is_terminal"]
+__all__ = ["STDIN_CLOSED", "STDIN_FILE", "LineRelay", "is_terminal"]
 
 STDIN_FILE = "stdin"
 STDIN_CLOSED = "stdin.closed"  # exists once the user's stdin reached its end
@@ -28,7 +34,7 @@ def is_terminal(fd: int = 0) -> bool:
         return False
 
 
-class TerminalRelay:
+class LineRelay:
     """Appends what arrives on ``fd`` to ``workdir/stdin``; call :meth:`pump` often."""
 
     def __init__(self, workdir: Path, fd: int = 0) -> None:

@@ -27,9 +27,10 @@ from . import _guest
 from ._config import Image, check_env, check_guest_path
 from ._errors import ConfigError
 from ._machine import Machine
-from ._relay import STDIN_FILE, TerminalRelay, is_terminal
+from ._relay import STDIN_FILE, LineRelay, is_terminal
 from ._session import BootOutcome, Session, command_body, console_tail
 from ._settings import SCOPES, Settings, passenv_env
+from ._shell import ShellWiring
 from ._spec import coverage_settings, guest_spec, python_mounts
 from ._templates import GUEST_WORK
 from ._transport import (
@@ -164,13 +165,15 @@ class GuestRun:
     finished: dict[str, dict[str, int]] = field(default_factory=dict)  # -> where output ends
     rerun: set[str] = field(default_factory=set)
     relay: OutputRelay | None = None
-    terminal: TerminalRelay | None = None
+    terminal: LineRelay | None = None  # --pdb, breakpoint()
     boot_charged: bool = False
     done: bool = False
     dead: str = ""  # why the guest stopped early, once it did
     deadline: float | None = None
     launched_at: float = 0.0
     boot_seconds: float | None = None  # launch to the first test's start, once known
+    shell: ShellWiring | None = None  # --fakemachine-shell-on-fail
+    shell_over: bool = False
 
     def start(self) -> None:
         coverage = coverage_settings()
@@ -178,7 +181,11 @@ class GuestRun:
         for path, writable in python_mounts(self.config, data_dirs):
             check_guest_path(path, "the Python environment of the pytest session")
             self.machine.add_volume(path, read_only=not writable)
+        if self.shell is not None:
+            self.machine.extra_kernel_args += self.shell.kernel_args()
         self.session = self.machine.session()
+        if self.shell is not None:
+            self.session.pass_fds += self.shell.pass_fds
         self.session.cleanup.append(self.image_dir)
         self.session.__enter__()
         work = self.session.workdir
@@ -196,6 +203,8 @@ class GuestRun:
         (work / "tmp_path").mkdir()
         spec["tmp_path_dir"] = f"{GUEST_WORK}/tmp_path"
         spec["tmp_path_policy"] = self.config.getini("tmp_path_retention_policy")
+        if self.shell is not None:
+            spec["shell"] = self.shell.spec()
         (work / "guest.json").write_text(json.dumps(spec))
         env = {**self.machine.env, "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1",
                "PYTHONDONTWRITEBYTECODE": "1"}  # fmt: skip
@@ -205,9 +214,11 @@ class GuestRun:
         if self.config.option.capture in ("no", "tee-sys") or interactive:
             self.relay = OutputRelay(work, _host_output(self.config))
         if interactive:
-            self.terminal = TerminalRelay(work)
+            self.terminal = LineRelay(work)
         self.launched_at = time.monotonic()
         self.guest = self.session.launch(body)
+        if self.shell is not None:
+            self.shell.launched()
         self._arm()
 
     def _arm(self) -> None:
@@ -235,6 +246,16 @@ class GuestRun:
                 self.rerun.add(event["nodeid"])
             elif kind == "done":
                 self.done = True
+            elif kind == "shell" and self.shell is not None:
+                self.shell_over = False
+                self.shell.interact(event.get("nodeid", ""), self._shell_ended)
+                self._arm()  # the time in the shell is not the test's
+            elif kind == "shell-end":
+                self.shell_over = True
+
+    def _shell_ended(self) -> bool:
+        self._pump()
+        return self.shell_over or self.guest is None or self.guest.exited()
 
     def _keep_tmp_path(self, name: str) -> None:
         """Move a test's tmp_path, copied out by the guest, into the host's basetemp."""
@@ -359,6 +380,8 @@ class GuestRun:
         finally:
             if self.session is not None:
                 self.session.__exit__()
+            if self.shell is not None:
+                self.shell.close()
             shutil.rmtree(self.image_dir, ignore_errors=True)
 
     def remaining(self, delivered: Iterable[str]) -> list[pytest.Item]:

@@ -92,6 +92,7 @@ class Session:
     echo: Callable[[str], None] | None = None
     extra_kernel_args: tuple[str, ...] = ()
     raid_benchmarks: bool = False
+    pass_fds: tuple[int, ...] = ()  # host fds for channels in extra_kernel_args
     cleanup: list[Path] = field(default_factory=list)  # removed even if the host dies
     boot_timeout: float | None = None  # seconds from launch until the job starts
     workdir: Path = field(init=False)
@@ -249,6 +250,7 @@ class Session:
             boot_timeout=self.boot_timeout,
             started_file=work / "started",
             reaper=self._reaper,
+            pass_fds=self.pass_fds,
         )
         guest.start()
         return guest

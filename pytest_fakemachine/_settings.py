@@ -76,6 +76,9 @@ def addoption(parser: pytest.Parser) -> None:
     group.addoption("--fakemachine-keep", action="store_true", default=False,
                     help="keep each guest's work directory (console log, generated files) "
                          "and print where")  # fmt: skip
+    group.addoption("--fakemachine-shell-on-fail", action="store_true", default=False,
+                    help="when a marked test fails, open a root shell in its guest on the "
+                         "terminal before its teardown (not with xdist)")  # fmt: skip
     group.addoption("--fakemachine-doctor", action="store_true", default=False,
                     help="check that this host can boot a guest, print how to fix what is "
                          "missing, and exit")  # fmt: skip

@@ -207,3 +207,34 @@ UDEV_RULE_DISK = (
     'SUBSYSTEM=="block", KERNEL=="{kernel}[0-9]*", ENV{{DEVTYPE}}=="partition", '
     'SYMLINK+="disk/by-fakemachine-label/{label}-part%n"\n'
 )
+
+# The command line's streams (pytest-fakemachine run): serial lines of the
+# guest, wired by kernel arguments to pipes of the host. Raw mode passes every
+# byte unchanged. Each snippet runs at the start of the job's body.
+CLI_STDOUT_LINE = "/dev/ttyS1"
+CLI_STDERR_LINE = "/dev/ttyS2"
+CLI_STDIN_LINE = "/dev/ttyS3"
+CLI_WINCH_LINE = "/dev/ttyS4"
+CLI_STREAMS = """\
+busybox stty -F {stdout} raw -echo && busybox stty -F {stderr} raw -echo || exit 125
+exec >{stdout} 2>{stderr}"""
+
+# stdin comes framed (LENGTH newline BYTES, 0 at the end: a tty has no end of
+# file); a background decoder feeds the command through a FIFO, so the command
+# ends when it is done, not when the host's stdin ends. `read` takes a byte at
+# a time and coreutils `head -c` never reads past its frame (busybox's reads
+# ahead through stdio). {work}/stdin-ready tells
+# the host the line is open (data sent earlier would go unnoticed).
+CLI_STDIN = """\
+exec 3<{line} && busybox stty raw -echo <&3 && busybox mkfifo /run/fakemachine-stdin || exit 125
+: >{work}/stdin-ready
+(while IFS= read -r n <&3 && [ "$n" -gt 0 ]; do head -c "$n" <&3 || break; done >/run/fakemachine-stdin 2>/dev/null) &
+exec 3<&- </run/fakemachine-stdin"""
+
+# The interactive shell: one line in both directions, a terminal with the
+# host's window size (set while the line is open: a tty forgets it on its
+# last close); later sizes come as "ROWS COLS" lines on {winch}.
+CLI_TERMINAL = """\
+exec 4<{winch} <{line} >{line} 2>&1 && busybox stty rows {rows} cols {cols} || exit 125
+(while read -r rows cols <&4; do busybox stty -F {line} rows "$rows" cols "$cols"; done) &
+exec 4<&-"""

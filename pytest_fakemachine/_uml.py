@@ -234,8 +234,10 @@ class GuestProcess:
         boot_timeout: float | None = None,
         started_file: Path | None = None,
         reaper: Reaper | None = None,
+        pass_fds: Sequence[int] = (),
     ) -> None:
         self._kernel = kernel
+        self._pass_fds = tuple(pass_fds)  # host fds the kernel args name (ssl1=fd:N...)
         # The boot ends when started_file appears; past boot_timeout without it,
         # the guest is killed (and ended_why says so).
         self._boot_timeout = boot_timeout
@@ -275,7 +277,7 @@ class GuestProcess:
 
     def start(self) -> None:
         args = [str(self._kernel), *self._args]
-        pass_fds: tuple[int, ...] = ()
+        pass_fds: tuple[int, ...] = self._pass_fds
         guest_end: socket.socket | None = None
         if self._network:
             slirp = find_slirp()
@@ -293,7 +295,7 @@ class GuestProcess:
             finally:
                 host_end.close()
             args.append(f"vec0:transport=fd,fd={guest_end.fileno()},vec=0")
-            pass_fds = (guest_end.fileno(),)
+            pass_fds += (guest_end.fileno(),)
         log = open(self._console_log, "wb") if self._console_log else None  # noqa: SIM115
         try:
             self.started_at = time.monotonic()

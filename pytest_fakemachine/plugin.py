@@ -23,6 +23,8 @@ from ._config import parse_timeout
 from ._errors import BackendUnavailable, FakeMachineError
 from ._inguest import in_fakemachine
 from ._settings import Settings, settings_key
+from ._shell import ShellWiring
+from ._shell import why_off as why_shell_off
 from ._transport import covers, failure_reports, report_collect_error, skip_reports
 
 if TYPE_CHECKING:
@@ -111,8 +113,10 @@ def pytest_report_header(config: pytest.Config) -> str | None:
     from ._initramfs import cache_note  # noqa: PLC0415 (host only, see the docstring)
 
     note = cache_note()
-    return (f"fakemachine: backend {settings.backend}, UML kernel {kernel} ({version or '?'})"
-            + (f"; {note}" if note else ""))  # fmt: skip
+    header = (f"fakemachine: backend {settings.backend}, UML kernel {kernel} ({version or '?'})"
+              + (f"; {note}" if note else ""))  # fmt: skip
+    off = why_shell_off(config) if config.getoption("fakemachine_shell_on_fail") else None
+    return header + (f"\nfakemachine: --fakemachine-shell-on-fail is off: {off}" if off else "")
 
 
 def _echo(config: pytest.Config) -> Callable[[str], None] | None:
@@ -267,6 +271,8 @@ def _start_run(
     run = GuestRun(config, _group(state, item, mark), machine, image_dir, on_outcome, timeout,
                    function_scope=mark.scope == "function", prior_attempts=prior_attempts,
                    collect_errors_reported=state.collect_errors_reported)  # fmt: skip
+    if config.getoption("fakemachine_shell_on_fail") and why_shell_off(config) is None:
+        run.shell = ShellWiring()
     for member in run.items:
         state.runs[member.nodeid] = run
     try:

@@ -169,6 +169,6 @@ def test_python_m_doctor_matches_the_option() -> None:
     result = subprocess.run([sys.executable, "-m", "pytest_fakemachine", "doctor"],
                             capture_output=True, text=True, check=False)  # fmt: skip
     assert result.returncode == 0 and "guests can boot here" in result.stdout
-    usage = subprocess.run([sys.executable, "-m", "pytest_fakemachine"], capture_output=True,
-                           text=True, check=False)  # fmt: skip
+    usage = subprocess.run([sys.executable, "-m", "pytest_fakemachine", "--no-such-flag"],
+                           capture_output=True, text=True, check=False)  # fmt: skip
     assert usage.returncode == 2 and "usage" in usage.stderr

@@ -1,0 +1,310 @@
+"""``pytest-fakemachine``: Debian fakemachine's command line on our guests.
+
+``pytest-fakemachine [run] [options] [-- command [args...]]`` runs a command
+as root in a guest, with its exit status, its stdout and stderr apart and
+live, and stdin passed through; with no command, a root shell. ``doctor`` is
+the other verb. The guest's streams are serial lines wired to host pipes
+(see ``_templates.CLI_*``); the copying is ``_terminal``'s, the parsing
+``_cli_args``'s.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import stat
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from types import FrameType
+
+from . import _config as c
+from . import _templates as t
+from ._cli_args import PROG, Options, UsageError, parse, parser
+from ._doctor import run_doctor
+from ._errors import BootError, ConfigError, FakeMachineError, GuestTimeout
+from ._machine import Machine
+from ._session import Session, command_body, console_tail
+from ._terminal import TerminalRelay, copy_out, send_framed, start_thread, window_size
+from ._uml import GuestProcess
+
+__all__ = ["main"]
+
+EXIT_USAGE = 2
+EXIT_TIMEOUT = 124  # as timeout(1)
+EXIT_GUEST_FAILED = 125  # the guest could not run the command (as docker run)
+GUEST_CWD = "/scratch"  # as fakemachine's service (WorkingDirectory=-/scratch)
+# fakemachine's guests set IN_FAKE_MACHINE=yes; debos and scripts test for it.
+COMPAT_ENV = {"IN_FAKE_MACHINE": "yes"}
+INTERACTIVE_PS1 = r"root@fakemachine:\w# "
+
+
+class _Signalled(Exception):
+    """SIGTERM or SIGHUP arrived: clean up as for Ctrl-C, then exit 128+N."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def build_machine(opts: Options) -> Machine:
+    """A :class:`Machine` from the options; :class:`ConfigError` names a bad value."""
+    # boot_timeout=None: the boot limit is --boot-timeout's, watched by _BootWatch
+    # (its message names the flag); the session's default 120 s would cut a
+    # longer one short.
+    machine = Machine(opts.backend, network=opts.network, timeout=opts.timeout,
+                      kernel=opts.kernel, env={**COMPAT_ENV, **opts.env},
+                      boot_timeout=None)  # fmt: skip
+    machine.source = PROG
+    if opts.memory is not None:
+        machine.memory = opts.memory
+    if opts.scratch is not None:
+        machine.scratch = opts.scratch
+    for volume in opts.volumes:
+        machine.add_volume(volume.host, volume.guest, read_only=volume.read_only)
+    for image in opts.images:
+        machine.add_image(image.path, image.size, image.label)
+    if opts.show_boot:
+        machine._echo = _write_stderr  # as the plugin sets it for --fakemachine-show-boot
+    return machine
+
+
+def _write_stderr(text: str) -> None:
+    sys.stderr.write(text)
+    sys.stderr.flush()
+
+
+def _stdin_passes() -> bool:
+    """Whether stdin is a stream to pass to the command (open, not a terminal,
+    not /dev/null)."""
+    try:
+        st = os.fstat(0)
+    except OSError:
+        return False
+    if os.isatty(0):
+        return False
+    null = os.stat(os.devnull)
+    return not (stat.S_ISCHR(st.st_mode) and st.st_rdev == null.st_rdev)
+
+
+def _shell() -> str:
+    return "bash" if shutil.which("bash", path="/usr/bin:/bin") else "sh"
+
+
+@dataclass
+class _Wiring:
+    """Host pipes for the guest's serial lines; the guest's ends close here once
+    the UML process holds them, ours at the end of the run."""
+
+    guest_fds: list[int] = field(default_factory=list)  # closed here once UML holds them
+    host_fds: list[int] = field(default_factory=list)
+
+    def pipe(self) -> tuple[int, int]:
+        r, w = os.pipe()
+        self.host_fds += (r, w)
+        return r, w
+
+    def close_guest_ends(self) -> None:
+        for fd in self.guest_fds:
+            os.close(fd)
+            self.host_fds.remove(fd)
+        self.guest_fds.clear()
+
+    def close(self) -> None:
+        for fd in self.host_fds:
+            os.close(fd)
+        self.host_fds.clear()
+        self.guest_fds.clear()
+
+
+def _line(n: int, guest_in: int | None, guest_out: int | None) -> str:
+    """UML's kernel argument that wires serial line ``n`` (/dev/ttySn)."""
+    chan_in = "null" if guest_in is None else f"fd:{guest_in}"
+    chan_out = "null" if guest_out is None else f"fd:{guest_out}"
+    return f"ssl{n}={chan_in},{chan_out}"
+
+
+def run(opts: Options) -> int:
+    """Boot a guest for ``opts`` and return the command's exit status."""
+    for warning in opts.warnings:
+        if not opts.quiet:
+            print(f"{PROG}: warning: {warning}", file=sys.stderr)
+    machine = build_machine(opts)
+    interactive = not opts.command and os.isatty(0)
+    passes_stdin = not interactive and _stdin_passes()
+    if interactive:
+        argv: list[str] | str = ["setsid", "--wait", "--ctty", _shell(), "-i"]
+        env = {"TERM": os.environ.get("TERM", "vt220"), "PS1": INTERACTIVE_PS1}
+    elif not opts.command:
+        argv, env = ["sh"], {}
+    else:
+        argv, env = (opts.command[0] if len(opts.command) == 1 else opts.command), {}
+    wiring = _Wiring()
+    try:
+        if interactive:
+            return _run_interactive(machine, wiring, argv, env, opts.boot_timeout)
+        return _run_streams(machine, wiring, argv, passes_stdin, opts.boot_timeout)
+    finally:
+        wiring.close()
+
+
+def _body(machine: Machine, prelude: str, argv: list[str] | str, env: dict[str, str]) -> str:
+    source = PROG
+    if isinstance(argv, str) and "\0" in argv:
+        raise ConfigError(f"command {argv!r} from {source}: contains a NUL byte")
+    merged = c.check_env({**machine.env, **env}, source)
+    return prelude + "\n" + command_body(argv, GUEST_CWD, merged)
+
+
+def _run_streams(
+    machine: Machine,
+    w: _Wiring,
+    argv: list[str] | str,
+    passes_stdin: bool,
+    boot_timeout: float | None,
+) -> int:
+    out_r, out_w = w.pipe()
+    err_r, err_w = w.pipe()
+    w.guest_fds += (out_w, err_w)
+    args = [_line(1, None, out_w), _line(2, None, err_w)]
+    prelude = t.CLI_STREAMS.format(stdout=t.CLI_STDOUT_LINE, stderr=t.CLI_STDERR_LINE)
+    in_w = -1
+    if passes_stdin:
+        in_r, in_w = w.pipe()
+        w.guest_fds.append(in_r)
+        args.append(_line(3, in_r, None))
+        prelude += "\n" + t.CLI_STDIN.format(line=t.CLI_STDIN_LINE, work=t.GUEST_WORK)
+    machine.extra_kernel_args = [*machine.extra_kernel_args, *args]
+    body = _body(machine, prelude, argv, {})
+    with machine.session() as session:
+        session.pass_fds = tuple(w.guest_fds)
+        guest = session.launch(body)
+        try:
+            w.close_guest_ends()
+            copiers = [
+                start_thread(lambda: copy_out(out_r, 1), "fakemachine-stdout"),
+                start_thread(lambda: copy_out(err_r, 2), "fakemachine-stderr"),
+            ]
+            if passes_stdin:
+                ready = session.workdir / "stdin-ready"
+                start_thread(
+                    lambda: send_framed(0, in_w, ready.exists, guest.exited), "fakemachine-stdin"
+                )
+            finished = guest.wait(machine.timeout, _BootWatch(session, guest, boot_timeout))
+        finally:
+            guest.kill()
+        for copier in copiers:  # UML is dead: its ends are closed, the copies end
+            copier.join(timeout=10)
+        return session.outcome(guest, finished, machine.timeout).status
+
+
+def _run_interactive(
+    machine: Machine,
+    w: _Wiring,
+    argv: list[str] | str,
+    env: dict[str, str],
+    boot_timeout: float | None,
+) -> int:
+    to_guest_r, to_guest_w = w.pipe()
+    from_guest_r, from_guest_w = w.pipe()
+    winch_r, winch_w = w.pipe()
+    w.guest_fds += (to_guest_r, from_guest_w, winch_r)
+    os.set_blocking(winch_w, False)  # written from a signal handler
+    machine.extra_kernel_args = [
+        *machine.extra_kernel_args,
+        _line(1, to_guest_r, from_guest_w),
+        _line(4, winch_r, None),
+    ]
+    rows, cols = window_size(1 if os.isatty(1) else 0)
+    prelude = t.CLI_TERMINAL.format(
+        line=t.CLI_STDOUT_LINE, winch=t.CLI_WINCH_LINE, rows=rows, cols=cols
+    )
+    body = _body(machine, prelude, argv, env)
+
+    def resize(rows: int, cols: int) -> None:
+        # A full pipe (the guest is not reading) drops this size; the next one will do.
+        with contextlib.suppress(OSError):
+            os.write(winch_w, b"%d %d\n" % (rows, cols))
+
+    with machine.session() as session:
+        session.pass_fds = tuple(w.guest_fds)
+        guest = session.launch(body)
+        try:
+            w.close_guest_ends()
+            with TerminalRelay(0, 1, to_guest_w, from_guest_r, resize):
+                finished = guest.wait(machine.timeout, _BootWatch(session, guest, boot_timeout))
+        finally:
+            guest.kill()
+        return session.outcome(guest, finished, machine.timeout).status
+
+
+class _BootWatch:
+    """Raises :class:`BootError` when the command has not started in time."""
+
+    def __init__(self, session: Session, guest: GuestProcess, limit: float | None) -> None:
+        self._started = session.workdir / "started"
+        self._guest = guest
+        self._deadline = None if limit is None else time.monotonic() + limit
+        self._limit = limit or 0.0
+
+    def __call__(self) -> None:
+        if self._deadline is None or time.monotonic() < self._deadline:
+            return
+        if self._started.exists():
+            self._deadline = None
+            return
+        console = self._guest.console()
+        raise BootError(
+            f"the guest did not reach the command in {self._limit:g} s (--boot-timeout); "
+            f"last console lines:\n{console_tail(console)}",
+            console,
+        )
+
+
+def _on_signal(signum: int, frame: FrameType | None) -> None:
+    raise _Signalled(signum)
+
+
+def main(argv: Sequence[str] | None = None) -> int:  # noqa: PLR0911 (one exit status per outcome)
+    """The console script; returns the exit status."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["doctor"]:
+        if len(args) > 1:
+            print(f"usage: {PROG} doctor", file=sys.stderr)
+            return EXIT_USAGE
+        return run_doctor(print)
+    if args[:1] == ["run"]:
+        args = args[1:]
+    try:
+        opts = parse(args)
+    except UsageError as e:
+        parser().print_usage(sys.stderr)
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    previous = {s: signal.signal(s, _on_signal) for s in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        return run(opts)
+    except ConfigError as e:
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except GuestTimeout as e:
+        print(f"{PROG}: {e}", file=sys.stderr)
+        return EXIT_TIMEOUT
+    except FakeMachineError as e:
+        print(f"{PROG}: {e}", file=sys.stderr)
+        return EXIT_GUEST_FAILED
+    except KeyboardInterrupt:
+        return 128 + signal.SIGINT
+    except _Signalled as e:
+        return 128 + e.signum
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def main_exit() -> None:
+    """The console script's entry point."""
+    sys.exit(main())

@@ -1,0 +1,193 @@
+"""The terminal relay (``_terminal``) on pipes and pseudo-terminals, and the
+interactive root shell of ``pytest-fakemachine`` through a real pseudo-terminal."""
+
+from __future__ import annotations
+
+import fcntl
+import io
+import os
+import signal
+import struct
+import sys
+import termios
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pexpect  # type: ignore[import-untyped]
+import pytest
+
+from pytest_fakemachine._terminal import TerminalRelay, copy_out, frame, send_framed, window_size
+
+# <asm-generic/ioctls.h>, which Python's termios lacks: unlock a pty, and get its number.
+TIOCSPTLCK, TIOCGPTN = 0x40045431, 0x80045430
+CLI = str(Path(sys.executable).parent / "pytest-fakemachine")
+
+
+def read_all(fd: int) -> bytes:
+    chunks = []
+    while chunk := os.read(fd, 65536):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def unframe(data: bytes) -> list[bytes]:
+    frames = []
+    while data:
+        length, _, data = data.partition(b"\n")
+        frames.append(data[: int(length)])
+        data = data[int(length) :]
+    return frames
+
+
+def test_frames_carry_every_byte_and_an_end() -> None:
+    assert frame(b"") == b"0\n"
+    assert frame(b"\0\n\x03") == b"3\n\0\n\x03"
+
+
+def test_send_framed_waits_until_the_guest_reads() -> None:
+    src_r, src_w = os.pipe()
+    dst_r, dst_w = os.pipe()
+    ready = threading.Event()
+    sender = threading.Thread(target=send_framed, args=(src_r, dst_w, ready.is_set))
+    sender.start()
+    os.write(src_w, bytes(range(256)))
+    os.close(src_w)
+    os.set_blocking(dst_r, False)
+    with pytest.raises(BlockingIOError):  # nothing is sent before the guest is ready
+        os.read(dst_r, 1)
+    os.set_blocking(dst_r, True)
+    ready.set()
+    sender.join(timeout=30)
+    os.close(dst_w)
+    frames = unframe(read_all(dst_r))
+    assert b"".join(frames) == bytes(range(256)) and frames[-1] == b""
+    os.close(src_r)
+    os.close(dst_r)
+
+
+def test_send_framed_gives_up_when_the_guest_is_gone() -> None:
+    src_r, src_w = os.pipe()
+    dst_r, dst_w = os.pipe()
+    send_framed(src_r, dst_w, ready=lambda: False, gone=lambda: True)
+    os.close(dst_w)
+    assert read_all(dst_r) == b""
+    for fd in (src_r, src_w, dst_r):
+        os.close(fd)
+
+
+def test_copy_out_drains_the_guest_when_the_host_side_is_closed() -> None:
+    src_r, src_w = os.pipe()
+    dst_r, dst_w = os.pipe()
+    os.close(dst_r)  # as `pytest-fakemachine -- yes | head -1` closes our stdout
+    copier = threading.Thread(target=copy_out, args=(src_r, dst_w))
+    copier.start()
+    os.write(src_w, b"x" * 200_000)  # more than a pipe holds: it must be drained
+    os.close(src_w)
+    copier.join(timeout=30)
+    assert not copier.is_alive()
+    os.close(src_r)
+    os.close(dst_w)
+
+
+@pytest.fixture
+def terminal() -> Iterator[tuple[int, int]]:
+    """A pseudo-terminal that does not become our controlling terminal (pty.openpty's
+    would, in a session leader; closing it would then SIGHUP the test run)."""
+    master = os.open("/dev/ptmx", os.O_RDWR | os.O_NOCTTY)
+    fcntl.ioctl(master, TIOCSPTLCK, struct.pack("i", 0))
+    (number,) = struct.unpack("i", fcntl.ioctl(master, TIOCGPTN, b"\0" * 4))
+    slave = os.open(f"/dev/pts/{number}", os.O_RDWR | os.O_NOCTTY)
+    yield master, slave
+    os.close(master)
+    os.close(slave)
+
+
+def set_size(fd: int, rows: int, cols: int) -> None:
+    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+
+
+def test_window_size(terminal: tuple[int, int]) -> None:
+    master, slave = terminal
+    set_size(master, 33, 111)
+    assert window_size(slave) == (33, 111)
+    r, w = os.pipe()
+    assert window_size(r) == (24, 80)  # not a terminal
+    os.close(r)
+    os.close(w)
+
+
+def test_terminal_relay_is_raw_both_ways_resizes_and_restores(terminal: tuple[int, int]) -> None:
+    master, slave = terminal
+    to_guest_r, to_guest_w = os.pipe()
+    from_guest_r, from_guest_w = os.pipe()
+    sizes: list[tuple[int, int]] = []
+    before = termios.tcgetattr(slave)
+    with TerminalRelay(slave, slave, to_guest_w, from_guest_r, lambda r, c: sizes.append((r, c))):
+        assert not termios.tcgetattr(slave)[3] & (termios.ICANON | termios.ISIG | termios.ECHO)
+        os.write(master, b"ls\x03\x04\x1a\r")  # Ctrl-C/D/Z are bytes for the guest here
+        got = b""
+        while len(got) < 6:
+            got += os.read(to_guest_r, 100)
+        assert got == b"ls\x03\x04\x1a\r"
+        os.write(from_guest_w, b"\x1b[1mprompt# ")
+        assert os.read(master, 100) == b"\x1b[1mprompt# "
+        set_size(master, 50, 132)
+        os.kill(os.getpid(), signal.SIGWINCH)  # the handler runs in this, the main, thread
+        os.close(from_guest_w)  # the guest powered off: its output ends
+    assert sizes == [(50, 132)]
+    assert termios.tcgetattr(slave) == before
+    for fd in (to_guest_r, to_guest_w, from_guest_r):
+        os.close(fd)
+
+
+def test_terminal_relay_stops_while_the_guest_lives_on(terminal: tuple[int, int]) -> None:
+    """pdb or a shell in a test's guest: the relay ends, the guest does not,
+    and nothing of the guest's later output goes to the terminal."""
+    master, slave = terminal
+    to_guest_r, to_guest_w = os.pipe()
+    from_guest_r, from_guest_w = os.pipe()
+    with TerminalRelay(slave, slave, to_guest_w, from_guest_r, lambda r, c: None):
+        os.write(from_guest_w, b"last words")
+    assert os.read(master, 100) == b"last words"
+    os.write(from_guest_w, b"later")  # the guest goes on; the relay is over
+    os.set_blocking(from_guest_r, False)  # a copy still running would have taken it
+    assert os.read(from_guest_r, 100) == b"later"
+    for fd in (to_guest_r, to_guest_w, from_guest_r, from_guest_w):
+        os.close(fd)
+
+
+def test_interactive_root_shell_through_a_pseudo_terminal() -> None:
+    shell = pexpect.spawn(CLI, ["-m", "512"], timeout=120, dimensions=(30, 100), env={
+        **os.environ, "TERM": "xterm"})  # fmt: skip
+    shell.logfile_read = log = io.BytesIO()
+    try:
+        prompt = "root@fakemachine:/scratch# "
+        shell.expect_exact(prompt)
+        shell.sendline("echo $TERM $(id -u) $(stty size) $(tty); set -o | grep -c 'monitor.*on'")
+        shell.expect_exact("xterm 0 30 100 /dev/ttyS1\r\n1\r\n")  # job control is on
+        shell.expect_exact(prompt)
+        # Line editing: the shell's readline gets the keys (Ctrl-A: start of line).
+        shell.send("cho edited\x01e\r")
+        shell.expect_exact("edited\r\n")
+        shell.expect_exact(prompt)
+        shell.sendline("sh -c 'echo sleeping; exec sleep 600'")
+        shell.expect_exact("sleeping\r\n")
+        shell.sendcontrol("c")  # reaches the guest's sleep, not the guest
+        shell.expect_exact(prompt)
+        shell.sendline("echo after-sleep=$?")
+        shell.expect_exact("after-sleep=130\r\n")
+        shell.expect_exact(prompt)
+        shell.setwinsize(40, 120)
+        shell.sendline("trap 'echo got-winch' WINCH; stty size")
+        shell.expect_exact("40 120\r\n")
+        shell.expect_exact(prompt)
+        shell.setwinsize(41, 121)  # bash hears the change (SIGWINCH)
+        shell.expect_exact("got-winch")
+        shell.sendline("stty size; exit 7")
+        shell.expect_exact("41 121\r\n")
+        shell.expect(pexpect.EOF)
+    finally:
+        shell.close(force=True)
+        print(log.getvalue().decode(errors="replace"))
+    assert shell.exitstatus == 7
