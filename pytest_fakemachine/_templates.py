@@ -118,6 +118,9 @@ StandardOutput=tty
 StandardError=tty
 TTYPath=/dev/console
 TimeoutStartSec=infinity
+# SIGPIPE as in a login shell: systemd ignores it by default, and then
+# `yes | head` writes "Broken pipe" where a booted system's shell is silent.
+IgnoreSIGPIPE=no
 # An OOM kill must end the command, not the job that reports its status.
 OOMPolicy=continue
 OOMScoreAdjust=-1000

@@ -111,6 +111,13 @@ def test_guest_etc_is_the_hosts_writable_and_never_written_back(fakemachine: Mac
     assert not Path("/etc/login.defs").read_text().endswith("guest\n")
 
 
+def test_a_pipeline_ends_quietly_as_in_a_login_shell(fakemachine: Machine) -> None:
+    # With SIGPIPE ignored (systemd's default for a service), `yes` gets EPIPE
+    # and complains; in a booted system's shell it dies of SIGPIPE, silently.
+    result = fakemachine.run("yes | head -n 1")
+    assert (result.returncode, result.stdout, result.stderr) == (0, "y\n", "")
+
+
 # One guest for the rows below.
 
 
