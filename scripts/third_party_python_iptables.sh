@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Run a real third-party test suite that needs root, python-iptables (ldx/python-iptables,
 # bindings for the legacy iptables through ctypes), twice, unmodified:
-#   1. through pytest-fakemachine: every test in one shared guest (scripts/fakemachine_mark_all.py,
-#      a -p plugin that only adds the marker), pytest running as whoever runs this script;
+#   1. through pytest-fakemachine: every test in one shared guest (--fakemachine-all with
+#      fakemachine_scope=session), pytest running as whoever runs this script;
 #   2. as root on the host, inside `unshare -mn --propagation private`: a network
 #      namespace of its own, so its firewall rules never touch the host's.
 # Usage: scripts/third_party_python_iptables.sh SOURCE
@@ -29,7 +29,7 @@ pytest=("$work/venv/bin/python" -m pytest -p no:cacheprovider -q -rfE tests)
 
 echo "== in fakemachine guests (pytest as $(id -un))"
 guest_status=0
-PYTHONPATH="$here/scripts" "${pytest[@]}" -p fakemachine_mark_all --fakemachine-backend=uml \
+"${pytest[@]}" --fakemachine-all -o fakemachine_scope=session --fakemachine-backend=uml \
     || guest_status=$?
 
 echo "== as root on the host, in a network namespace of its own"
