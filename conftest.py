@@ -8,6 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from pytest_fakemachine import _session
 from pytest_fakemachine._uml import leftovers
 
 pytest_plugins = ["pytester"]
@@ -48,3 +49,15 @@ def _no_guest_left_behind() -> Iterator[None]:
     while (orphans := set(leftovers(None)) - orphans_before) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not orphans, f"guest processes outlived the process that started them: {orphans}"
+
+
+@pytest.fixture
+def no_guest(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Fails the test if anything constructs a guest process."""
+
+    class ForbiddenGuest:
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            pytest.fail("a guest process was constructed", pytrace=False)
+
+    monkeypatch.setattr(_session, "GuestProcess", ForbiddenGuest)
+    yield

@@ -6,28 +6,15 @@ from __future__ import annotations
 import os
 import re
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from pytest_fakemachine import ConfigError, Machine, _config, _session
+from pytest_fakemachine import ConfigError, Machine, _config
 from pytest_fakemachine._session import command_body
 
 UNDECODABLE = os.fsdecode(b"caf\xe9")  # 'caf\udce9': a Latin-1 file name seen on a UTF-8 host
-
-
-@pytest.fixture
-def no_guest(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Fails the test if anything constructs a guest process."""
-
-    class ForbiddenGuest:
-        def __init__(self, *args: object, **kwargs: object) -> None:
-            pytest.fail("a guest process was constructed", pytrace=False)
-
-    monkeypatch.setattr(_session, "GuestProcess", ForbiddenGuest)
-    yield
 
 
 # --------------------------------------------------------------------------------------

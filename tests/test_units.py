@@ -18,7 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -708,18 +708,6 @@ class _GuestReached(Exception):
         super().__init__("a guest process was constructed")
         self.job = job
         self.kernel_args = kernel_args
-
-
-@pytest.fixture
-def no_guest(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Fails the test if anything constructs a guest process."""
-
-    class ForbiddenGuest:
-        def __init__(self, *args: object, **kwargs: object) -> None:
-            pytest.fail("a guest process was constructed", pytrace=False)
-
-    monkeypatch.setattr(_session, "GuestProcess", ForbiddenGuest)
-    yield
 
 
 def test_guard_is_wired(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
