@@ -59,10 +59,11 @@ def build_machine(opts: Options) -> Machine:
                       kernel=opts.kernel, env={**COMPAT_ENV, **opts.env},
                       boot_timeout=None)  # fmt: skip
     machine.source = PROG
+    # Checked here, so a bad value names the flag it came from.
     if opts.memory is not None:
-        machine.memory = opts.memory
+        machine.memory = c.parse_memory(opts.memory, f"{PROG} -m/--memory")
     if opts.scratch is not None:
-        machine.scratch = opts.scratch
+        machine.scratch = c.parse_size(opts.scratch, f"{PROG} -s/--scratchsize", "scratch")
     for volume in opts.volumes:
         machine.add_volume(volume.host, volume.guest, read_only=volume.read_only)
     for image in opts.images:

@@ -90,9 +90,12 @@ def test_boot_timeout_is_the_flags_alone() -> None:
     [
         (["--no-such-flag"], "unrecognized arguments: --no-such-flag"),
         (["-b", "xen"], "invalid choice: 'xen'"),
-        (["-m", "lots"], "memory='lots'"),
-        (["-m", "10"], "memory='10' from pytest-fakemachine: a guest needs at least 64M"),
-        (["--scratchsize=-5G"], "scratch='-5G'"),
+        (["-m", "lots"], "memory='lots' from pytest-fakemachine -m/--memory: not a size"),
+        (
+            ["-m", "10"],
+            "memory='10' from pytest-fakemachine -m/--memory: a guest needs at least 64M",
+        ),
+        (["--scratchsize=-5G"], "scratch='-5G' from pytest-fakemachine -s/--scratchsize"),
         (["-i", "disk.img:12Q"], "size='12Q'"),
         (["-i", "a:b:c"], "'a:b:c': expected PATH or PATH:SIZE"),
         (["-v", "/a:/b:/c"], "'/a:/b:/c': expected HOST or HOST:GUEST"),
