@@ -237,8 +237,14 @@ def test_quiet_timeout_and_boot_timeout() -> None:
 def test_a_signal_leaves_no_guest_and_no_temp_dir(tmp_path: Path, signum: int) -> None:
     temp = tmp_path / "tmp"
     temp.mkdir()
+    # SIGINT at its default, however this suite was started (a background job
+    # or `trap '' INT` passes it on ignored, and the command would keep that).
+    default_int = (
+        "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL);"
+        " os.execv(sys.argv[1], sys.argv[1:])"
+    )
     with subprocess.Popen(
-        [CLI, "-m", "256", "--", "echo ready; exec sleep 600"],
+        [sys.executable, "-c", default_int, CLI, "-m", "256", "--", "echo ready; exec sleep 600"],
         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
         env={**os.environ, "TMPDIR": str(temp)},
     ) as proc:  # fmt: skip

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -40,6 +41,8 @@ def _wait_for(condition: object, seconds: float = 120.0) -> bool:
 def test_a_reboot_ends_the_run_and_the_job_runs_once(
     fakemachine: Machine, tmp_path: Path, command: str
 ) -> None:
+    if command.startswith("reboot") and shutil.which("reboot") is None:
+        pytest.skip("reboot is not installed (systemd-sysv)")
     fakemachine.add_volume(tmp_path, "/mnt/count")
     fakemachine.timeout = 120
     with pytest.raises(BootError, match=r"^the guest rebooted; a reboot ends the run") as info:
@@ -82,7 +85,7 @@ def test_the_job_powers_off_if_it_is_started_again(
     fakemachine.add_volume(tmp_path, "/mnt/count")
     fakemachine.timeout = 60  # a rebooted UML has been seen to hang
     with pytest.raises((BootError, GuestTimeout)):
-        fakemachine.run("echo ran >> /mnt/count/runs; sync; reboot -f")
+        fakemachine.run("echo ran >> /mnt/count/runs; sync; systemctl reboot --force --force")
     assert (tmp_path / "runs").read_text() == "ran\n"
 
 
@@ -96,7 +99,7 @@ def test_a_marked_test_that_reboots_fails_once(pytester: pytest.Pytester) -> Non
             with open("runs", "a") as f:
                 f.write("ran\\n")
             subprocess.run(["sync"])
-            subprocess.run(["reboot", "-f"])
+            subprocess.run(["systemctl", "reboot", "--force", "--force"])  # reboot -f
             import time; time.sleep(60)
         """
     )

@@ -607,7 +607,7 @@ def test_in_fakemachine_is_true_in_a_guest(fakemachine: Machine) -> None:
     # This interpreter and the package, at their host paths, read-only.
     package_root = Path(pytest_fakemachine.__file__).resolve().parent.parent
     for path in dict.fromkeys([sys.prefix, sys.base_prefix, str(package_root)]):
-        if not path.startswith("/usr/"):
+        if path != "/usr" and not path.startswith("/usr/"):
             fakemachine.add_volume(path, read_only=True)
     result = fakemachine.run(
         [sys.executable, "-c", "import pytest_fakemachine as p; print(p.in_fakemachine())"],
