@@ -18,8 +18,9 @@ required="user-mode-linux busybox libslirp-helper systemd fdisk e2fsprogs util-l
 # naming the package, where it is missing. File systems for the file system
 # example; storage, FUSE, sandbox, firewall and bus tools for the guest-fidelity
 # tests and examples (docs/guest.md).
-# Two unit tests read the initramfs back with cpio and bsdtar (libarchive-tools).
-optional="dosfstools btrfs-progs xfsprogs cpio libarchive-tools lvm2 cryptsetup mdadm kpartx squashfs-tools fuse3 squashfuse bubblewrap iptables dbus"
+# Two unit tests read the initramfs back with cpio and bsdtar (libarchive-tools);
+# procps: the guest-fidelity test of ps (a minimal Debian lacks it).
+optional="dosfstools btrfs-progs xfsprogs cpio libarchive-tools procps lvm2 cryptsetup mdadm kpartx squashfs-tools fuse3 squashfuse bubblewrap iptables dbus"
 # The venv needs python3 with venv and ensurepip, which Debian splits into python3-venv.
 if ! command -v python3 >/dev/null || ! python3 -c "import ensurepip, venv" 2>/dev/null; then
     required="$required python3 python3-venv"
