@@ -42,7 +42,7 @@ if [ "${1:-}" = "--inner" ]; then
             rc=0
             in_chroot "$command" </dev/null >"$log" 2>&1 || rc=$?
             seconds=$(($(date +%s) - start))
-            summary=$(grep -E '(passed|failed|error|no tests ran)' "$log" | tail -n 1 || true)
+            summary=$(grep -E '[0-9]+ (passed|failed|errors?)\b|no tests ran' "$log" | tail -n 1 || true)
             [ -n "$summary" ] || summary=$(tail -n 1 "$log")
             printf '%-9s | %-40s | exit %3d | %4d s | %s\n' "$release" "$command" "$rc" \
                 "$seconds" "$(sed 's/=//g; s/^ *//; s/ *$//' <<<"$summary")"
