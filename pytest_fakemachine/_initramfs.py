@@ -56,7 +56,7 @@ _DIRS = (
     "mnt", "usr", "usr/bin", "var", "var/tmp", "etc", "etc/systemd", "etc/systemd/system",
     "etc/systemd/system/mount.d", "etc/udev", "etc/udev/rules.d", *gs.FHS_DIRS,
     *sorted({"etc/systemd/system/" + os.path.dirname(name) for name in gs.UNIT_DROPINS}),
-    gs.SYSINIT_WANTS,
+    gs.SYSINIT_WANTS, gs.SOCKETS_WANTS,
 )  # fmt: skip
 # Unpacked by init into the devtmpfs at /dev: the static device nodes.
 STATIC_NODES_ARCHIVE = "run/fakemachine-static-nodes.cpio"
@@ -299,6 +299,7 @@ def _links(inputs: _Inputs) -> list[tuple[str, str]]:
         ("etc/udev/rules.d/99-fakemachine.rules", f"{t.GUEST_WORK}/udev.rules"),
     ]
     links += [(f"{gs.SYSINIT_WANTS}/{name}", "/dev/null") for name in gs.SYSINIT_LEFT_OUT]
+    links += [(f"{gs.SOCKETS_WANTS}/{name}", "/dev/null") for name in gs.SOCKETS_LEFT_OUT]
     links += [(f"etc/systemd/system/{name}", "/dev/null") for name in gs.MASKED_UNITS]
     links += [(f"etc/udev/rules.d/{name}", "/dev/null")
               for name in gs.udev_rules_to_mask(inputs.udev_rules)]  # fmt: skip
