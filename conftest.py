@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import tempfile
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -61,3 +63,15 @@ def no_guest(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
     monkeypatch.setattr(_session, "GuestProcess", ForbiddenGuest)
     yield
+
+
+@pytest.fixture
+def private_tempdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A tempfile.gettempdir() of this test's own, so other guests running
+    meanwhile (other xdist workers, other users of the machine) cannot disturb a
+    check for leftover work directories."""
+    path = tmp_path / "tempdir"
+    path.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(path))
+    assert tempfile.gettempdir() == str(path)
+    return path
