@@ -12,6 +12,7 @@ sees each phase as soon as it ends::
     {"event": "collectreport", "report": <pytest_report_to_serializable>}  (failed only)
     {"event": "rerun", "nodeid": ...}  (one_attempt: a fresh guest reruns the test)
     {"event": "finish", "nodeid": ...}  (the test's whole protocol, reruns included)
+    {"event": "warning", "nodeid": ..., "message": ..., "category": [module, qualname], ...}
     {"event": "shell", "nodeid": ...}, {"event": "shell-end", ...}  (_guest_shell)
     {"event": "done", "exitstatus": ...}
 """
@@ -178,6 +179,27 @@ class GuestReporter:
         outcome: str = report.outcome  # pytest-rerunfailures adds "rerun"
         if self.one_attempt and outcome == "rerun":
             self.rerun_pending = True
+
+    def pytest_warning_recorded(
+        self,
+        warning_message: Any,
+        when: str,
+        nodeid: str,
+        location: tuple[str, int, str] | None,
+    ) -> None:
+        # The host collects and configures on its own and records those
+        # warnings itself: only the tests' own warnings are the guest's to send.
+        if when != "runtest":
+            return
+        category: type[Warning] = warning_message.category
+        self.send(
+            event="warning",
+            nodeid=nodeid,
+            message=str(warning_message.message),
+            category=[category.__module__, category.__qualname__],
+            filename=warning_message.filename,
+            lineno=warning_message.lineno,
+        )
 
     @pytest.hookimpl(trylast=True)
     def pytest_runtest_logfinish(self, nodeid: str) -> None:

@@ -40,6 +40,7 @@ from ._transport import (
     failure_reports,
     rebuild,
     rebuild_collect,
+    record_warning,
     report_collect_error,
     runner_stderr,
 )
@@ -242,6 +243,8 @@ class GuestRun:
                 self.finished[event["nodeid"]] = event.get("output", {})
                 if event.get("tmp_path"):
                     self._keep_tmp_path(event["tmp_path"])
+            elif kind == "warning":
+                record_warning(self.config, event)
             elif kind == "rerun":
                 self.rerun.add(event["nodeid"])
             elif kind == "done":

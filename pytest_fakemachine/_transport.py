@@ -8,8 +8,11 @@ makes the ones pytest would have made, failing the phase that was under way.
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
+import sys
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
@@ -24,6 +27,7 @@ __all__ = [
     "failure_reports",
     "rebuild",
     "rebuild_collect",
+    "record_warning",
     "report_collect_error",
     "runner_stderr",
     "skip_reports",
@@ -124,6 +128,38 @@ def rebuild(config: pytest.Config, data: dict[str, Any]) -> pytest.TestReport:
         # repr()s them again (i='2' for i=2; xdist shows it too): keep them once.
         object.__setattr__(report.context, "kwargs", dict(context.get("kwargs") or {}))
     return report
+
+
+def _warning_category(module: str, qualname: str) -> type[Warning]:
+    """The guest's warning class, or a stand-in of the same name where the host lacks it."""
+    try:
+        found: object = sys.modules.get(module) or importlib.import_module(module)
+        for part in qualname.split("."):
+            found = getattr(found, part)
+    except Exception:  # any failure to find it means: stand in for it
+        found = None
+    if isinstance(found, type) and issubclass(found, Warning):
+        return found
+    return type(qualname.rpartition(".")[2], (UserWarning,), {"__module__": module})
+
+
+def record_warning(config: pytest.Config, data: dict[str, Any]) -> None:
+    """Record a warning a test raised in the guest, as pytest records a local one."""
+    category = _warning_category(*data["category"])
+    message = warnings.WarningMessage(
+        message=category(data["message"]),
+        category=category,
+        filename=data["filename"],
+        lineno=data["lineno"],
+    )
+    config.hook.pytest_warning_recorded.call_historic(
+        kwargs={
+            "warning_message": message,
+            "when": "runtest",
+            "nodeid": data["nodeid"],
+            "location": None,
+        }
+    )
 
 
 def rebuild_collect(config: pytest.Config, data: dict[str, Any]) -> pytest.CollectReport:

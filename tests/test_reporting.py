@@ -196,3 +196,49 @@ def test_failure_output_matches_a_local_run_with_colour_and_parameters(
     assert "\x1b[" in "".join(_failures(guest))  # highlighted diff
     assert any("(i=1)" in line for line in _failures(guest))
     assert _failures(guest) == _failures(local)
+
+
+def test_warnings_raised_in_the_guest_reach_the_host_summary(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        test_w="""
+        import warnings
+        import pytest
+
+        class ProjectWarning(DeprecationWarning):
+            pass
+
+        @pytest.mark.fakemachine
+        def test_warns():
+            warnings.warn(UserWarning("from the guest"))
+            warnings.warn(ProjectWarning("old api, in the guest"))
+
+        def test_on_the_host():
+            warnings.warn(UserWarning("from the host"))
+        """
+    )
+    result = pytester.runpytest_subprocess()
+    result.assert_outcomes(passed=2, warnings=3)
+    result.stdout.fnmatch_lines([
+        "*warnings summary*",
+        "test_w.py::test_warns",
+        "*test_w.py:*: UserWarning: from the guest",
+        "*test_w.py:*: ProjectWarning: old api, in the guest",
+        "test_w.py::test_on_the_host",
+        "*UserWarning: from the host",
+    ])  # fmt: skip
+
+
+def test_guest_warnings_turn_into_errors_as_locally(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        test_w="""
+        import warnings
+        import pytest
+
+        @pytest.mark.fakemachine
+        def test_warns():
+            warnings.warn(UserWarning("from the guest"))
+        """
+    )
+    result = pytester.runpytest_subprocess("-W", "error::UserWarning")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*UserWarning: from the guest*"])
