@@ -14,6 +14,7 @@ import os
 import shutil
 import struct
 import subprocess
+import sys
 import termios
 import threading
 from collections.abc import Callable
@@ -38,6 +39,8 @@ class ShellOnFail:
             return
         if not report.failed or report.when not in ("setup", "call"):
             return
+        if will_rerun(node, report):  # the shell is for the failure that stays
+            return
         if self.line is None:
             self.line = open_shell_lines(self.shell)
         tmp_path = getattr(node, "funcargs", {}).get("tmp_path")
@@ -46,6 +49,41 @@ class ShellOnFail:
             run_shell(self.shell, self.line, str(tmp_path) if tmp_path else os.getcwd())
         finally:
             self.send(event="shell-end", nodeid=node.nodeid)
+
+
+def will_rerun(item: pytest.Item, report: pytest.TestReport) -> bool:
+    """Whether pytest-rerunfailures will run ``item`` again after this failed
+    phase: only the last attempt's failure is final.
+
+    Asked before teardown, as the shell opens, with the rules the plugin
+    applies after it (its attempt count, --only-rerun/--rerun-except, the
+    marker's condition, --max-suite-reruns). Private names of the plugin are
+    read defensively: when one is missing, the attempt counts as the last.
+    """
+    rerunfailures: Any = sys.modules.get("pytest_rerunfailures")
+    attempt = getattr(item, "execution_count", None)
+    if rerunfailures is None or attempt is None:  # not under the plugin: one attempt
+        return False
+    try:
+        reruns = rerunfailures.get_reruns_count(item)
+        if reruns is None or attempt > reruns:
+            return False
+        if getattr(item, "_terminal_errors", {}).get(report.when):  # an error not rerun
+            return False
+        if not _rerun_condition(rerunfailures, item):
+            return False
+        limit = item.config.option.max_suite_reruns
+        db: Any = getattr(item.config, "failures_db", None)
+        return not (limit is not None and db is not None and db.get_suite_reruns() >= limit)
+    except (AttributeError, TypeError):
+        return False
+
+
+def _rerun_condition(rerunfailures: Any, item: pytest.Item) -> bool:
+    failures = getattr(rerunfailures, "_get_reruns_condition_failures", None)
+    if failures is None:  # pytest-rerunfailures before 16 takes the item alone
+        return bool(rerunfailures.get_reruns_condition(item))
+    return bool(rerunfailures.get_reruns_condition(item, failures(item)))
 
 
 def open_shell_lines(shell: dict[str, Any]) -> int:

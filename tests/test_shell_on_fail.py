@@ -75,3 +75,39 @@ def test_shell_on_fail_says_why_it_is_off(pytester: pytest.Pytester) -> None:
     )
     xdist = pytester.runpytest_subprocess("--fakemachine-shell-on-fail", "-n", "1")
     xdist.stdout.fnmatch_lines(["*--fakemachine-shell-on-fail is off: pytest-xdist workers*"])
+
+
+@pytest.mark.uses_plugins  # pytest-rerunfailures
+def test_under_reruns_the_shell_opens_once_on_the_last_attempt(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        test_flaky="""
+        import pytest
+
+        @pytest.mark.fakemachine  # function scope: each attempt boots a fresh guest
+        def test_always_fails(request, tmp_path):
+            (tmp_path / "attempt").write_text(str(request.node.execution_count))
+            assert False
+        """
+    )
+    session = pexpect.spawn(
+        sys.executable,
+        ["-m", "pytest", "-p", "no:cacheprovider",
+         "--fakemachine-shell-on-fail", "--reruns", "2", "-q"],
+        cwd=str(pytester.path), timeout=180, dimensions=(30, 100),
+    )  # fmt: skip
+    session.logfile_read = log = io.BytesIO()
+    banner = b"test_flaky.py::test_always_fails failed; a root shell in its guest"
+    try:
+        session.expect_exact(banner.decode())
+        session.expect_exact("# ")
+        session.sendline("echo attempt-$(cat attempt)")
+        session.expect_exact("attempt-3\r\n")  # the third attempt: two reruns went before
+        session.sendline("exit")
+        session.expect_exact("the shell has ended; the session goes on.")
+        session.expect_exact("1 failed, 2 rerun")
+        session.expect(pexpect.EOF)
+    finally:
+        session.close(force=True)
+        print(log.getvalue().decode(errors="replace"))
+    assert log.getvalue().count(banner) == 1
+    assert session.exitstatus == 1
