@@ -10,19 +10,12 @@ Nothing here knows about UML: the guest side is a pair of file descriptors
 (pipes whose other ends the guest kernel holds). Threads copy bytes; the
 caller's thread keeps waiting on the guest, so signal handlers still run.
 
-- :func:`copy_out` copies guest output to a host descriptor as it arrives.
-- :func:`send_framed` sends a byte stream to a guest that reads it through a
-  tty: each chunk as ``LENGTH\\n`` and the bytes, and ``0\\n`` for the end,
-  because a tty can carry every byte but not an end of file (a hang-up on the
-  line discards what the guest has not read yet).
 - :class:`TerminalRelay` puts the host terminal in raw mode and joins it to a
   guest tty in both directions; window size changes go to a callback.
 """
 
 from __future__ import annotations
 
-import contextlib
-import errno
 import fcntl
 import os
 import selectors
@@ -30,81 +23,16 @@ import signal
 import struct
 import termios
 import threading
-import time
 import tty
 from collections.abc import Callable
 from types import FrameType, TracebackType
 from typing import Any, final
 
-__all__ = ["TerminalRelay", "copy_out", "frame", "send_framed", "start_thread", "window_size"]
+from ._streams import start_thread, write_all
+
+__all__ = ["TerminalRelay", "window_size"]
 
 CHUNK = 1 << 16
-FRAME_MAX = 1 << 20  # one guest `head -c` per frame: big frames, few program starts
-_READY_POLL_SECONDS = 0.01
-
-
-def start_thread(target: Callable[[], None], name: str) -> threading.Thread:
-    thread = threading.Thread(target=target, name=name, daemon=True)
-    thread.start()
-    return thread
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        written = os.write(fd, view)
-        view = view[written:]
-
-
-def copy_out(src: int, dst: int) -> None:
-    """Copy ``src`` to ``dst`` until ``src`` ends; a ``dst`` that went away (a
-    closed pipe) is skipped, and ``src`` is still drained so the guest never
-    blocks on it."""
-    broken = False
-    while True:
-        try:
-            data = os.read(src, CHUNK)
-        except OSError:
-            return
-        if not data:
-            return
-        if broken:
-            continue
-        try:
-            _write_all(dst, data)
-        except OSError as e:
-            if e.errno not in (errno.EPIPE, errno.EBADF, errno.EINVAL):
-                raise
-            broken = True
-
-
-def frame(data: bytes) -> bytes:
-    """One frame of :func:`send_framed`; ``frame(b"")`` is the end of the stream."""
-    return b"%d\n" % len(data) + data
-
-
-def send_framed(
-    src: int, dst: int, ready: Callable[[], bool], gone: Callable[[], bool] = lambda: False
-) -> None:
-    """Send ``src`` to ``dst`` as frames, once ``ready()`` says the guest reads.
-
-    Bytes written before the guest opened its tty would wait unnoticed in the
-    pipe (the guest kernel is told of new data, not of old). ``gone()`` ends
-    the wait when the guest is over before it ever reads.
-    """
-    while not ready():
-        if gone():
-            return
-        time.sleep(_READY_POLL_SECONDS)
-    try:
-        while True:
-            data = os.read(src, FRAME_MAX)
-            _write_all(dst, frame(data))
-            if not data:
-                return
-    except OSError:  # the guest is gone (EPIPE) or our stdin is unreadable
-        with contextlib.suppress(OSError):
-            _write_all(dst, frame(b""))
 
 
 def window_size(fd: int) -> tuple[int, int]:
@@ -189,12 +117,12 @@ class TerminalRelay:
                     data = os.read(src, CHUNK)
                     if not data:
                         return
-                    _write_all(dst, data)
+                    write_all(dst, data)
                 if drain:
                     os.set_blocking(src, False)
                     try:
                         while data := os.read(src, CHUNK):
-                            _write_all(dst, data)
+                            write_all(dst, data)
                     finally:
                         os.set_blocking(src, True)
             except OSError:  # BlockingIOError: drained; others: a side went away
