@@ -3,20 +3,17 @@ line when a marked test's setup or call fails, before its teardown.
 
 Standalone (standard library and pytest only): the guest runner loads it by
 path, and only when the host asked for the shell (``spec["shell"]``, see
-``_shell.ShellWiring.spec``). The host joins the user's terminal to the line
-between the ``shell`` and ``shell-end`` events.
+``_shell.shell_spec``). The shell runs on the guest's terminal
+(``_guest_terminal``); the host joins the user's terminal to it between the
+``shell`` and ``shell-end`` events.
 """
 
 from __future__ import annotations
 
-import fcntl
 import os
 import shutil
-import struct
 import subprocess
 import sys
-import termios
-import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -26,10 +23,10 @@ import pytest
 class ShellOnFail:
     """The guest runner's plugin for the option; ``send`` emits an event."""
 
-    def __init__(self, shell: dict[str, Any], send: Callable[..., None]) -> None:
+    def __init__(self, shell: dict[str, Any], terminal: Any, send: Callable[..., None]) -> None:
         self.shell = shell
+        self.terminal = terminal  # a _guest_terminal.Terminal
         self.send = send
-        self.line: int | None = None
 
     def pytest_exception_interact(
         self, node: pytest.Item | pytest.Collector, report: pytest.TestReport | Any
@@ -41,13 +38,15 @@ class ShellOnFail:
             return
         if will_rerun(node, report):  # the shell is for the failure that stays
             return
-        if self.line is None:
-            self.line = open_shell_lines(self.shell)
         tmp_path = getattr(node, "funcargs", {}).get("tmp_path")
+        line = self.terminal.line
         self.send(event="shell", nodeid=node.nodeid)
         try:
-            run_shell(self.shell, self.line, str(tmp_path) if tmp_path else os.getcwd())
+            cwd = str(tmp_path) if tmp_path else os.getcwd()
+            run_shell(self.shell["ps1"], self.terminal.spec["term"], line, cwd)
         finally:
+            self.terminal.drain()  # the host gets every byte before the end event
+            self.terminal.reopen()
             self.send(event="shell-end", nodeid=node.nodeid)
 
 
@@ -86,25 +85,9 @@ def _rerun_condition(rerunfailures: Any, item: pytest.Item) -> bool:
     return bool(rerunfailures.get_reruns_condition(item, failures(item)))
 
 
-def open_shell_lines(shell: dict[str, Any]) -> int:
-    """Open the shell's terminal line for the whole run (a tty forgets its
-    window size on its last close) and apply the host's sizes as they come."""
-    line = os.open(shell["line"], os.O_RDWR | os.O_NOCTTY)
-    winch = os.open(shell["winch"], os.O_RDONLY | os.O_NOCTTY)
-
-    def follow_sizes() -> None:
-        with os.fdopen(winch, "rb", buffering=0) as sizes:
-            for entry in sizes:
-                rows, cols = (int(n) for n in entry.split())
-                fcntl.ioctl(line, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
-
-    threading.Thread(target=follow_sizes, daemon=True).start()
-    return line
-
-
-def run_shell(shell: dict[str, Any], line: int, cwd: str) -> None:
+def run_shell(ps1: str, term: str, line: int, cwd: str) -> None:
     """A root shell on ``line``, as the session leader with it as its terminal."""
     bash = shutil.which("bash")
-    env = {**os.environ, "TERM": shell["term"], "PS1": shell["ps1"]}
+    env = {**os.environ, "TERM": term, "PS1": ps1}
     subprocess.run(["setsid", "--wait", "--ctty", bash or "sh", "-i"], stdin=line, stdout=line,
                    stderr=line, cwd=cwd, env=env, check=False)  # fmt: skip

@@ -1,21 +1,26 @@
-"""The terminal relay of the shells: a host terminal or host streams joined
-to a guest's serial lines, raw (``pytest-fakemachine``'s streams and its
-interactive shell, ``--fakemachine-shell-on-fail``).
+"""The terminal relay: the user's terminal joined to a tty of the guest, raw,
+for everything interactive in a guest: ``pytest-fakemachine``'s root shell,
+``--fakemachine-shell-on-fail``, and the debugger of marked tests (``--pdb``,
+``--trace``, ``breakpoint()``), which so gets a real terminal in the guest
+(readline's line editing and completion, window size).
 
-The debugger of marked tests (``--pdb``, ``breakpoint()``) uses the simpler
-line relay of :mod:`pytest_fakemachine._relay` instead: pytest's own output
-already reaches the host, only the user's lines must go in.
-
-Nothing here knows about UML: the guest side is a pair of file descriptors
-(pipes whose other ends the guest kernel holds). Threads copy bytes; the
-caller's thread keeps waiting on the guest, so signal handlers still run.
+Nothing here knows about UML: the guest side is file descriptors (pipes
+whose other ends the guest kernel holds as serial lines). Threads copy
+bytes; the caller's thread keeps waiting on the guest, so signal handlers
+still run.
 
 - :class:`TerminalRelay` puts the host terminal in raw mode and joins it to a
   guest tty in both directions; window size changes go to a callback.
+- :class:`GuestTerminal` is a test guest's terminal: two serial lines on host
+  pipes (the terminal both ways, and window sizes as ``ROWS COLS`` lines),
+  opened by the guest side (``_guest_terminal``) for the whole run, and
+  joined to the session's terminal (``/dev/tty``, which pytest's capture of
+  fds 0-2 does not touch) between two events of the guest.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import selectors
@@ -23,16 +28,19 @@ import signal
 import struct
 import termios
 import threading
+import time
 import tty
 from collections.abc import Callable
 from types import FrameType, TracebackType
 from typing import Any, final
 
+from . import _templates as t
 from ._streams import start_thread, write_all
 
-__all__ = ["TerminalRelay", "window_size"]
+__all__ = ["GuestTerminal", "TerminalRelay", "open_terminal", "window_size"]
 
 CHUNK = 1 << 16
+_POLL_SECONDS = 0.02
 
 
 def window_size(fd: int) -> tuple[int, int]:
@@ -127,3 +135,73 @@ class TerminalRelay:
                         os.set_blocking(src, True)
             except OSError:  # BlockingIOError: drained; others: a side went away
                 return
+
+
+def open_terminal() -> int | None:
+    """The session's controlling terminal, past pytest's capture of fds 0-2."""
+    try:
+        return os.open("/dev/tty", os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
+    except OSError:
+        return None
+
+
+class GuestTerminal:
+    """The pipes of one guest's terminal lines; closed with :meth:`close`."""
+
+    def __init__(self) -> None:
+        self._to_guest_r, self._to_guest_w = os.pipe()
+        self._from_guest_r, self._from_guest_w = os.pipe()
+        self._winch_r, self._winch_w = os.pipe()
+        os.set_blocking(self._winch_w, False)  # written from a signal handler
+        self._guest_ends = [self._to_guest_r, self._from_guest_w, self._winch_r]
+
+    @property
+    def pass_fds(self) -> tuple[int, ...]:
+        return tuple(self._guest_ends)
+
+    def kernel_args(self) -> list[str]:
+        return [
+            f"ssl1=fd:{self._to_guest_r},fd:{self._from_guest_w}",
+            f"ssl4=fd:{self._winch_r},null",
+        ]
+
+    def spec(self) -> dict[str, Any]:
+        """What the guest side needs to open the terminal."""
+        return {"line": t.CLI_STDOUT_LINE, "winch": t.CLI_WINCH_LINE,
+                "term": os.environ.get("TERM", "vt220")}  # fmt: skip
+
+    def launched(self) -> None:
+        """The UML process holds its ends now: ours go."""
+        for fd in self._guest_ends:
+            os.close(fd)
+        self._guest_ends.clear()
+
+    def close(self) -> None:
+        for fd in (*self._guest_ends, self._to_guest_w, self._from_guest_r, self._winch_w):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self._guest_ends.clear()
+
+    def _resize(self, rows: int, cols: int) -> None:
+        # A full pipe (the guest is not reading) drops this size; the next one will do.
+        with contextlib.suppress(OSError):
+            os.write(self._winch_w, b"%d %d\n" % (rows, cols))
+
+    def interact(self, over: Callable[[], bool], banner: str = "", farewell: str = "") -> None:
+        """Join the session's terminal to the guest's until ``over()`` says the
+        guest is done with it; ``banner`` and ``farewell`` frame the time."""
+        terminal = open_terminal()
+        if terminal is None:  # the terminal went away since the session started
+            return
+        try:
+            if banner:
+                os.write(terminal, banner.encode())
+            self._resize(*window_size(terminal))
+            with TerminalRelay(terminal, terminal, self._to_guest_w, self._from_guest_r,
+                               self._resize):  # fmt: skip
+                while not over():
+                    time.sleep(_POLL_SECONDS)
+            if farewell:
+                os.write(terminal, farewell.encode())
+        finally:
+            os.close(terminal)

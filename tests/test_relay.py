@@ -1,5 +1,6 @@
 """The debugger of a marked test, in the guest, on the user's terminal (a
-pseudo-terminal here): --pdb at a failure, breakpoint() with -s."""
+pseudo-terminal here) through the terminal relay (``_terminal``): --pdb at a
+failure, breakpoint() with -s."""
 
 from __future__ import annotations
 
@@ -34,6 +35,7 @@ def test_pdb_and_breakpoint_in_the_guest_talk_to_the_terminal(pytester: pytest.P
         cwd=str(pytester.path),
         encoding="utf-8",
         timeout=120,
+        dimensions=(30, 100),
     )
     try:
         child.expect("entering PDB")  # after the failure's traceback, as locally
@@ -44,8 +46,12 @@ def test_pdb_and_breakpoint_in_the_guest_talk_to_the_terminal(pytester: pytest.P
         child.sendline("c")
         child.expect(r"test_t.py\(\d+\)test_breaks\(\)")
         child.expect(r"\(Pdb\) ")
-        child.sendline("p y * 10")
+        # A real terminal in the guest: readline edits the line (Ctrl-A: to its start).
+        child.send("* 10\x01p y \r")
         child.expect("50")
+        child.expect(r"\(Pdb\) ")
+        child.sendline("p __import__('sys').stdin.isatty(), __import__('os').get_terminal_size()")
+        child.expect(r"\(True, os.terminal_size\(columns=100, lines=30\)\)")
         child.sendline("c")
         child.expect("1 failed, 1 passed")
         child.expect(pexpect.EOF)

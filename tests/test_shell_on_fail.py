@@ -27,6 +27,9 @@ def test_fails(thing, tmp_path):
 
 def test_after_the_shell(tmp_path):
     assert (tmp_path.parent / "teardown-ran").read_text() == "yes"
+
+def test_fails_again():
+    assert False
 """
 
 
@@ -54,7 +57,14 @@ def test_shell_opens_at_the_failure_before_teardown(pytester: pytest.Pytester) -
         session.expect_exact("40 120\r\n")
         session.sendline("exit")
         session.expect_exact("the shell has ended; the session goes on.")
-        session.expect_exact("1 failed, 1 passed")  # the shared guest ran the next test
+        # A second shell in the same guest, on the same line (which the first hung up).
+        session.expect_exact("test_shared.py::test_fails_again failed; a root shell in its guest")
+        session.expect_exact("# ")
+        session.sendline("echo second-$((20 + 1))")
+        session.expect_exact("second-21\r\n")
+        session.sendline("exit")
+        session.expect_exact("the shell has ended; the session goes on.")
+        session.expect_exact("2 failed, 1 passed")  # the shared guest ran the next tests
         session.expect(pexpect.EOF)
     finally:
         session.close(force=True)
