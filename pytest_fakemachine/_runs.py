@@ -175,6 +175,8 @@ class GuestRun:
     boot_seconds: float | None = None  # launch to the first test's start, once known
     shell_on_fail: bool = False  # --fakemachine-shell-on-fail
     terminal_over: bool = False
+    interacting: bool = False
+    queued: list[dict[str, Any]] = field(default_factory=list)  # events read, not handled
 
     def start(self) -> None:
         coverage = coverage_settings()
@@ -230,8 +232,14 @@ class GuestRun:
         assert self.reader is not None
         if self.relay is not None:
             self.relay.read()
-        for event in self.reader.read():
+        self.queued += self.reader.read()
+        while self.queued:
+            event = self.queued.pop(0)
             kind = event.get("event")
+            if kind in ("shell", "pdb") and self.interacting:
+                # The next interaction, read while this one ends: after it.
+                self.queued.insert(0, event)
+                return
             if kind == "start":
                 self._arm()  # the time limit counts per test
                 if self.boot_seconds is None:
@@ -248,19 +256,26 @@ class GuestRun:
                 self.rerun.add(event["nodeid"])
             elif kind == "done":
                 self.done = True
-            elif kind == "shell" and self.terminal is not None:
-                self.terminal_over = False
-                shell_interact(self.terminal, event.get("nodeid", ""), self._terminal_ended)
-                self._arm()  # the time in the shell is not the test's
-            elif kind == "pdb" and self.terminal is not None:
+            elif kind in ("shell", "pdb") and self.terminal is not None:
+                self._interact(self.terminal, event)
+            elif kind in ("shell-end", "pdb-end"):
+                self.terminal_over = True
+
+    def _interact(self, terminal: GuestTerminal, event: dict[str, Any]) -> None:
+        """The user's terminal joined to the guest's until the matching end event."""
+        self.terminal_over = False
+        self.interacting = True
+        try:
+            if event["event"] == "shell":
+                shell_interact(terminal, event.get("nodeid", ""), self._terminal_ended)
+            else:
                 if self.relay is not None:  # what went before (the traceback) first
                     self.relay.read()
                     self.relay.write()
-                self.terminal_over = False
-                self.terminal.interact(self._terminal_ended)
-                self._arm()  # nor the time in the debugger
-            elif kind in ("shell-end", "pdb-end"):
-                self.terminal_over = True
+                terminal.interact(self._terminal_ended)
+        finally:
+            self.interacting = False
+        self._arm()  # the time in the shell or the debugger is not the test's
 
     def _terminal_ended(self) -> bool:
         self._pump()

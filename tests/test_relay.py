@@ -26,7 +26,9 @@ def test_pdb_and_breakpoint_in_the_guest_talk_to_the_terminal(pytester: pytest.P
         def test_breaks():
             y = 5
             breakpoint()
-            assert y == 5
+            y = 6
+            breakpoint()  # right after the first: its end and this start come together
+            assert y == 6
         """
     )
     child = pexpect.spawn(
@@ -52,6 +54,10 @@ def test_pdb_and_breakpoint_in_the_guest_talk_to_the_terminal(pytester: pytest.P
         child.expect(r"\(Pdb\) ")
         child.sendline("p __import__('sys').stdin.isatty(), __import__('os').get_terminal_size()")
         child.expect(r"\(True, os.terminal_size\(columns=100, lines=30\)\)")
+        child.sendline("c")
+        child.expect(r"\(Pdb\) ")
+        child.sendline("p y + 100")
+        child.expect("106")
         child.sendline("c")
         child.expect("1 failed, 1 passed")
         child.expect(pexpect.EOF)
