@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -86,15 +87,28 @@ def shell_to_prompt(tree: str) -> float:
     return wall
 
 
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def interleave(trees: list[str], runs: int, rows: dict[str, Callable[[str], float]]) -> None:
-    times: dict[tuple[str, str], list[float]] = {(r, t): [] for r in rows for t in trees}
+    """Medians of each row's wall time, and of the CPU time (user+sys, the
+    guest's included) of the whole run, which a busy machine disturbs less."""
+    times: dict[tuple[str, str], list[tuple[float, float]]] = {(r, t): [] for r in rows
+                                                               for t in trees}  # fmt: skip
     for _ in range(runs):
         for row, measure in rows.items():
             for tree in trees:
-                times[row, tree].append(measure(tree))
+                cpu = _children_cpu()
+                wall = measure(tree)
+                times[row, tree].append((wall, _children_cpu() - cpu))
     for (row, tree), values in times.items():
-        print(f"{row:<34} {tree:<40} median {statistics.median(values):6.2f} s "
-              f"(min {min(values):.2f}, max {max(values):.2f}, n={len(values)})")  # fmt: skip
+        walls = [wall for wall, _ in values]
+        cpu = statistics.median(cpu for _, cpu in values)
+        print(f"{row:<30} {tree:<30} median {statistics.median(walls):5.2f} s "
+              f"(min {min(walls):.2f}, max {max(walls):.2f}; whole run's CPU {cpu:.2f} s; "
+              f"n={len(values)})")  # fmt: skip
 
 
 def main() -> None:
