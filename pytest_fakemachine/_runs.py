@@ -413,13 +413,24 @@ def wants_terminal(config: pytest.Config) -> bool:
     (breakpoint()), with a terminal on the host's stdin."""
     option = config.option
     asked = option.usepdb or option.trace or option.capture == "no"
-    if not asked or not os.isatty(0):
+    if not asked or not _stdin_is_terminal(config):
         return False
     terminal = open_terminal()  # the relay's: it must open
     if terminal is None:
         return False
     os.close(terminal)
     return True
+
+
+def _stdin_is_terminal(config: pytest.Config) -> bool:
+    """Whether the session's stdin is a terminal, past pytest's capture of fd 0
+    (--capture=fd, the default, puts /dev/null there while tests run)."""
+    if os.isatty(0):
+        return True
+    capman = config.pluginmanager.getplugin("capturemanager")
+    capturing = getattr(capman, "_global_capturing", None)
+    saved = getattr(getattr(capturing, "in_", None), "targetfd_save", None)
+    return isinstance(saved, int) and os.isatty(saved)
 
 
 def _host_output(config: pytest.Config) -> Callable[[str, bytes], None]:

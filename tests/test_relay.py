@@ -64,3 +64,37 @@ def test_pdb_and_breakpoint_in_the_guest_talk_to_the_terminal(pytester: pytest.P
     finally:
         child.close(force=True)
     assert child.exitstatus == 1
+
+
+def test_pdb_with_pytest_capturing_fds(pytester: pytest.Pytester) -> None:
+    """--pdb alone (pytest's default --capture=fd puts /dev/null on fd 0 while
+    tests run): the guest's debugger still gets the terminal."""
+    pytester.makepyfile(
+        test_t="""
+        import pytest
+
+        @pytest.mark.fakemachine
+        def test_fails():
+            print("captured-output")
+            x = 41
+            assert x == 42
+        """
+    )
+    child = pexpect.spawn(
+        sys.executable,
+        ["-m", "pytest", "-p", "no:cacheprovider", "--pdb", "test_t.py"],
+        cwd=str(pytester.path),
+        encoding="utf-8",
+        timeout=120,
+    )
+    try:
+        child.expect("captured-output")  # pytest shows the captured output first
+        child.expect(r"\(Pdb\) ")
+        child.sendline("p x + 1")
+        child.expect("42")
+        child.sendline("c")
+        child.expect("1 failed")
+        child.expect(pexpect.EOF)
+    finally:
+        child.close(force=True)
+    assert child.exitstatus == 1
