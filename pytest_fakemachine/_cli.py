@@ -4,7 +4,7 @@
 as root in a guest, with its exit status, its stdout and stderr apart and
 live, and stdin passed through; with no command, a root shell. ``doctor`` is
 the other verb. The guest's streams are serial lines wired to host pipes
-(see ``_templates.CLI_*``); the copying is ``_terminal``'s, the parsing
+(see ``_templates.CLI_*``); the copying is ``_streams``' and ``_terminal``'s, the parsing
 ``_cli_args``'s.
 """
 
@@ -28,7 +28,8 @@ from ._doctor import run_doctor
 from ._errors import BootError, ConfigError, FakeMachineError, GuestTimeout
 from ._machine import Machine
 from ._session import Session, command_body, console_tail
-from ._terminal import TerminalRelay, copy_out, send_framed, start_thread, window_size
+from ._streams import copy_out, spool_stdin, start_thread
+from ._terminal import TerminalRelay, window_size
 from ._uml import GuestProcess
 
 __all__ = ["main"]
@@ -39,6 +40,7 @@ EXIT_GUEST_FAILED = 125  # the guest could not run the command (as docker run)
 GUEST_CWD = "/scratch"  # as fakemachine's service (WorkingDirectory=-/scratch)
 # fakemachine's guests set IN_FAKE_MACHINE=yes; debos and scripts test for it.
 COMPAT_ENV = {"IN_FAKE_MACHINE": "yes"}
+STDIN_SPOOL = "stdin.d"  # in the work directory: piped stdin's chunks
 INTERACTIVE_PS1 = r"root@fakemachine:\w# "
 
 
@@ -177,7 +179,9 @@ def _run_streams(
         in_r, in_w = w.pipe()
         w.guest_fds.append(in_r)
         args.append(_line(3, in_r, None))
-        prelude += "\n" + t.CLI_STDIN.format(line=t.CLI_STDIN_LINE, work=t.GUEST_WORK)
+        prelude += "\n" + t.CLI_STDIN.format(
+            line=t.CLI_STDIN_LINE, work=t.GUEST_WORK, spool=f"{t.GUEST_WORK}/{STDIN_SPOOL}"
+        )
     machine.extra_kernel_args = [*machine.extra_kernel_args, *args]
     body = _body(machine, prelude, argv, {})
     with machine.session() as session:
@@ -191,8 +195,11 @@ def _run_streams(
             ]
             if passes_stdin:
                 ready = session.workdir / "stdin-ready"
+                spool = session.workdir / STDIN_SPOOL
+                spool.mkdir()
                 start_thread(
-                    lambda: send_framed(0, in_w, ready.exists, guest.exited), "fakemachine-stdin"
+                    lambda: spool_stdin(0, spool, in_w, ready.exists, guest.exited),
+                    "fakemachine-stdin",
                 )
             finished = guest.wait(machine.timeout, _BootWatch(session, guest, boot_timeout))
         finally:

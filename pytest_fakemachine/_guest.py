@@ -14,6 +14,7 @@ sees each phase as soon as it ends::
     {"event": "finish", "nodeid": ...}  (the test's whole protocol, reruns included)
     {"event": "warning", "nodeid": ..., "message": ..., "category": [module, qualname], ...}
     {"event": "shell", "nodeid": ...}, {"event": "shell-end", ...}  (_guest_shell)
+    {"event": "pdb"}, {"event": "pdb-end"}  (the debugger has the terminal, then not)
     {"event": "done", "exitstatus": ...}
 """
 
@@ -27,7 +28,6 @@ import os
 import shutil
 import stat
 import sys
-import time
 from collections.abc import Callable, Generator
 from typing import IO, Any, TextIO, cast
 
@@ -49,7 +49,8 @@ class GuestReporter:
         self.rerun_pending = False
         self.items: list[pytest.Item] = []
         self.markup: bool = spec.get("markup", False)
-        self.interactive: bool = bool(spec.get("stdin"))
+        self.interactive: bool = bool(spec.get("debugger"))
+        self.terminal: Any = None  # a _guest_terminal.Terminal, when the host wired one
         self.terminal_log: str | None = spec.get("terminal_log")
         self.tmp_path_dir: str | None = spec.get("tmp_path_dir")
         self.tmp_path_policy: str = spec.get("tmp_path_policy", "all")
@@ -122,13 +123,21 @@ class GuestReporter:
         try:
             return (yield)
         finally:
+            self._leave_terminal()  # after a `q` too, which skips pytest_leave_pdb
             self._show_terminal(False)
 
-    def pytest_enter_pdb(self) -> None:  # breakpoint(), pytest.set_trace()
+    def pytest_enter_pdb(self) -> None:  # also breakpoint(), pytest.set_trace(), --trace
         self._show_terminal(True)
+        if self.interactive and self.terminal is not None:
+            self.terminal.attach("pdb")
 
     def pytest_leave_pdb(self) -> None:
+        self._leave_terminal()
         self._show_terminal(False)
+
+    def _leave_terminal(self) -> None:
+        if self.terminal is not None:
+            self.terminal.detach("pdb-end")
 
     def _show_terminal(self, show: bool) -> None:
         gate = getattr(self, "gate", None)
@@ -217,48 +226,6 @@ class GuestReporter:
         pytest.exit("the test reruns in a fresh guest", returncode=0)
 
 
-class FileStdin(io.TextIOBase):
-    """stdin read from a file the host appends the user's input to (see
-    ``_relay``): reads wait for a line, as on a terminal."""
-
-    def __init__(self, path: str) -> None:
-        self._path = path
-        self._offset = 0
-        self._buffer = ""
-
-    def readable(self) -> bool:
-        return True
-
-    def isatty(self) -> bool:
-        return False
-
-    def _fill(self) -> bool:
-        """Read what the host added; False once it said the input ended."""
-        with open(self._path, "rb") as f:
-            f.seek(self._offset)
-            data = f.read()
-        self._offset += len(data)
-        self._buffer += data.decode(errors="replace")
-        return bool(data) or not os.path.exists(self._path + ".closed")
-
-    def readline(self, size: int | None = -1) -> str:  # type: ignore[override]
-        while "\n" not in self._buffer and self._fill():
-            time.sleep(0.05)
-        end = self._buffer.find("\n") + 1 or len(self._buffer)
-        if size is not None and 0 <= size < end:
-            end = size
-        line, self._buffer = self._buffer[:end], self._buffer[end:]
-        return line
-
-    def read(self, size: int | None = -1) -> str:
-        if size is None or size < 0:
-            while self._fill():
-                time.sleep(0.05)
-            data, self._buffer = self._buffer, ""
-            return data
-        return self.readline(size)
-
-
 class _Gate(io.TextIOBase):
     """The guest's terminal output: shown (through stdout) only while the
     debugger runs, so the host, not the guest, reports the tests; else logged."""
@@ -321,15 +288,20 @@ def main(spec_path: str) -> int:
     if isinstance(sys.stdout, io.TextIOWrapper):
         sys.stdout.reconfigure(line_buffering=True)
     os.chdir(spec["invocation_dir"])
-    if spec.get("stdin"):  # the user's terminal, for the debugger
-        sys.stdin = FileStdin(spec["stdin"])
     stop_coverage = _start_coverage(spec.get("coverage"))
     with open(spec["events"], "a", encoding="utf-8") as out:
         reporter = GuestReporter(spec, out)
         plugins: list[object] = [reporter]
         plugins += [importlib.import_module(module) for module in spec["plugins"]]
-        if spec.get("shell"):  # --fakemachine-shell-on-fail
-            plugins.append(_load_sibling("_guest_shell").ShellOnFail(spec["shell"], reporter.send))
+        if spec.get("terminal"):  # the user's, for the debugger or the shell
+            if spec.get("debugger"):  # readline reads TERM when pdb first imports it
+                os.environ.setdefault("TERM", spec["terminal"]["term"])
+            terminal = _load_sibling("_guest_terminal").Terminal(spec["terminal"], reporter.send)
+            reporter.terminal = terminal
+            if spec.get("shell"):  # --fakemachine-shell-on-fail
+                shell = _load_sibling("_guest_shell").ShellOnFail(spec["shell"], terminal,
+                                                                  reporter.send)  # fmt: skip
+                plugins.append(shell)
         try:
             status = int(pytest.main(spec["args"], plugins=plugins))
         finally:

@@ -27,12 +27,13 @@ from . import _guest
 from ._config import Image, check_env, check_guest_path
 from ._errors import ConfigError
 from ._machine import Machine
-from ._relay import STDIN_FILE, LineRelay, is_terminal
 from ._session import BootOutcome, Session, command_body, console_tail
 from ._settings import SCOPES, Settings, passenv_env
-from ._shell import ShellWiring
+from ._shell import interact as shell_interact
+from ._shell import shell_spec
 from ._spec import coverage_settings, guest_spec, python_mounts
 from ._templates import GUEST_WORK
+from ._terminal import GuestTerminal, open_terminal
 from ._transport import (
     EventReader,
     OutputRelay,
@@ -166,15 +167,17 @@ class GuestRun:
     finished: dict[str, dict[str, int]] = field(default_factory=dict)  # -> where output ends
     rerun: set[str] = field(default_factory=set)
     relay: OutputRelay | None = None
-    terminal: LineRelay | None = None  # --pdb, breakpoint()
+    terminal: GuestTerminal | None = None  # the debugger's, the shell's
     boot_charged: bool = False
     done: bool = False
     dead: str = ""  # why the guest stopped early, once it did
     deadline: float | None = None
     launched_at: float = 0.0
     boot_seconds: float | None = None  # launch to the first test's start, once known
-    shell: ShellWiring | None = None  # --fakemachine-shell-on-fail
-    shell_over: bool = False
+    shell_on_fail: bool = False  # --fakemachine-shell-on-fail
+    terminal_over: bool = False
+    interacting: bool = False
+    queued: list[dict[str, Any]] = field(default_factory=list)  # events read, not handled
 
     def start(self) -> None:
         coverage = coverage_settings()
@@ -182,11 +185,13 @@ class GuestRun:
         for path, writable in python_mounts(self.config, data_dirs):
             check_guest_path(path, "the Python environment of the pytest session")
             self.machine.add_volume(path, read_only=not writable)
-        if self.shell is not None:
-            self.machine.extra_kernel_args += self.shell.kernel_args()
+        interactive = wants_terminal(self.config)
+        if interactive or self.shell_on_fail:
+            self.terminal = GuestTerminal()
+            self.machine.extra_kernel_args += self.terminal.kernel_args()
         self.session = self.machine.session()
-        if self.shell is not None:
-            self.session.pass_fds += self.shell.pass_fds
+        if self.terminal is not None:
+            self.session.pass_fds += self.terminal.pass_fds
         self.session.cleanup.append(self.image_dir)
         self.session.__enter__()
         work = self.session.workdir
@@ -195,17 +200,18 @@ class GuestRun:
                           one_attempt=one_attempt, prior_attempts=self.prior_attempts)  # fmt: skip
         spec["coverage"] = coverage
         spec["terminal_log"] = f"{GUEST_WORK}/terminal"
-        interactive = wants_terminal(self.config)
         if interactive:
-            spec["stdin"] = f"{GUEST_WORK}/{STDIN_FILE}"
+            spec["debugger"] = True
             option = self.config.option
             debug = (("--pdb", option.usepdb), ("--trace", option.trace))
             spec["args"][:0] = [flag for flag, wanted in debug if wanted]
         (work / "tmp_path").mkdir()
         spec["tmp_path_dir"] = f"{GUEST_WORK}/tmp_path"
         spec["tmp_path_policy"] = self.config.getini("tmp_path_retention_policy")
-        if self.shell is not None:
-            spec["shell"] = self.shell.spec()
+        if self.terminal is not None:
+            spec["terminal"] = self.terminal.spec()
+        if self.shell_on_fail:
+            spec["shell"] = shell_spec()
         (work / "guest.json").write_text(json.dumps(spec))
         env = {**self.machine.env, "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1",
                "PYTHONDONTWRITEBYTECODE": "1"}  # fmt: skip
@@ -214,12 +220,10 @@ class GuestRun:
         self.reader = EventReader(work / "events.jsonl")
         if self.config.option.capture in ("no", "tee-sys") or interactive:
             self.relay = OutputRelay(work, _host_output(self.config))
-        if interactive:
-            self.terminal = LineRelay(work)
         self.launched_at = time.monotonic()
         self.guest = self.session.launch(body)
-        if self.shell is not None:
-            self.shell.launched()
+        if self.terminal is not None:
+            self.terminal.launched()
         self._arm()
 
     def _arm(self) -> None:
@@ -229,8 +233,14 @@ class GuestRun:
         assert self.reader is not None
         if self.relay is not None:
             self.relay.read()
-        for event in self.reader.read():
+        self.queued += self.reader.read()
+        while self.queued:
+            event = self.queued.pop(0)
             kind = event.get("event")
+            if kind in ("shell", "pdb") and self.interacting:
+                # The next interaction, read while this one ends: after it.
+                self.queued.insert(0, event)
+                return
             if kind == "start":
                 self._arm()  # the time limit counts per test
                 if self.boot_seconds is None:
@@ -249,16 +259,30 @@ class GuestRun:
                 self.rerun.add(event["nodeid"])
             elif kind == "done":
                 self.done = True
-            elif kind == "shell" and self.shell is not None:
-                self.shell_over = False
-                self.shell.interact(event.get("nodeid", ""), self._shell_ended)
-                self._arm()  # the time in the shell is not the test's
-            elif kind == "shell-end":
-                self.shell_over = True
+            elif kind in ("shell", "pdb") and self.terminal is not None:
+                self._interact(self.terminal, event)
+            elif kind in ("shell-end", "pdb-end"):
+                self.terminal_over = True
 
-    def _shell_ended(self) -> bool:
+    def _interact(self, terminal: GuestTerminal, event: dict[str, Any]) -> None:
+        """The user's terminal joined to the guest's until the matching end event."""
+        self.terminal_over = False
+        self.interacting = True
+        try:
+            if event["event"] == "shell":
+                shell_interact(terminal, event.get("nodeid", ""), self._terminal_ended)
+            else:
+                if self.relay is not None:  # what went before (the traceback) first
+                    self.relay.read()
+                    self.relay.write()
+                terminal.interact(self._terminal_ended)
+        finally:
+            self.interacting = False
+        self._arm()  # the time in the shell or the debugger is not the test's
+
+    def _terminal_ended(self) -> bool:
         self._pump()
-        return self.shell_over or self.guest is None or self.guest.exited()
+        return self.terminal_over or self.guest is None or self.guest.exited()
 
     def _keep_tmp_path(self, name: str) -> None:
         """Move a test's tmp_path, copied out by the guest, into the host's basetemp."""
@@ -283,11 +307,6 @@ class GuestRun:
         received: list[pytest.TestReport] = []  # the reports of the attempt under way
         while True:
             self._pump()
-            if self.terminal is not None:
-                with self.config.pluginmanager.getplugin(
-                    "capturemanager"
-                ).global_and_fixture_disabled():
-                    self.terminal.pump()
             if self.relay is not None:  # a phase's output comes before its report
                 self.relay.write(self.finished.get(item.nodeid))
             for data in self.events.pop(item.nodeid, []):
@@ -383,8 +402,8 @@ class GuestRun:
         finally:
             if self.session is not None:
                 self.session.__exit__()
-            if self.shell is not None:
-                self.shell.close()
+            if self.terminal is not None:
+                self.terminal.close()
             shutil.rmtree(self.image_dir, ignore_errors=True)
 
     def remaining(self, delivered: Iterable[str]) -> list[pytest.Item]:
@@ -397,7 +416,24 @@ def wants_terminal(config: pytest.Config) -> bool:
     (breakpoint()), with a terminal on the host's stdin."""
     option = config.option
     asked = option.usepdb or option.trace or option.capture == "no"
-    return bool(asked) and is_terminal(0)
+    if not asked or not _stdin_is_terminal(config):
+        return False
+    terminal = open_terminal()  # the relay's: it must open
+    if terminal is None:
+        return False
+    os.close(terminal)
+    return True
+
+
+def _stdin_is_terminal(config: pytest.Config) -> bool:
+    """Whether the session's stdin is a terminal, past pytest's capture of fd 0
+    (--capture=fd, the default, puts /dev/null there while tests run)."""
+    if os.isatty(0):
+        return True
+    capman = config.pluginmanager.getplugin("capturemanager")
+    capturing = getattr(capman, "_global_capturing", None)
+    saved = getattr(getattr(capturing, "in_", None), "targetfd_save", None)
+    return isinstance(saved, int) and os.isatty(saved)
 
 
 def _host_output(config: pytest.Config) -> Callable[[str, bytes], None]:

@@ -222,16 +222,17 @@ CLI_STREAMS = """\
 busybox stty -F {stdout} raw -echo && busybox stty -F {stderr} raw -echo || exit 125
 exec >{stdout} 2>{stderr}"""
 
-# stdin comes framed (LENGTH newline BYTES, 0 at the end: a tty has no end of
-# file); a background decoder feeds the command through a FIFO, so the command
-# ends when it is done, not when the host's stdin ends. `read` takes a byte at
-# a time and coreutils `head -c` never reads past its frame (busybox's reads
-# ahead through stdio). {work}/stdin-ready tells
-# the host the line is open (data sent earlier would go unnoticed).
+# stdin comes as chunk files in {spool} (hostfs), each announced by its
+# length as a line on {line} (a tty wakes the guest, and has no end of file:
+# 0 is the end). A background loop copies chunk N to the command through a
+# FIFO, so the command ends when it is done, not when the host's stdin ends,
+# then truncates it: the host deletes it (see _streams.spool_stdin).
+# {work}/stdin-ready tells the host the line is open (lines sent earlier
+# would go unnoticed).
 CLI_STDIN = """\
 exec 3<{line} && busybox stty raw -echo <&3 && busybox mkfifo /run/fakemachine-stdin || exit 125
 : >{work}/stdin-ready
-(while IFS= read -r n <&3 && [ "$n" -gt 0 ]; do head -c "$n" <&3 || break; done >/run/fakemachine-stdin 2>/dev/null) &
+(i=0; while IFS= read -r n <&3 && [ "$n" -gt 0 ]; do i=$((i+1)); cat {spool}/$i && : >{spool}/$i || break; done >/run/fakemachine-stdin 2>/dev/null) &
 exec 3<&- </run/fakemachine-stdin"""
 
 # The interactive shell: one line in both directions, a terminal with the

@@ -1,28 +1,26 @@
-"""The terminal relay of the shells: a host terminal or host streams joined
-to a guest's serial lines, raw (``pytest-fakemachine``'s streams and its
-interactive shell, ``--fakemachine-shell-on-fail``).
+"""The terminal relay: the user's terminal joined to a tty of the guest, raw,
+for everything interactive in a guest: ``pytest-fakemachine``'s root shell,
+``--fakemachine-shell-on-fail``, and the debugger of marked tests (``--pdb``,
+``--trace``, ``breakpoint()``), which so gets a real terminal in the guest
+(readline's line editing and completion, window size).
 
-The debugger of marked tests (``--pdb``, ``breakpoint()``) uses the simpler
-line relay of :mod:`pytest_fakemachine._relay` instead: pytest's own output
-already reaches the host, only the user's lines must go in.
+Nothing here knows about UML: the guest side is file descriptors (pipes
+whose other ends the guest kernel holds as serial lines). Threads copy
+bytes; the caller's thread keeps waiting on the guest, so signal handlers
+still run.
 
-Nothing here knows about UML: the guest side is a pair of file descriptors
-(pipes whose other ends the guest kernel holds). Threads copy bytes; the
-caller's thread keeps waiting on the guest, so signal handlers still run.
-
-- :func:`copy_out` copies guest output to a host descriptor as it arrives.
-- :func:`send_framed` sends a byte stream to a guest that reads it through a
-  tty: each chunk as ``LENGTH\\n`` and the bytes, and ``0\\n`` for the end,
-  because a tty can carry every byte but not an end of file (a hang-up on the
-  line discards what the guest has not read yet).
 - :class:`TerminalRelay` puts the host terminal in raw mode and joins it to a
   guest tty in both directions; window size changes go to a callback.
+- :class:`GuestTerminal` is a test guest's terminal: two serial lines on host
+  pipes (the terminal both ways, and window sizes as ``ROWS COLS`` lines),
+  opened by the guest side (``_guest_terminal``) for the whole run, and
+  joined to the session's terminal (``/dev/tty``, which pytest's capture of
+  fds 0-2 does not touch) between two events of the guest.
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
 import os
 import selectors
@@ -36,75 +34,13 @@ from collections.abc import Callable
 from types import FrameType, TracebackType
 from typing import Any, final
 
-__all__ = ["TerminalRelay", "copy_out", "frame", "send_framed", "start_thread", "window_size"]
+from . import _templates as t
+from ._streams import start_thread, write_all
+
+__all__ = ["GuestTerminal", "TerminalRelay", "open_terminal", "window_size"]
 
 CHUNK = 1 << 16
-FRAME_MAX = 1 << 20  # one guest `head -c` per frame: big frames, few program starts
-_READY_POLL_SECONDS = 0.01
-
-
-def start_thread(target: Callable[[], None], name: str) -> threading.Thread:
-    thread = threading.Thread(target=target, name=name, daemon=True)
-    thread.start()
-    return thread
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        written = os.write(fd, view)
-        view = view[written:]
-
-
-def copy_out(src: int, dst: int) -> None:
-    """Copy ``src`` to ``dst`` until ``src`` ends; a ``dst`` that went away (a
-    closed pipe) is skipped, and ``src`` is still drained so the guest never
-    blocks on it."""
-    broken = False
-    while True:
-        try:
-            data = os.read(src, CHUNK)
-        except OSError:
-            return
-        if not data:
-            return
-        if broken:
-            continue
-        try:
-            _write_all(dst, data)
-        except OSError as e:
-            if e.errno not in (errno.EPIPE, errno.EBADF, errno.EINVAL):
-                raise
-            broken = True
-
-
-def frame(data: bytes) -> bytes:
-    """One frame of :func:`send_framed`; ``frame(b"")`` is the end of the stream."""
-    return b"%d\n" % len(data) + data
-
-
-def send_framed(
-    src: int, dst: int, ready: Callable[[], bool], gone: Callable[[], bool] = lambda: False
-) -> None:
-    """Send ``src`` to ``dst`` as frames, once ``ready()`` says the guest reads.
-
-    Bytes written before the guest opened its tty would wait unnoticed in the
-    pipe (the guest kernel is told of new data, not of old). ``gone()`` ends
-    the wait when the guest is over before it ever reads.
-    """
-    while not ready():
-        if gone():
-            return
-        time.sleep(_READY_POLL_SECONDS)
-    try:
-        while True:
-            data = os.read(src, FRAME_MAX)
-            _write_all(dst, frame(data))
-            if not data:
-                return
-    except OSError:  # the guest is gone (EPIPE) or our stdin is unreadable
-        with contextlib.suppress(OSError):
-            _write_all(dst, frame(b""))
+_POLL_SECONDS = 0.02
 
 
 def window_size(fd: int) -> tuple[int, int]:
@@ -189,13 +125,83 @@ class TerminalRelay:
                     data = os.read(src, CHUNK)
                     if not data:
                         return
-                    _write_all(dst, data)
+                    write_all(dst, data)
                 if drain:
                     os.set_blocking(src, False)
                     try:
                         while data := os.read(src, CHUNK):
-                            _write_all(dst, data)
+                            write_all(dst, data)
                     finally:
                         os.set_blocking(src, True)
             except OSError:  # BlockingIOError: drained; others: a side went away
                 return
+
+
+def open_terminal() -> int | None:
+    """The session's controlling terminal, past pytest's capture of fds 0-2."""
+    try:
+        return os.open("/dev/tty", os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
+    except OSError:
+        return None
+
+
+class GuestTerminal:
+    """The pipes of one guest's terminal lines; closed with :meth:`close`."""
+
+    def __init__(self) -> None:
+        self._to_guest_r, self._to_guest_w = os.pipe()
+        self._from_guest_r, self._from_guest_w = os.pipe()
+        self._winch_r, self._winch_w = os.pipe()
+        os.set_blocking(self._winch_w, False)  # written from a signal handler
+        self._guest_ends = [self._to_guest_r, self._from_guest_w, self._winch_r]
+
+    @property
+    def pass_fds(self) -> tuple[int, ...]:
+        return tuple(self._guest_ends)
+
+    def kernel_args(self) -> list[str]:
+        return [
+            f"ssl1=fd:{self._to_guest_r},fd:{self._from_guest_w}",
+            f"ssl4=fd:{self._winch_r},null",
+        ]
+
+    def spec(self) -> dict[str, Any]:
+        """What the guest side needs to open the terminal."""
+        return {"line": t.CLI_STDOUT_LINE, "winch": t.CLI_WINCH_LINE,
+                "term": os.environ.get("TERM", "vt220")}  # fmt: skip
+
+    def launched(self) -> None:
+        """The UML process holds its ends now: ours go."""
+        for fd in self._guest_ends:
+            os.close(fd)
+        self._guest_ends.clear()
+
+    def close(self) -> None:
+        for fd in (*self._guest_ends, self._to_guest_w, self._from_guest_r, self._winch_w):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self._guest_ends.clear()
+
+    def _resize(self, rows: int, cols: int) -> None:
+        # A full pipe (the guest is not reading) drops this size; the next one will do.
+        with contextlib.suppress(OSError):
+            os.write(self._winch_w, b"%d %d\n" % (rows, cols))
+
+    def interact(self, over: Callable[[], bool], banner: str = "", farewell: str = "") -> None:
+        """Join the session's terminal to the guest's until ``over()`` says the
+        guest is done with it; ``banner`` and ``farewell`` frame the time."""
+        terminal = open_terminal()
+        if terminal is None:  # the terminal went away since the session started
+            return
+        try:
+            if banner:
+                os.write(terminal, banner.encode())
+            self._resize(*window_size(terminal))
+            with TerminalRelay(terminal, terminal, self._to_guest_w, self._from_guest_r,
+                               self._resize):  # fmt: skip
+                while not over():
+                    time.sleep(_POLL_SECONDS)
+            if farewell:
+                os.write(terminal, farewell.encode())
+        finally:
+            os.close(terminal)

@@ -23,7 +23,6 @@ from ._config import parse_timeout
 from ._errors import BackendUnavailable, FakeMachineError
 from ._inguest import in_fakemachine
 from ._settings import Settings, settings_key
-from ._shell import ShellWiring
 from ._shell import why_off as why_shell_off
 from ._transport import covers, failure_reports, report_collect_error, skip_reports
 
@@ -272,7 +271,7 @@ def _start_run(
                    function_scope=mark.scope == "function", prior_attempts=prior_attempts,
                    collect_errors_reported=state.collect_errors_reported)  # fmt: skip
     if config.getoption("fakemachine_shell_on_fail") and why_shell_off(config) is None:
-        run.shell = ShellWiring()
+        run.shell_on_fail = True
     for member in run.items:
         state.runs[member.nodeid] = run
     try:

@@ -3,6 +3,7 @@ console script in real guests (exit status, streams, stdin, flags, signals)."""
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import signal
@@ -18,6 +19,7 @@ from conftest import wait_for_no_leftovers
 from pytest_fakemachine import ConfigError
 from pytest_fakemachine._cli import build_machine, main
 from pytest_fakemachine._cli_args import UsageError, parse
+from pytest_fakemachine._streams import CHUNK_MAX
 
 CLI = str(Path(sys.executable).parent / "pytest-fakemachine")
 MiB = 1 << 20
@@ -171,6 +173,32 @@ def test_stdin_is_passed_through_binary_safe_tar(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert (out / "sub" / "bytes.bin").read_bytes() == every_byte
     assert (out / "text.txt").read_bytes() == b"hello\r\nworld\n"
+
+
+def test_stdin_many_chunks_every_byte_value_exact() -> None:
+    """Several spool chunks (more than CHUNK_MAX), every byte value first,
+    through one command that reads it all: the digest and the length match."""
+    data = bytes(range(256)) * 256 + b"\x03\x04\r\n\x00" * 1000 + os.urandom(CHUNK_MAX + 3 * MiB)
+    result = cli("--", "sh", "-c", "tee /tmp/copy | sha256sum; wc -c </tmp/copy", stdin=data)
+    assert result.returncode == 0, result.stderr
+    digest, _, length = result.stdout.decode().partition("-")
+    assert (digest.strip(), int(length)) == (hashlib.sha256(data).hexdigest(), len(data))
+
+
+def test_stdin_is_streamed_line_by_line() -> None:
+    """The guest answers the first line while the host's stdin is still open:
+    the second line is written only once the answer came back."""
+    with subprocess.Popen([CLI, "--timeout", "120", "--", "sh", "-c",
+                           "read x; echo got $x; read y; echo then $y"],
+                          stdin=subprocess.PIPE, stdout=subprocess.PIPE) as proc:  # fmt: skip
+        assert proc.stdin is not None and proc.stdout is not None
+        proc.stdin.write(b"a\n")
+        proc.stdin.flush()
+        assert proc.stdout.readline() == b"got a\n"
+        proc.stdin.write(b"b\n")
+        proc.stdin.close()
+        assert proc.stdout.read() == b"then b\n"
+        assert proc.wait(timeout=60) == 0
 
 
 def test_no_command_the_shell_reads_stdin() -> None:

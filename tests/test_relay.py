@@ -1,5 +1,6 @@
 """The debugger of a marked test, in the guest, on the user's terminal (a
-pseudo-terminal here): --pdb at a failure, breakpoint() with -s."""
+pseudo-terminal here) through the terminal relay (``_terminal``): --pdb at a
+failure, breakpoint() with -s."""
 
 from __future__ import annotations
 
@@ -25,7 +26,9 @@ def test_pdb_and_breakpoint_in_the_guest_talk_to_the_terminal(pytester: pytest.P
         def test_breaks():
             y = 5
             breakpoint()
-            assert y == 5
+            y = 6
+            breakpoint()  # right after the first: its end and this start come together
+            assert y == 6
         """
     )
     child = pexpect.spawn(
@@ -34,6 +37,7 @@ def test_pdb_and_breakpoint_in_the_guest_talk_to_the_terminal(pytester: pytest.P
         cwd=str(pytester.path),
         encoding="utf-8",
         timeout=120,
+        dimensions=(30, 100),
     )
     try:
         child.expect("entering PDB")  # after the failure's traceback, as locally
@@ -44,10 +48,52 @@ def test_pdb_and_breakpoint_in_the_guest_talk_to_the_terminal(pytester: pytest.P
         child.sendline("c")
         child.expect(r"test_t.py\(\d+\)test_breaks\(\)")
         child.expect(r"\(Pdb\) ")
-        child.sendline("p y * 10")
+        # A real terminal in the guest: readline edits the line (Ctrl-A: to its start).
+        child.send("* 10\x01p y \r")
         child.expect("50")
+        child.expect(r"\(Pdb\) ")
+        child.sendline("p __import__('sys').stdin.isatty(), __import__('os').get_terminal_size()")
+        child.expect(r"\(True, os.terminal_size\(columns=100, lines=30\)\)")
+        child.sendline("c")
+        child.expect(r"\(Pdb\) ")
+        child.sendline("p y + 100")
+        child.expect("106")
         child.sendline("c")
         child.expect("1 failed, 1 passed")
+        child.expect(pexpect.EOF)
+    finally:
+        child.close(force=True)
+    assert child.exitstatus == 1
+
+
+def test_pdb_with_pytest_capturing_fds(pytester: pytest.Pytester) -> None:
+    """--pdb alone (pytest's default --capture=fd puts /dev/null on fd 0 while
+    tests run): the guest's debugger still gets the terminal."""
+    pytester.makepyfile(
+        test_t="""
+        import pytest
+
+        @pytest.mark.fakemachine
+        def test_fails():
+            print("captured-output")
+            x = 41
+            assert x == 42
+        """
+    )
+    child = pexpect.spawn(
+        sys.executable,
+        ["-m", "pytest", "-p", "no:cacheprovider", "--pdb", "test_t.py"],
+        cwd=str(pytester.path),
+        encoding="utf-8",
+        timeout=120,
+    )
+    try:
+        child.expect("captured-output")  # pytest shows the captured output first
+        child.expect(r"\(Pdb\) ")
+        child.sendline("p x + 1")
+        child.expect("42")
+        child.sendline("c")
+        child.expect("1 failed")
         child.expect(pexpect.EOF)
     finally:
         child.close(force=True)

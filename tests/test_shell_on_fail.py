@@ -27,6 +27,9 @@ def test_fails(thing, tmp_path):
 
 def test_after_the_shell(tmp_path):
     assert (tmp_path.parent / "teardown-ran").read_text() == "yes"
+
+def test_fails_again():
+    assert False
 """
 
 
@@ -54,7 +57,14 @@ def test_shell_opens_at_the_failure_before_teardown(pytester: pytest.Pytester) -
         session.expect_exact("40 120\r\n")
         session.sendline("exit")
         session.expect_exact("the shell has ended; the session goes on.")
-        session.expect_exact("1 failed, 1 passed")  # the shared guest ran the next test
+        # A second shell in the same guest, on the same line (which the first hung up).
+        session.expect_exact("test_shared.py::test_fails_again failed; a root shell in its guest")
+        session.expect_exact("# ")
+        session.sendline("echo second-$((20 + 1))")
+        session.expect_exact("second-21\r\n")
+        session.sendline("exit")
+        session.expect_exact("the shell has ended; the session goes on.")
+        session.expect_exact("2 failed, 1 passed")  # the shared guest ran the next tests
         session.expect(pexpect.EOF)
     finally:
         session.close(force=True)
@@ -75,3 +85,39 @@ def test_shell_on_fail_says_why_it_is_off(pytester: pytest.Pytester) -> None:
     )
     xdist = pytester.runpytest_subprocess("--fakemachine-shell-on-fail", "-n", "1")
     xdist.stdout.fnmatch_lines(["*--fakemachine-shell-on-fail is off: pytest-xdist workers*"])
+
+
+@pytest.mark.uses_plugins  # pytest-rerunfailures
+def test_under_reruns_the_shell_opens_once_on_the_last_attempt(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        test_flaky="""
+        import pytest
+
+        @pytest.mark.fakemachine  # function scope: each attempt boots a fresh guest
+        def test_always_fails(request, tmp_path):
+            (tmp_path / "attempt").write_text(str(request.node.execution_count))
+            assert False
+        """
+    )
+    session = pexpect.spawn(
+        sys.executable,
+        ["-m", "pytest", "-p", "no:cacheprovider",
+         "--fakemachine-shell-on-fail", "--reruns", "2", "-q"],
+        cwd=str(pytester.path), timeout=180, dimensions=(30, 100),
+    )  # fmt: skip
+    session.logfile_read = log = io.BytesIO()
+    banner = b"test_flaky.py::test_always_fails failed; a root shell in its guest"
+    try:
+        session.expect_exact(banner.decode())
+        session.expect_exact("# ")
+        session.sendline("echo attempt-$(cat attempt)")
+        session.expect_exact("attempt-3\r\n")  # the third attempt: two reruns went before
+        session.sendline("exit")
+        session.expect_exact("the shell has ended; the session goes on.")
+        session.expect_exact("1 failed, 2 rerun")
+        session.expect(pexpect.EOF)
+    finally:
+        session.close(force=True)
+        print(log.getvalue().decode(errors="replace"))
+    assert log.getvalue().count(banner) == 1
+    assert session.exitstatus == 1

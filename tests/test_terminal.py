@@ -10,84 +10,17 @@ import signal
 import struct
 import sys
 import termios
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pexpect  # type: ignore[import-untyped]
 import pytest
 
-from pytest_fakemachine._terminal import TerminalRelay, copy_out, frame, send_framed, window_size
+from pytest_fakemachine._terminal import TerminalRelay, window_size
 
 # <asm-generic/ioctls.h>, which Python's termios lacks: unlock a pty, and get its number.
 TIOCSPTLCK, TIOCGPTN = 0x40045431, 0x80045430
 CLI = str(Path(sys.executable).parent / "pytest-fakemachine")
-
-
-def read_all(fd: int) -> bytes:
-    chunks = []
-    while chunk := os.read(fd, 65536):
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-def unframe(data: bytes) -> list[bytes]:
-    frames = []
-    while data:
-        length, _, data = data.partition(b"\n")
-        frames.append(data[: int(length)])
-        data = data[int(length) :]
-    return frames
-
-
-def test_frames_carry_every_byte_and_an_end() -> None:
-    assert frame(b"") == b"0\n"
-    assert frame(b"\0\n\x03") == b"3\n\0\n\x03"
-
-
-def test_send_framed_waits_until_the_guest_reads() -> None:
-    src_r, src_w = os.pipe()
-    dst_r, dst_w = os.pipe()
-    ready = threading.Event()
-    sender = threading.Thread(target=send_framed, args=(src_r, dst_w, ready.is_set))
-    sender.start()
-    os.write(src_w, bytes(range(256)))
-    os.close(src_w)
-    os.set_blocking(dst_r, False)
-    with pytest.raises(BlockingIOError):  # nothing is sent before the guest is ready
-        os.read(dst_r, 1)
-    os.set_blocking(dst_r, True)
-    ready.set()
-    sender.join(timeout=30)
-    os.close(dst_w)
-    frames = unframe(read_all(dst_r))
-    assert b"".join(frames) == bytes(range(256)) and frames[-1] == b""
-    os.close(src_r)
-    os.close(dst_r)
-
-
-def test_send_framed_gives_up_when_the_guest_is_gone() -> None:
-    src_r, src_w = os.pipe()
-    dst_r, dst_w = os.pipe()
-    send_framed(src_r, dst_w, ready=lambda: False, gone=lambda: True)
-    os.close(dst_w)
-    assert read_all(dst_r) == b""
-    for fd in (src_r, src_w, dst_r):
-        os.close(fd)
-
-
-def test_copy_out_drains_the_guest_when_the_host_side_is_closed() -> None:
-    src_r, src_w = os.pipe()
-    dst_r, dst_w = os.pipe()
-    os.close(dst_r)  # as `pytest-fakemachine -- yes | head -1` closes our stdout
-    copier = threading.Thread(target=copy_out, args=(src_r, dst_w))
-    copier.start()
-    os.write(src_w, b"x" * 200_000)  # more than a pipe holds: it must be drained
-    os.close(src_w)
-    copier.join(timeout=30)
-    assert not copier.is_alive()
-    os.close(src_r)
-    os.close(dst_w)
 
 
 @pytest.fixture
