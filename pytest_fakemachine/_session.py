@@ -82,7 +82,7 @@ class Session:
     """A validated configuration with its work directory; use as a context manager."""
 
     kernel: Path
-    modules: Path
+    modules: Path | None  # None: a kernel without module support
     memory_mib: int
     scratch_bytes: int | None
     network: bool
@@ -91,6 +91,7 @@ class Session:
     keep: bool = False
     echo: Callable[[str], None] | None = None
     extra_kernel_args: tuple[str, ...] = ()
+    kernel_own_args: tuple[str, ...] = ()  # this kernel's (its seccomp mode): _kernel.boot_args
     raid_benchmarks: bool = False
     pass_fds: tuple[int, ...] = ()  # host fds for channels in extra_kernel_args
     cleanup: list[Path] = field(default_factory=list)  # removed even if the host dies
@@ -170,8 +171,9 @@ class Session:
             mounts.append(_mount(t.CPUINFO, "/proc/cpuinfo", "none", "bind"))
         # Here, not by systemd's dev-mqueue.mount (a mount process) on first use.
         mounts.append(_mount("mqueue", "/dev/mqueue", "mqueue", "nosuid,nodev,noexec"))
-        # The Debian UML kernel's modules, where modprobe looks for them.
-        mounts.append(_hostfs(str(self.modules), str(MODULES_MOUNTPOINT), read_only=True))
+        # The UML kernel's modules, where modprobe looks for them.
+        if self.modules is not None:
+            mounts.append(_hostfs(str(self.modules), str(MODULES_MOUNTPOINT), read_only=True))
         if self.scratch_bytes is None:
             mounts.append(_mount("tmpfs", "/scratch", "tmpfs", "mode=1777"))
         else:
@@ -223,6 +225,7 @@ class Session:
         ]
         # Through links in the work dir: ubd takes ',' in a file name as a COW file.
         args += [f"ubd{i}={work}/disk{i}" for i in range(len(self._disk_paths()))]
+        args += self.kernel_own_args
         args += self.extra_kernel_args
         return [a for a in args if a]
 

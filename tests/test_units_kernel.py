@@ -1,0 +1,173 @@
+"""Unit tests of _kernel: a kernel's version, modules, configuration and seccomp mode.
+
+The kernels here are small shell scripts that answer ``--version`` and
+``--showconfig`` as linux.uml does: the probe only runs them; nothing boots.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import pytest
+
+from pytest_fakemachine import BackendUnavailable, ConfigError, _kernel
+from pytest_fakemachine._kernel import (
+    FEATURES,
+    SECCOMP_ENV,
+    KernelInfo,
+    boot_args,
+    kernel_info,
+    modules_for,
+    seccomp_arg,
+)
+
+FULL_CONFIG = {option: "m" for feature in FEATURES for option in feature.options} | {
+    "CONFIG_MODULES": "y"
+}
+
+
+def make_kernel(
+    path: Path, version: str, config: str = "CONFIG_MODULES=y\n", *, seccomp: bool = False
+) -> Path:
+    """A stand-in linux.uml: prints its version and configuration as the real one does."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    mark = "# Invalid seccomp option '%s', expected on/auto/off\n" if seccomp else ""
+    path.write_text(
+        "#!/bin/sh\n" + mark + f'case "$1" in\n  --version) echo {version} ;;\n'
+        f"  --showconfig) cat <<'EOF'\n#\n# Linux/um {version} Kernel Configuration\n{config}EOF\n"
+        ";;\nesac\n"
+    )
+    path.chmod(0o755)
+    return path
+
+
+def add_modules(directory: Path) -> Path:
+    directory.mkdir(parents=True)
+    (directory / "modules.dep").write_text("")
+    return directory
+
+
+@pytest.fixture(autouse=True)
+def _no_system_modules(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    # The host's Debian modules must not answer for the stand-in kernels.
+    monkeypatch.setattr(_kernel, "SYSTEM_MODULES", tmp_path / "system-modules")
+
+
+def test_version_config_and_seccomp_mode_are_read(tmp_path: Path) -> None:
+    kernel = make_kernel(tmp_path / "k" / "linux.uml", "7.2.7", "CONFIG_TIME_NS=y\n", seccomp=True)
+    info = kernel_info(kernel)
+    assert (info.version, info.seccomp) == ("7.2.7", True)
+    assert info.config == {"CONFIG_TIME_NS": "y"}
+    off = kernel_info(
+        make_kernel(tmp_path / "off" / "linux.uml", "6.1.1", "# CONFIG_TIME_NS is not set\n")
+    )
+    assert off.config == {"CONFIG_TIME_NS": "n"}
+    old = kernel_info(make_kernel(tmp_path / "old" / "linux.uml", "6.1.176"))
+    assert (old.version, old.seccomp) == ("6.1.176", False)
+
+
+def test_a_kernel_replaced_on_disk_is_probed_again(tmp_path: Path) -> None:
+    kernel = make_kernel(tmp_path / "linux.uml", "6.1.1")
+    assert kernel_info(kernel).version == "6.1.1"
+    make_kernel(kernel, "6.12.113")
+    os.utime(kernel, ns=(1, 1))  # a different mtime, whatever the clock's resolution
+    assert kernel_info(kernel).version == "6.12.113"
+
+
+def test_a_kernel_that_cannot_run_here_says_why(tmp_path: Path) -> None:
+    kernel = tmp_path / "linux.uml"
+    kernel.write_text(
+        "#!/bin/sh\necho 'linux.uml: /lib/x86_64-linux-gnu/libc.so.6: version `GLIBC_2.38'"
+        "' not found' >&2\nexit 1\n"
+    )
+    kernel.chmod(0o755)
+    with pytest.raises(BackendUnavailable, match=r"does not run here .*GLIBC_2\.38"):
+        kernel_info(kernel)
+
+
+def test_modules_of_an_unpacked_package_are_found_beside_the_kernel(tmp_path: Path) -> None:
+    # dpkg -x user-mode-linux_7.2.7-1_amd64.deb DIR
+    kernel = make_kernel(tmp_path / "uml-7.2" / "usr" / "bin" / "linux.uml", "7.2.7")
+    add_modules(tmp_path / "uml-7.2" / "usr" / "lib" / "uml" / "modules" / "7.2.7")
+    # Another version's modules in Debian's place must not be taken instead.
+    add_modules(tmp_path / "system-modules" / "6.1.176")
+    assert modules_for(kernel) == tmp_path / "uml-7.2" / "usr" / "lib" / "uml" / "modules"
+
+
+@pytest.mark.parametrize("where", ["modules", "lib/modules"])
+def test_modules_in_the_kernels_own_directory_are_found(tmp_path: Path, where: str) -> None:
+    kernel = make_kernel(tmp_path / "build" / "linux.uml", "6.18.0")
+    add_modules(tmp_path / "build" / where / "6.18.0")
+    assert modules_for(kernel) == tmp_path / "build" / where
+
+
+def test_modules_by_version_in_debians_directory(tmp_path: Path) -> None:
+    kernel = make_kernel(tmp_path / "bin" / "linux.uml", "6.1.176")
+    add_modules(tmp_path / "system-modules" / "6.1.176")
+    assert modules_for(kernel) == tmp_path / "system-modules"
+
+
+def test_no_modules_for_the_version_names_kernel_version_and_places(tmp_path: Path) -> None:
+    kernel = make_kernel(tmp_path / "bin" / "linux.uml", "7.2.7")
+    add_modules(tmp_path / "system-modules" / "6.1.176")  # another version's: not these
+    with pytest.raises(BackendUnavailable) as excinfo:
+        modules_for(kernel)
+    message = str(excinfo.value)
+    assert f"no modules for UML kernel {kernel} (Linux 7.2.7)" in message
+    for place in (tmp_path / "bin" / "modules", tmp_path / "system-modules"):
+        assert str(place / "7.2.7") in message
+    assert "dpkg -x" in message
+
+
+def test_a_kernel_without_module_support_needs_no_modules(tmp_path: Path) -> None:
+    kernel = make_kernel(tmp_path / "linux.uml", "6.18.0", "# CONFIG_MODULES is not set\n")
+    assert modules_for(kernel) is None
+
+
+def test_what_a_kernel_lacks_is_named_with_its_options() -> None:
+    config = dict(FULL_CONFIG)
+    del config["CONFIG_IP_NF_FILTER"]  # Debian's 7.2
+    info = KernelInfo(Path("k"), "7.2.7", config, seccomp=True)
+    assert [f.name for f in info.lacks()] == ["legacy iptables (iptables-legacy)"]
+    assert (
+        "lacks legacy iptables (iptables-legacy) (CONFIG_IP_NF_IPTABLES, CONFIG_IP_NF_FILTER)"
+        in (info.summary())
+    )
+    full = KernelInfo(Path("k"), "6.1.1", FULL_CONFIG, seccomp=False)
+    assert full.lacks() == []
+    assert full.summary() == "Linux 6.1.1, no seccomp mode, lacks nothing checked"
+    no_nft = {k: v for k, v in FULL_CONFIG.items() if not k.startswith("CONFIG_NF_TABLES")}
+    partial = KernelInfo(Path("k"), "6.1.1", no_nft, seccomp=False)
+    assert partial.lacks(fidelity_only=True) == []
+    assert [f.name for f in partial.lacks()] == ["nf_tables for ip/ip6/inet (nft)"]
+
+
+def test_a_kernel_without_configuration_lacks_nothing_known() -> None:
+    info = KernelInfo(Path("k"), "6.1.1", {}, seccomp=False)
+    assert info.lacks() == []
+    assert "no configuration to check" in info.summary()
+
+
+def test_seccomp_mode_is_auto_unless_told(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(SECCOMP_ENV, raising=False)
+    with_mode = KernelInfo(Path("k"), "7.2.7", {}, seccomp=True)
+    without = KernelInfo(Path("k"), "6.12.1", {}, seccomp=False)
+    assert seccomp_arg(with_mode, []) == "seccomp=auto"
+    assert seccomp_arg(without, []) is None  # it would pass seccomp= on to init
+    assert seccomp_arg(with_mode, ["seccomp=on"]) is None  # the user's own stays alone
+    monkeypatch.setenv(SECCOMP_ENV, "OFF")
+    assert seccomp_arg(with_mode, []) == "seccomp=off"
+    assert seccomp_arg(without, []) is None
+    monkeypatch.setenv(SECCOMP_ENV, "yes")
+    with pytest.raises(ConfigError, match=re.escape(f"{SECCOMP_ENV}='yes' from the environment")):
+        seccomp_arg(with_mode, [])
+
+
+def test_boot_args_carry_the_seccomp_mode(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(SECCOMP_ENV, raising=False)
+    new = make_kernel(tmp_path / "new" / "linux.uml", "7.2.7", seccomp=True)
+    old = make_kernel(tmp_path / "old" / "linux.uml", "6.1.176")
+    assert boot_args(new, []) == ("seccomp=auto",)
+    assert boot_args(old, []) == ()
