@@ -18,6 +18,7 @@ from pytest_fakemachine._kernel import (
     SECCOMP_ENV,
     KernelInfo,
     boot_args,
+    fastest,
     kernel_info,
     modules_for,
     seccomp_arg,
@@ -171,3 +172,18 @@ def test_boot_args_carry_the_seccomp_mode(tmp_path: Path, monkeypatch: pytest.Mo
     old = make_kernel(tmp_path / "old" / "linux.uml", "6.1.176")
     assert boot_args(new, []) == ("seccomp=auto",)
     assert boot_args(old, []) == ()
+
+
+def test_the_fastest_kernel_offered_keeps_every_fidelity_row() -> None:
+    no_iptables = {k: v for k, v in FULL_CONFIG.items() if k != "CONFIG_IP_NF_FILTER"}
+    debian12 = KernelInfo(Path("6.1"), "6.1.176", FULL_CONFIG, seccomp=False)
+    debian13 = KernelInfo(Path("6.12"), "6.12.113", FULL_CONFIG, seccomp=False)
+    testing = KernelInfo(Path("7.2"), "7.2.7", no_iptables, seccomp=True)
+    assert fastest([debian12, testing, debian13]) == debian13  # not 7.2: no iptables there
+    assert fastest([testing]) is None
+    full_new = KernelInfo(Path("7.3"), "7.3.1", FULL_CONFIG, seccomp=True)
+    assert fastest([debian13, full_new, debian12]) == full_new
+    # 6.10 is older than 6.9 only as text.
+    older = KernelInfo(Path("a"), "6.9.1", FULL_CONFIG, seccomp=False)
+    newer = KernelInfo(Path("b"), "6.10.1", FULL_CONFIG, seccomp=False)
+    assert fastest([newer, older]) == newer
