@@ -100,8 +100,12 @@ def _kernel_choice(info: KernelInfo, kernel_setting: str | None) -> list[Check]:
             checks.append(Check(f"other UML kernel ({path})", str(e), "", required=False))
     best = fastest([info, *others])
     if best is not None and best.path != info.path:
-        checks.append(Check("kernel choice", f"{best.path} ({best.summary()}) is faster here "
-                            f"than Linux {info.version} and keeps every guest feature",
+        why = (
+            f"keeps every guest feature, which Linux {info.version} does not"
+            if lacking
+            else "is faster (docs/performance.md, Kernels) and keeps every guest feature"
+        )
+        checks.append(Check("kernel choice", f"{best.path} ({best.summary()}) {why}",
                             f"--fakemachine-kernel={best.path} (or kernel=)",
                             required=False))  # fmt: skip
     for other in others:
