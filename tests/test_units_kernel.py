@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_fakemachine import BackendUnavailable, ConfigError, _kernel
+from pytest_fakemachine import BackendUnavailable, ConfigError, _doctor, _kernel
 from pytest_fakemachine._kernel import (
     FEATURES,
     SECCOMP_ENV,
@@ -35,10 +35,11 @@ def make_kernel(
     """A stand-in linux.uml: prints its version and configuration as the real one does."""
     path.parent.mkdir(parents=True, exist_ok=True)
     mark = "# Invalid seccomp option '%s', expected on/auto/off\n" if seccomp else ""
+    lines = ["#", f"# Linux/um {version} Kernel Configuration", *config.splitlines()]
+    show = "".join(f"    echo '{line}'\n" for line in lines)  # builtins only: PATH may be empty
     path.write_text(
-        "#!/bin/sh\n" + mark + f'case "$1" in\n  --version) echo {version} ;;\n'
-        f"  --showconfig) cat <<'EOF'\n#\n# Linux/um {version} Kernel Configuration\n{config}EOF\n"
-        ";;\nesac\n"
+        f'#!/bin/sh\n{mark}case "$1" in\n  --version) echo {version} ;;\n'
+        f"  --showconfig)\n{show}    ;;\nesac\n"
     )
     path.chmod(0o755)
     return path
@@ -187,3 +188,46 @@ def test_the_fastest_kernel_offered_keeps_every_fidelity_row() -> None:
     older = KernelInfo(Path("a"), "6.9.1", FULL_CONFIG, seccomp=False)
     newer = KernelInfo(Path("b"), "6.10.1", FULL_CONFIG, seccomp=False)
     assert fastest([newer, older]) == newer
+
+
+def full_config_text() -> str:
+    return "".join(f"{option}={value}\n" for option, value in FULL_CONFIG.items())
+
+
+def test_doctor_offers_a_faster_kernel_setup_sh_unpacked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+    monkeypatch.setenv("PATH", str(tmp_path / "bin"))  # no linux.uml on PATH
+    unpacked = tmp_path / "data" / "pytest-fakemachine" / "uml-7.3.1" / "usr" / "bin"
+    newer = make_kernel(unpacked / "linux.uml", "7.3.1", full_config_text(), seccomp=True)
+    broken = tmp_path / "data" / "pytest-fakemachine" / "uml-9.0.0" / "usr" / "bin" / "linux.uml"
+    broken.parent.mkdir(parents=True)
+    broken.write_text("#!/bin/sh\necho 'GLIBC_2.99 not found' >&2\nexit 1\n")
+    broken.chmod(0o755)
+    in_use = make_kernel(tmp_path / "k" / "linux.uml", "6.1.176", full_config_text())
+    checks = _doctor._kernel_choice(kernel_info(in_use), str(in_use))
+    choice = [c for c in checks if c.name == "kernel choice"]
+    assert len(choice) == 1 and choice[0].problem is not None
+    assert choice[0].problem.startswith(f"{newer} (Linux 7.3.1, seccomp mode,")
+    assert choice[0].fix == f"--fakemachine-kernel={newer} (or kernel=)"
+    assert not choice[0].required
+    assert any(c.name == f"other UML kernel ({broken})" and "GLIBC_2.99" in str(c.problem)
+               for c in checks)  # fmt: skip
+
+
+def test_doctor_says_what_the_kernel_in_use_lacks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+    monkeypatch.setenv("PATH", str(tmp_path / "bin"))
+    config = full_config_text().replace("CONFIG_IP_NF_FILTER=m\n", "")
+    in_use = make_kernel(tmp_path / "k" / "linux.uml", "7.2.7", config, seccomp=True)
+    checks = _doctor._kernel_choice(kernel_info(in_use), str(in_use))
+    assert [(c.name, c.problem) for c in checks] == [
+        (
+            "guest features",
+            "Linux 7.2.7 lacks legacy iptables (iptables-legacy): tests that need them fail "
+            "in its guests",
+        )
+    ]
