@@ -7,16 +7,22 @@ the file's identity, so a kernel replaced on disk is probed again.
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import hashlib
+import json
 import mmap
 import os
 import re
 import subprocess
+import tempfile
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ._errors import BackendUnavailable, ConfigError
+from ._errors import BackendUnavailable, ConfigError, FakeMachineError
+from ._initramfs import cache_dir
 
 __all__ = [
     "FEATURES",
@@ -41,6 +47,7 @@ _SYSTEM_KERNEL = Path("/usr/bin/linux.uml")
 _SECCOMP_MARK = b"Invalid seccomp option"
 SECCOMP_ENV = "PYTEST_FAKEMACHINE_SECCOMP"
 _SECCOMP_VALUES = ("auto", "on", "off")
+_STALE_SECONDS = 7 * 24 * 3600  # a kept probe no one has read for a week goes
 
 
 @dataclass(frozen=True)
@@ -149,17 +156,58 @@ def _has_seccomp_mode(kernel: Path) -> bool:
         return data.find(_SECCOMP_MARK) != -1
 
 
+def _cache_file(path: Path, identity: tuple[int, int, int, int]) -> Path | None:
+    """Where the probe of this kernel file is kept (the initramfs cache, private to the user)."""
+    try:
+        directory = cache_dir()
+    except FakeMachineError:
+        return None
+    key = hashlib.sha256(f"{path}\0{identity}".encode()).hexdigest()[:24]
+    return directory / f"kernel-{key}.json"
+
+
+def _load(cached: Path, path: Path) -> KernelInfo | None:
+    try:
+        data = json.loads(cached.read_text())
+        return KernelInfo(path, str(data["version"]), dict(data["config"]), bool(data["seccomp"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # absent or damaged: probe again
+
+
+def _store(cached: Path, info: KernelInfo) -> None:
+    data = {"version": info.version, "config": info.config, "seccomp": info.seccomp}
+    try:
+        fd, tmp = tempfile.mkstemp(dir=cached.parent, prefix=".kernel-")
+        with os.fdopen(fd, "w") as out:
+            json.dump(data, out)
+        os.replace(tmp, cached)
+    except OSError:  # a cache that cannot be written costs a probe next time, nothing more
+        return
+    cutoff = time.time() - _STALE_SECONDS
+    for old in cached.parent.glob("kernel-*.json"):  # kernels replaced or gone
+        with contextlib.suppress(OSError):
+            if old != cached and old.stat().st_atime < cutoff:
+                old.unlink()
+
+
 @functools.lru_cache(maxsize=8)
 def _probe(path: Path, identity: tuple[int, int, int, int]) -> KernelInfo:
+    # Kept on disk too: two runs of the kernel cost 50-70 ms of every process's first boot.
+    cached = _cache_file(path, identity)
+    if cached is not None and (info := _load(cached, path)) is not None:
+        return info
     version = _run(path, "--version").strip().splitlines()
     if not version:
         raise BackendUnavailable(f"UML kernel {path}: --version printed nothing")
-    return KernelInfo(
+    info = KernelInfo(
         path=path,
         version=version[-1].split()[-1],  # "6.1.176"; older builds print "User Mode Linux v6.1"
         config=_parse_config(_run(path, "--showconfig")),
         seccomp=_has_seccomp_mode(path),
     )
+    if cached is not None:
+        _store(cached, info)
+    return info
 
 
 def kernel_info(kernel: Path) -> KernelInfo:

@@ -53,8 +53,22 @@ def add_modules(directory: Path) -> Path:
 
 @pytest.fixture(autouse=True)
 def _no_system_modules(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    # The host's Debian modules must not answer for the stand-in kernels.
+    # The host's Debian modules must not answer for the stand-in kernels, and
+    # their probes must not be kept in the user's cache.
     monkeypatch.setattr(_kernel, "SYSTEM_MODULES", tmp_path / "system-modules")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+
+
+def test_a_probe_is_kept_on_disk_for_the_next_process(tmp_path: Path) -> None:
+    kernel = make_kernel(tmp_path / "linux.uml", "6.1.176")
+    before = kernel.stat()
+    assert kernel_info(kernel).version == "6.1.176"
+    assert len(list((tmp_path / "cache" / "pytest-fakemachine").glob("kernel-*.json"))) == 1
+    _kernel._probe.cache_clear()  # as in a new process
+    # The same file (inode, size, mtime) answering otherwise: the kept probe answers.
+    kernel.write_text(kernel.read_text().replace("6.1.176", "6.1.999"))
+    os.utime(kernel, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert kernel_info(kernel).version == "6.1.176"
 
 
 def test_version_config_and_seccomp_mode_are_read(tmp_path: Path) -> None:
