@@ -301,9 +301,10 @@ def seccomp_arg(info: KernelInfo, extra_kernel_args: Sequence[str]) -> str | Non
     user's own (extra_kernel_args) is left alone; a kernel without the mode
     gets nothing (it would take the argument for init's).
     """
+    setting = seccomp_setting()  # a bad value is an error on any kernel
     if not info.seccomp or any(a.startswith("seccomp=") for a in extra_kernel_args):
         return None
-    return f"seccomp={seccomp_setting()}"
+    return f"seccomp={setting}"
 
 
 def download_dir() -> Path:
