@@ -198,6 +198,9 @@ from pytest_fakemachine._kernel import kernel_info
 info = kernel_info(Path(sys.argv[1]))
 print(f"setup: unpacked {info.path}: {info.summary()}")
 print(f"setup: to use it: .venv/bin/python -m pytest --fakemachine-kernel={info.path}")
+if info.lacks(fidelity_only=True):
+    print("setup: it lacks what some guest features need (above): the distribution's kernel "
+          "stays the default; .venv/bin/python -m pytest --fakemachine-doctor compares them")
 PY
 }
 if [ -n "$newer_kernel" ]; then
