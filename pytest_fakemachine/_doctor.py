@@ -12,6 +12,15 @@ from . import _initramfs, _uml
 from ._config import DEFAULT_MEMORY_MIB
 from ._errors import FakeMachineError
 from ._initramfs import initramfs
+from ._kernel import (
+    SECCOMP_ENV,
+    KernelInfo,
+    fastest,
+    installed_kernels,
+    kernel_info,
+    seccomp_setting,
+    seccomp_used,
+)
 from ._machine import Machine
 from ._session import console_tail
 from ._uml import SHM, apt_fix, find_kernel, free_in_shm, memory_dir, module_dir, modules_mountpoint
@@ -40,9 +49,13 @@ def _checks(kernel_setting: str | None) -> list[Check]:
                         "run on an x86-64 machine: UML guests exist only there"))  # fmt: skip
     try:
         kernel = find_kernel(kernel_setting)
-        checks.append(Check(f"UML kernel ({kernel})", None))
-        module_dir(kernel)
-        checks.append(Check("UML kernel modules", None))
+        info = kernel_info(kernel)
+        checks.append(Check(f"UML kernel ({kernel}): {info.summary()}", None))
+        modules = module_dir(kernel)
+        checks.append(Check(f"UML kernel modules ({modules or 'none'}"
+                            + (f"/{info.version}, the kernel's version)" if modules else
+                               ": the kernel has no module support)"), None))  # fmt: skip
+        checks += _kernel_choice(info, kernel_setting)
     except FakeMachineError as e:
         checks.append(Check("UML kernel and modules", str(e),
                             apt_fix("user-mode-linux")))  # fmt: skip
@@ -66,6 +79,38 @@ def _checks(kernel_setting: str | None) -> list[Check]:
                         None if tmp >= _MIN_FREE_BYTES else f"only {tmp >> 20} MiB free",
                         "free some space in $TMPDIR (/tmp)"))  # fmt: skip
     checks += _cache_checks()
+    return checks
+
+
+def _kernel_choice(info: KernelInfo, kernel_setting: str | None) -> list[Check]:
+    """What the kernel in use lacks, and the fastest kernel here that keeps every fidelity row."""
+    checks = []
+    lacking = info.lacks(fidelity_only=True)
+    if lacking:
+        checks.append(Check("guest features", f"Linux {info.version} lacks "
+                            + ", ".join(f.name for f in lacking)
+                            + ": tests that need them fail in its guests",
+                            "kernel= (or --fakemachine-kernel) a kernel that has them, such as "
+                            "Debian 12's or 13's user-mode-linux", required=False))  # fmt: skip
+    others = []
+    for path in installed_kernels(shutil.which("linux.uml")):
+        try:
+            others.append(kernel_info(path))
+        except FakeMachineError as e:  # a newer kernel this glibc cannot run: not on offer
+            checks.append(Check(f"other UML kernel ({path})", str(e), "", required=False))
+    best = fastest([info, *others])
+    if best is not None and best.path != info.path:
+        why = (
+            f"keeps every guest feature, which Linux {info.version} does not"
+            if lacking
+            else "is faster (docs/performance.md, Kernels) and keeps every guest feature"
+        )
+        checks.append(Check("kernel choice", f"{best.path} ({best.summary()}) {why}",
+                            f"--fakemachine-kernel={best.path} (or kernel=)",
+                            required=False))  # fmt: skip
+    for other in others:
+        if other.path not in (info.path, best and best.path):
+            checks.append(Check(f"other UML kernel ({other.path}): {other.summary()}", None))
     return checks
 
 
@@ -125,7 +170,18 @@ def _test_boot(machine: Machine) -> Check:
                      "see docs/troubleshooting.md")  # fmt: skip
     kernel, systemd, mount = [*result.stdout.splitlines(), "?", "?", "?"][:3]
     mount = mount.split(" (")[0].removeprefix("mount from ")  # "util-linux 2.38.1"
-    return Check(f"test boot: kernel {kernel}, {systemd}, {mount}", None)
+    name = f"test boot: kernel {kernel}, {systemd}, {mount}"
+    mode = seccomp_used(result.console)
+    if mode is None:
+        return Check(name, None)
+    if mode:
+        return Check(f"{name}, guest processes under seccomp", None)
+    setting = seccomp_setting()
+    return Check(f"{name}, guest processes under ptrace",
+                 None if setting == "off" else "the host refused UML's seccomp mode "
+                 "(a container's seccomp profile?): guests run, slower",
+                 f"allow seccomp() to the process, or set {SECCOMP_ENV}=off to say so",
+                 required=False)  # fmt: skip
 
 
 def run_doctor(say: Callable[[str], None], machine: Machine | None = None) -> int:

@@ -11,6 +11,7 @@ from typing import Any, Union, final
 from . import _config as c
 from ._errors import ConfigError
 from ._initramfs import initramfs
+from ._kernel import boot_args
 from ._session import CWD_MISSING, Session, command_body
 from ._templates import LABEL_DIR
 from ._uml import find_kernel, find_slirp, module_dir, modules_mountpoint
@@ -193,6 +194,7 @@ class Machine:
             keep=self._keep,
             echo=self._echo,
             extra_kernel_args=tuple(self.extra_kernel_args),
+            kernel_own_args=boot_args(kernel, self.extra_kernel_args),
             raid_benchmarks=bool(self.raid_benchmarks),
             boot_timeout=boot_timeout,
         )

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import IO, final
 
 from ._errors import BackendUnavailable
+from ._kernel import modules_for
 from ._watchdog import Reaper, claim_cpu, make_private, release_cpu
 
 __all__ = [
@@ -47,7 +48,6 @@ __all__ = [
 
 _UML_PACKAGE = "user-mode-linux"
 _SLIRP = "libslirp-helper"
-_UML_MODULES = Path("/usr/lib/uml/modules")
 MODULES_MOUNTPOINT = Path("/usr/lib/modules")  # where modprobe looks (/lib is usr/lib)
 _PR_SET_PDEATHSIG = 1
 _POLL_SECONDS = 0.02
@@ -107,14 +107,12 @@ def find_kernel(kernel: str | os.PathLike[str] | None) -> Path:
     return path
 
 
-def module_dir(kernel: Path) -> Path:
-    """The directory of modules of the Debian UML kernel (mounted at MODULES_MOUNTPOINT)."""
-    if not _UML_MODULES.is_dir() or not any(_UML_MODULES.iterdir()):
-        raise BackendUnavailable(
-            f"{_UML_MODULES} is missing or empty: the UML kernel's modules come with its "
-            f"package; to install it: {apt_fix(_UML_PACKAGE)}"
-        )
-    return _UML_MODULES
+def module_dir(kernel: Path) -> Path | None:
+    """The directory holding the kernel's ``<version>/`` modules (mounted at MODULES_MOUNTPOINT).
+
+    None: the kernel has no module support. See :func:`_kernel.modules_for`.
+    """
+    return modules_for(kernel, apt_fix(_UML_PACKAGE))
 
 
 def modules_mountpoint() -> Path:

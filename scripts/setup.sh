@@ -4,8 +4,23 @@
 # the plugin and its test tools from PyPI into .venv (Debian's own python3
 # refuses pip installs outside a virtual environment: PEP 668).
 # Run as root, or as a user with sudo. Then: .venv/bin/python -m pytest -n 2
+#
+#   scripts/setup.sh [--newer-kernel]
+#
+# --newer-kernel (opt-in): also unpack Debian testing's user-mode-linux (a
+# newer kernel, with UML's faster seccomp mode) into
+# ${XDG_DATA_HOME:-~/.local/share}/pytest-fakemachine/uml-VERSION, beside the
+# distribution's, and say what it lacks; choose it with --fakemachine-kernel=
+# (or kernel=). It needs glibc >= 2.38 (Debian 13, Ubuntu 24.04).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+newer_kernel=""
+for arg in "$@"; do
+    case $arg in
+    --newer-kernel) newer_kernel=1 ;;
+    *) echo "usage: $0 [--newer-kernel]" >&2; exit 2 ;;
+    esac
+done
 # sudo resets the environment: pass apt's setting through it.
 sudo=(env DEBIAN_FRONTEND=noninteractive)
 [ "$(id -u)" -eq 0 ] || sudo=(sudo env DEBIAN_FRONTEND=noninteractive)
@@ -150,4 +165,45 @@ fi
 # A venv left without pip by an interrupted run is made again.
 .venv/bin/python -m pip --version >/dev/null 2>&1 || python3 -m venv --clear .venv
 .venv/bin/python -m pip install -q -e ".[test]"
+
+# Debian testing's kernel, unpacked (dpkg -x) with its modules: the modules
+# sit beside it as its package lays them out, where the plugin looks first.
+newer_kernel() {
+    local keyring=/usr/share/keyrings/debian-archive-keyring.gpg dest deb version
+    [ -f "$keyring" ] || apt_install debian-archive-keyring
+    [ -n "$tmp" ] || tmp=$(mktemp -d)
+    private_sources "$tmp/testing" "$keyring" http://deb.debian.org/debian testing main
+    # Signatures are checked; the Release file's freshness date is not: a
+    # mirror that lags (or a snapshot) still serves a genuine, signed kernel.
+    retry 6 private_apt "$tmp/testing" -o Acquire::Check-Valid-Until=false update || return 1
+    (cd "$tmp/testing/debs" && retry 6 private_apt "$tmp/testing" download user-mode-linux) ||
+        return 1
+    deb=$(echo "$tmp"/testing/debs/user-mode-linux_*.deb)
+    dest=${XDG_DATA_HOME:-$HOME/.local/share}/pytest-fakemachine
+    mkdir -p "$dest"
+    rm -rf "$dest/uml-new"
+    dpkg-deb -x "$deb" "$dest/uml-new"
+    if ! version=$("$dest/uml-new/usr/bin/linux.uml" --version 2>&1); then
+        echo "setup: Debian testing's UML kernel does not run on this host: $version" >&2
+        echo "setup: (it needs glibc >= 2.38: Debian 13, Ubuntu 24.04 or later)" >&2
+        rm -rf "$dest/uml-new"
+        return 1
+    fi
+    rm -rf "$dest/uml-$version"
+    mv "$dest/uml-new" "$dest/uml-$version"
+    .venv/bin/python - "$dest/uml-$version/usr/bin/linux.uml" <<'PY'
+import sys
+from pathlib import Path
+from pytest_fakemachine._kernel import kernel_info
+info = kernel_info(Path(sys.argv[1]))
+print(f"setup: unpacked {info.path}: {info.summary()}")
+print(f"setup: to use it: .venv/bin/python -m pytest --fakemachine-kernel={info.path}")
+if info.lacks(fidelity_only=True):
+    print("setup: it lacks what some guest features need (above): the distribution's kernel "
+          "stays the default; .venv/bin/python -m pytest --fakemachine-doctor compares them")
+PY
+}
+if [ -n "$newer_kernel" ]; then
+    newer_kernel || echo "setup: no newer kernel installed; the distribution's is in place" >&2
+fi
 echo "setup: done; run the tests with: .venv/bin/python -m pytest -n 2"

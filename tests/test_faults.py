@@ -18,7 +18,14 @@ from pathlib import Path
 import pytest
 
 from conftest import wait_for_no_leftovers
-from pytest_fakemachine import BackendUnavailable, BootError, FakeMachineError, Machine, _uml
+from pytest_fakemachine import (
+    BackendUnavailable,
+    BootError,
+    FakeMachineError,
+    Machine,
+    _kernel,
+    _uml,
+)
 from pytest_fakemachine._doctor import run_doctor
 
 RUN_ECHO = "from pytest_fakemachine import Machine; print(Machine().run('echo hi').stdout, end='')"
@@ -117,9 +124,13 @@ def test_linux_uml_missing_says_what_to_install(
 def test_uml_modules_missing_says_what_to_install(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    monkeypatch.setattr(_uml, "_UML_MODULES", tmp_path / "modules")
+    # Debian's kernel, whose modules are missing from where its package puts them.
+    monkeypatch.setattr(_kernel, "SYSTEM_MODULES", tmp_path / "modules")
+    monkeypatch.setattr(
+        _kernel, "module_candidates", lambda kernel, version: [tmp_path / "modules" / version]
+    )
     fix = re.escape(_uml.apt_fix("user-mode-linux"))
-    with pytest.raises(BackendUnavailable, match=rf"modules.*{fix}"):
+    with pytest.raises(BackendUnavailable, match=rf"no modules for UML kernel .*{fix}"):
         Machine().run("true")
 
 

@@ -64,6 +64,7 @@ def test_guard_is_wired(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None
 
     monkeypatch.setattr(_machine, "find_kernel", fake_find_kernel)
     monkeypatch.setattr(_machine, "module_dir", fake_module_dir)
+    monkeypatch.setattr(_machine, "boot_args", lambda kernel, extra: ("seccomp=auto",))
     monkeypatch.setattr(_session, "initramfs", fake_initramfs)
     monkeypatch.setattr(_session, "GuestProcess", ReachedGuest)
     machine = Machine(memory="1G", env={"A": "1"})
@@ -71,6 +72,7 @@ def test_guard_is_wired(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None
         machine.run(["echo", "a b"], env={"B": "2"}, cwd="/tmp")
     assert command_body(["echo", "a b"], "/tmp", {"A": "1", "B": "2"}) in excinfo.value.job
     assert "mem=1024M" in excinfo.value.kernel_args
+    assert "seccomp=auto" in excinfo.value.kernel_args  # the kernel's own arguments
     assert machine.last_workdir is not None
     assert not machine.last_workdir.exists(), "the work directory must be removed"
 

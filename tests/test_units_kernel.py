@@ -1,0 +1,248 @@
+"""Unit tests of _kernel: a kernel's version, modules, configuration and seccomp mode.
+
+The kernels here are small shell scripts that answer ``--version`` and
+``--showconfig`` as linux.uml does: the probe only runs them; nothing boots.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import pytest
+
+from pytest_fakemachine import BackendUnavailable, ConfigError, _doctor, _kernel
+from pytest_fakemachine._kernel import (
+    FEATURES,
+    SECCOMP_ENV,
+    KernelInfo,
+    boot_args,
+    fastest,
+    kernel_info,
+    modules_for,
+    seccomp_arg,
+)
+
+FULL_CONFIG = {option: "m" for feature in FEATURES for option in feature.options} | {
+    "CONFIG_MODULES": "y"
+}
+
+
+def make_kernel(
+    path: Path, version: str, config: str = "CONFIG_MODULES=y\n", *, seccomp: bool = False
+) -> Path:
+    """A stand-in linux.uml: prints its version and configuration as the real one does."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    mark = "# Invalid seccomp option '%s', expected on/auto/off\n" if seccomp else ""
+    lines = ["#", f"# Linux/um {version} Kernel Configuration", *config.splitlines()]
+    show = "".join(f"    echo '{line}'\n" for line in lines)  # builtins only: PATH may be empty
+    path.write_text(
+        f'#!/bin/sh\n{mark}case "$1" in\n  --version) echo {version} ;;\n'
+        f"  --showconfig)\n{show}    ;;\nesac\n"
+    )
+    path.chmod(0o755)
+    return path
+
+
+def add_modules(directory: Path) -> Path:
+    directory.mkdir(parents=True)
+    (directory / "modules.dep").write_text("")
+    return directory
+
+
+@pytest.fixture(autouse=True)
+def _no_system_modules(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    # The host's Debian modules must not answer for the stand-in kernels, and
+    # their probes must not be kept in the user's cache.
+    monkeypatch.setattr(_kernel, "SYSTEM_MODULES", tmp_path / "system-modules")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+
+
+def test_a_probe_is_kept_on_disk_for_the_next_process(tmp_path: Path) -> None:
+    kernel = make_kernel(tmp_path / "linux.uml", "6.1.176")
+    before = kernel.stat()
+    assert kernel_info(kernel).version == "6.1.176"
+    assert len(list((tmp_path / "cache" / "pytest-fakemachine").glob("kernel-*.json"))) == 1
+    _kernel._probe.cache_clear()  # as in a new process
+    # The same file (inode, size, mtime) answering otherwise: the kept probe answers.
+    kernel.write_text(kernel.read_text().replace("6.1.176", "6.1.999"))
+    os.utime(kernel, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert kernel_info(kernel).version == "6.1.176"
+
+
+def test_version_config_and_seccomp_mode_are_read(tmp_path: Path) -> None:
+    kernel = make_kernel(tmp_path / "k" / "linux.uml", "7.2.7", "CONFIG_TIME_NS=y\n", seccomp=True)
+    info = kernel_info(kernel)
+    assert (info.version, info.seccomp) == ("7.2.7", True)
+    assert info.config == {"CONFIG_TIME_NS": "y"}
+    off = kernel_info(
+        make_kernel(tmp_path / "off" / "linux.uml", "6.1.1", "# CONFIG_TIME_NS is not set\n")
+    )
+    assert off.config == {"CONFIG_TIME_NS": "n"}
+    old = kernel_info(make_kernel(tmp_path / "old" / "linux.uml", "6.1.176"))
+    assert (old.version, old.seccomp) == ("6.1.176", False)
+
+
+def test_a_kernel_replaced_on_disk_is_probed_again(tmp_path: Path) -> None:
+    kernel = make_kernel(tmp_path / "linux.uml", "6.1.1")
+    assert kernel_info(kernel).version == "6.1.1"
+    make_kernel(kernel, "6.12.113")
+    os.utime(kernel, ns=(1, 1))  # a different mtime, whatever the clock's resolution
+    assert kernel_info(kernel).version == "6.12.113"
+
+
+def test_a_kernel_that_cannot_run_here_says_why(tmp_path: Path) -> None:
+    kernel = tmp_path / "linux.uml"
+    kernel.write_text(
+        "#!/bin/sh\necho 'linux.uml: /lib/x86_64-linux-gnu/libc.so.6: version `GLIBC_2.38'"
+        "' not found' >&2\nexit 1\n"
+    )
+    kernel.chmod(0o755)
+    with pytest.raises(BackendUnavailable, match=r"does not run here .*GLIBC_2\.38"):
+        kernel_info(kernel)
+
+
+def test_modules_of_an_unpacked_package_are_found_beside_the_kernel(tmp_path: Path) -> None:
+    # dpkg -x user-mode-linux_7.2.7-1_amd64.deb DIR
+    kernel = make_kernel(tmp_path / "uml-7.2" / "usr" / "bin" / "linux.uml", "7.2.7")
+    add_modules(tmp_path / "uml-7.2" / "usr" / "lib" / "uml" / "modules" / "7.2.7")
+    # Another version's modules in Debian's place must not be taken instead.
+    add_modules(tmp_path / "system-modules" / "6.1.176")
+    assert modules_for(kernel) == tmp_path / "uml-7.2" / "usr" / "lib" / "uml" / "modules"
+
+
+@pytest.mark.parametrize("where", ["modules", "lib/modules"])
+def test_modules_in_the_kernels_own_directory_are_found(tmp_path: Path, where: str) -> None:
+    kernel = make_kernel(tmp_path / "build" / "linux.uml", "6.18.0")
+    add_modules(tmp_path / "build" / where / "6.18.0")
+    assert modules_for(kernel) == tmp_path / "build" / where
+
+
+def test_modules_by_version_in_debians_directory(tmp_path: Path) -> None:
+    kernel = make_kernel(tmp_path / "bin" / "linux.uml", "6.1.176")
+    add_modules(tmp_path / "system-modules" / "6.1.176")
+    assert modules_for(kernel) == tmp_path / "system-modules"
+
+
+def test_no_modules_for_the_version_names_kernel_version_and_places(tmp_path: Path) -> None:
+    kernel = make_kernel(tmp_path / "bin" / "linux.uml", "7.2.7")
+    add_modules(tmp_path / "system-modules" / "6.1.176")  # another version's: not these
+    with pytest.raises(BackendUnavailable) as excinfo:
+        modules_for(kernel)
+    message = str(excinfo.value)
+    assert f"no modules for UML kernel {kernel} (Linux 7.2.7)" in message
+    for place in (tmp_path / "bin" / "modules", tmp_path / "system-modules"):
+        assert str(place / "7.2.7") in message
+    assert "dpkg -x" in message
+
+
+def test_a_kernel_without_module_support_needs_no_modules(tmp_path: Path) -> None:
+    kernel = make_kernel(tmp_path / "linux.uml", "6.18.0", "# CONFIG_MODULES is not set\n")
+    assert modules_for(kernel) is None
+
+
+def test_what_a_kernel_lacks_is_named_with_its_options() -> None:
+    config = dict(FULL_CONFIG)
+    del config["CONFIG_IP_NF_FILTER"]  # Debian's 7.2
+    info = KernelInfo(Path("k"), "7.2.7", config, seccomp=True)
+    assert [f.name for f in info.lacks()] == ["legacy iptables (iptables-legacy)"]
+    assert (
+        "lacks legacy iptables (iptables-legacy) (CONFIG_IP_NF_IPTABLES, CONFIG_IP_NF_FILTER)"
+        in (info.summary())
+    )
+    full = KernelInfo(Path("k"), "6.1.1", FULL_CONFIG, seccomp=False)
+    assert full.lacks() == []
+    assert full.summary() == "Linux 6.1.1, no seccomp mode, lacks nothing checked"
+    no_nft = {k: v for k, v in FULL_CONFIG.items() if not k.startswith("CONFIG_NF_TABLES")}
+    partial = KernelInfo(Path("k"), "6.1.1", no_nft, seccomp=False)
+    assert partial.lacks(fidelity_only=True) == []
+    assert [f.name for f in partial.lacks()] == ["nf_tables for ip/ip6/inet (nft)"]
+
+
+def test_a_kernel_without_configuration_lacks_nothing_known() -> None:
+    info = KernelInfo(Path("k"), "6.1.1", {}, seccomp=False)
+    assert info.lacks() == []
+    assert "no configuration to check" in info.summary()
+
+
+def test_seccomp_mode_is_auto_unless_told(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(SECCOMP_ENV, raising=False)
+    with_mode = KernelInfo(Path("k"), "7.2.7", {}, seccomp=True)
+    without = KernelInfo(Path("k"), "6.12.1", {}, seccomp=False)
+    assert seccomp_arg(with_mode, []) == "seccomp=auto"
+    assert seccomp_arg(without, []) is None  # it would pass seccomp= on to init
+    assert seccomp_arg(with_mode, ["seccomp=on"]) is None  # the user's own stays alone
+    monkeypatch.setenv(SECCOMP_ENV, "OFF")
+    assert seccomp_arg(with_mode, []) == "seccomp=off"
+    assert seccomp_arg(without, []) is None
+    monkeypatch.setenv(SECCOMP_ENV, "yes")
+    for kernel in (with_mode, without):
+        with pytest.raises(ConfigError, match=re.escape(f"{SECCOMP_ENV}='yes' from the environ")):
+            seccomp_arg(kernel, [])
+
+
+def test_boot_args_carry_the_seccomp_mode(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(SECCOMP_ENV, raising=False)
+    new = make_kernel(tmp_path / "new" / "linux.uml", "7.2.7", seccomp=True)
+    old = make_kernel(tmp_path / "old" / "linux.uml", "6.1.176")
+    assert boot_args(new, []) == ("seccomp=auto",)
+    assert boot_args(old, []) == ()
+
+
+def test_the_fastest_kernel_offered_keeps_every_fidelity_row() -> None:
+    no_iptables = {k: v for k, v in FULL_CONFIG.items() if k != "CONFIG_IP_NF_FILTER"}
+    debian12 = KernelInfo(Path("6.1"), "6.1.176", FULL_CONFIG, seccomp=False)
+    debian13 = KernelInfo(Path("6.12"), "6.12.113", FULL_CONFIG, seccomp=False)
+    testing = KernelInfo(Path("7.2"), "7.2.7", no_iptables, seccomp=True)
+    assert fastest([debian12, testing, debian13]) == debian13  # not 7.2: no iptables there
+    assert fastest([testing]) is None
+    full_new = KernelInfo(Path("7.3"), "7.3.1", FULL_CONFIG, seccomp=True)
+    assert fastest([debian13, full_new, debian12]) == full_new
+    # 6.10 is older than 6.9 only as text.
+    older = KernelInfo(Path("a"), "6.9.1", FULL_CONFIG, seccomp=False)
+    newer = KernelInfo(Path("b"), "6.10.1", FULL_CONFIG, seccomp=False)
+    assert fastest([newer, older]) == newer
+
+
+def full_config_text() -> str:
+    return "".join(f"{option}={value}\n" for option, value in FULL_CONFIG.items())
+
+
+def test_doctor_offers_a_faster_kernel_setup_sh_unpacked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+    monkeypatch.setenv("PATH", str(tmp_path / "bin"))  # no linux.uml on PATH
+    unpacked = tmp_path / "data" / "pytest-fakemachine" / "uml-7.3.1" / "usr" / "bin"
+    newer = make_kernel(unpacked / "linux.uml", "7.3.1", full_config_text(), seccomp=True)
+    broken = tmp_path / "data" / "pytest-fakemachine" / "uml-9.0.0" / "usr" / "bin" / "linux.uml"
+    broken.parent.mkdir(parents=True)
+    broken.write_text("#!/bin/sh\necho 'GLIBC_2.99 not found' >&2\nexit 1\n")
+    broken.chmod(0o755)
+    in_use = make_kernel(tmp_path / "k" / "linux.uml", "6.1.176", full_config_text())
+    checks = _doctor._kernel_choice(kernel_info(in_use), str(in_use))
+    choice = [c for c in checks if c.name == "kernel choice"]
+    assert len(choice) == 1 and choice[0].problem is not None
+    assert choice[0].problem.startswith(f"{newer} (Linux 7.3.1, seccomp mode,")
+    assert choice[0].fix == f"--fakemachine-kernel={newer} (or kernel=)"
+    assert not choice[0].required
+    assert any(c.name == f"other UML kernel ({broken})" and "GLIBC_2.99" in str(c.problem)
+               for c in checks)  # fmt: skip
+
+
+def test_doctor_says_what_the_kernel_in_use_lacks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+    monkeypatch.setenv("PATH", str(tmp_path / "bin"))
+    config = full_config_text().replace("CONFIG_IP_NF_FILTER=m\n", "")
+    in_use = make_kernel(tmp_path / "k" / "linux.uml", "7.2.7", config, seccomp=True)
+    checks = _doctor._kernel_choice(kernel_info(in_use), str(in_use))
+    assert [(c.name, c.problem) for c in checks] == [
+        (
+            "guest features",
+            "Linux 7.2.7 lacks legacy iptables (iptables-legacy): tests that need them fail "
+            "in its guests",
+        )
+    ]
