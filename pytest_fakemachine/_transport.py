@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tarfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
@@ -231,6 +230,8 @@ def unpack_kept(directory: Path, name: str) -> None:
     archive = directory / f"{name}.tar"
     if not archive.is_file():
         return
+    import tarfile  # noqa: PLC0415 (here: the plugin loads in every guest, which needs none)
+
     target = directory / name
     target.mkdir(exist_ok=True)
     try:
