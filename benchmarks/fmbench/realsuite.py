@@ -26,6 +26,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from .runner import REPO, StepFailed, clean_env, run_step, sweep, tail
 
@@ -44,6 +45,7 @@ class SuiteRun:
     tests: dict[str, float]  # nodeid -> setup start .. teardown stop, on the runner's clock
     passed: set[str]
     outcomes: dict[str, str]  # nodeid -> worst outcome of its phases
+    probe: dict[str, Any] | None = None  # the guest's clocks and counters (scope=module)
 
     @property
     def span(self) -> float:
@@ -75,6 +77,11 @@ def run_suite(directory: Path, scope: str | None, tree: str | None) -> SuiteRun:
     timing = directory / "timing.jsonl"
     timing.unlink(missing_ok=True)
     env["FMBENCH_TIMING"] = str(timing)
+    probe = directory / "probe.json"
+    probe.unlink(missing_ok=True)
+    env.pop("FMBENCH_PROBE", None)
+    if scope == "module":  # one guest: its probe covers the whole suite
+        env["FMBENCH_PROBE"] = str(probe)
     env.pop("PYTHONPATH", None)
     if tree is not None:
         env["PYTHONPATH"] = tree
@@ -111,7 +118,11 @@ def run_suite(directory: Path, scope: str | None, tree: str | None) -> SuiteRun:
     passed = {n for n, o in outcomes.items() if o == "passed"}
     if not passed:
         raise StepFailed(f"no test passed:\n{tail(proc.stdout, 30)}")
-    return SuiteRun(wall, tests, passed, outcomes)
+    try:
+        probed = json.loads(probe.read_text()) if probe.exists() else None
+    except (OSError, ValueError):
+        probed = None
+    return SuiteRun(wall, tests, passed, outcomes, probed)
 
 
 def common_tests(variants: list[Variant]) -> set[str]:

@@ -69,6 +69,22 @@ def _guest_cpu() -> dict[str, float]:
     }
 
 
+def _busiest(count: int = 8) -> list[tuple[str, float]]:
+    """The guest's processes (and kernel threads) that used the most CPU so far."""
+    tick = os.sysconf("SC_CLK_TCK")
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        fields = stat.rpartition(")")[2].split()
+        comm = stat[stat.index("(") + 1 : stat.rindex(")")]
+        found.append((comm, (int(fields[11]) + int(fields[12])) / tick))
+    return sorted(found, key=lambda x: -x[1])[:count]
+
+
 _probe: dict[str, object] = {}
 if _PROBE:
     try:
@@ -110,6 +126,7 @@ def pytest_sessionfinish() -> None:
     _record(event="sessionfinish", time=time.time())
     if _PROBE:
         _probe.update(end=_self_counters(), end_time=time.time(), end_uptime=_uptime(),
-                      guest=_guest_cpu(), modules_at_end=len(sys.modules))  # fmt: skip
+                      guest=_guest_cpu(), modules_at_end=len(sys.modules),
+                      busiest=_busiest())  # fmt: skip
         with open(_PROBE, "w") as f:
             json.dump(_probe, f)
