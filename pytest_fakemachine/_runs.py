@@ -44,6 +44,7 @@ from ._transport import (
     record_warning,
     report_collect_error,
     runner_stderr,
+    unpack_kept,
 )
 from ._uml import GuestProcess
 
@@ -288,6 +289,7 @@ class GuestRun:
         """Move a test's tmp_path, copied out by the guest, into the host's basetemp."""
         assert self.session is not None
         source = self.session.workdir / "tmp_path" / name
+        unpack_kept(source.parent, name)
         factory: pytest.TempPathFactory | None = getattr(self.config, "_tmp_path_factory", None)
         if factory is None or not source.is_dir() or "/" in name:
             return

@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import shutil
 import sys
 import warnings
 from collections.abc import Callable
@@ -31,6 +32,7 @@ __all__ = [
     "report_collect_error",
     "runner_stderr",
     "skip_reports",
+    "unpack_kept",
 ]
 
 CONSOLE_SECTION = "fakemachine console"
@@ -252,3 +254,43 @@ def skip_reports(item: pytest.Item, reason: str) -> list[pytest.TestReport]:
     path, line = item.reportinfo()[:2]
     skipped.longrepr = (os.fspath(path), (line or 0) + 1, f"Skipped: {reason}")
     return [skipped, pytest.TestReport.from_item_and_call(item, teardown)]
+
+
+def unpack_kept(directory: Path, name: str) -> None:
+    """Unpack ``name.tar``, a test's tmp_path as the guest packed it
+    (``_guest.pack_regular_files``), into ``directory/name``, then remove it.
+
+    Only directories and regular files with relative names inside the target
+    come out; anything else in the archive is ignored.
+    """
+    archive = directory / f"{name}.tar"
+    if not archive.is_file():
+        return
+    import tarfile  # noqa: PLC0415 (here: the plugin loads in every guest, which needs none)
+
+    target = directory / name
+    target.mkdir(exist_ok=True)
+    try:
+        with tarfile.open(archive, "r:") as tar:
+            for member in tar:
+                parts = Path(member.name).parts
+                if Path(member.name).is_absolute() or ".." in parts:
+                    continue
+                path = target.joinpath(*parts) if parts else target
+                if member.isdir():
+                    path.mkdir(parents=True, exist_ok=True)
+                elif member.isreg():
+                    source = tar.extractfile(member)
+                    if source is None:
+                        continue
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    with source, open(path, "wb") as out:
+                        shutil.copyfileobj(source, out)
+                else:
+                    continue
+                os.chmod(path, member.mode & 0o7777)
+                os.utime(path, (member.mtime, member.mtime))
+    except (OSError, tarfile.TarError):
+        pass  # what came out so far is kept; a truncated archive is the guest's dying
+    finally:
+        archive.unlink(missing_ok=True)

@@ -147,6 +147,9 @@ def test_guest_tmp_path_is_kept_in_the_hosts_basetemp(pytester: pytest.Pytester)
             (tmp_path / "sub" / "result.txt").write_text("from the guest")
             os.mkfifo(tmp_path / "fifo")
             (tmp_path / "link").symlink_to("/etc/hostname")
+            with open(tmp_path / "disk.img", "wb") as f:  # sparse: crosses by its data only
+                f.truncate(8 << 20)
+                f.write(b"boot")
             assert False, "inspect my files"
 
         def test_without_tmp_path():
@@ -157,7 +160,10 @@ def test_guest_tmp_path_is_kept_in_the_hosts_basetemp(pytester: pytest.Pytester)
     result.assert_outcomes(passed=1, failed=1)
     kept = pytester.path / "basetemp" / "test_writes0"
     assert (kept / "sub" / "result.txt").read_text() == "from the guest"
-    assert sorted(p.name for p in kept.iterdir()) == ["sub"]  # regular files only
+    assert sorted(p.name for p in kept.iterdir()) == ["disk.img", "sub"]  # regular files only
+    image = kept / "disk.img"
+    assert image.stat().st_size == 8 << 20
+    assert image.read_bytes()[:5] == b"boot\0"
     assert sorted(p.name for p in (pytester.path / "basetemp").iterdir()) == ["test_writes0"]
 
 

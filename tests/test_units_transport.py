@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import io
 import json
+import os
+import tarfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from pytest_fakemachine._transport import EventReader, rebuild
+from pytest_fakemachine._guest import ARCHIVER_MIN_FILES, SPARSE_DIRECT_MIN, pack_regular_files
+from pytest_fakemachine._transport import EventReader, rebuild, unpack_kept
 
 
 @pytest.fixture(autouse=True)
@@ -283,3 +287,60 @@ def test_rebuilt_skip_in_short_summary(pytester: pytest.Pytester) -> None:
     result.stdout.fnmatch_lines(["SKIPPED [[]1[]] test_*.py:*: skip-reason"])
     result.assert_outcomes(skipped=1)
     assert result.ret == 0
+
+
+@pytest.mark.parametrize("files", [30, ARCHIVER_MIN_FILES + 10], ids=["tarfile", "gnu-tar"])
+def test_a_kept_tmp_path_crosses_as_one_archive_and_sparse_files(
+    tmp_path: Path, files: int
+) -> None:
+    """Packed in the guest, unpacked on the host: the same tree of regular files,
+    modes and contents; a big sparse file goes directly and keeps its holes.
+    Few files go through tarfile, many through GNU tar."""
+    source = tmp_path / "test_x0"
+    (source / "sub" / "deeper").mkdir(parents=True)
+    for n in range(files):
+        (source / "sub" / f"f{n}.txt").write_text(f"file {n}")
+    (source / "-dash").write_text("not an option")
+    (source / "sub" / "deeper" / "script").write_text("#!/bin/sh\n")
+    (source / "sub" / "deeper" / "script").chmod(0o750)
+    os.mkfifo(source / "fifo")
+    (source / "link").symlink_to("/etc/hostname")
+    image = source / "disk.img"
+    with open(image, "wb") as f:
+        f.truncate(4 * SPARSE_DIRECT_MIN)
+        f.seek(SPARSE_DIRECT_MIN)
+        f.write(b"data" * 1024)
+    work = tmp_path / "work"
+    work.mkdir()
+    pack_regular_files(str(source), str(work), "test_x0")
+    assert sorted(p.name for p in work.iterdir()) == ["test_x0", "test_x0.tar"]
+    assert [p.name for p in (work / "test_x0").iterdir()] == ["disk.img"]  # not archived
+    with tarfile.open(work / "test_x0.tar") as archive:  # GNU tar was given "./NAME"s
+        by_gnu_tar = all(n.startswith(".") for n in archive.getnames())
+        assert by_gnu_tar == (files >= ARCHIVER_MIN_FILES)
+    unpack_kept(work, "test_x0")
+    kept = work / "test_x0"
+    assert sorted(p.name for p in work.iterdir()) == ["test_x0"]  # the archive is gone
+    assert sorted(p.name for p in kept.iterdir()) == ["-dash", "disk.img", "sub"]
+    assert [(kept / "sub" / f"f{n}.txt").read_text() for n in range(files)] == [
+        f"file {n}" for n in range(files)
+    ]
+    assert (kept / "sub" / "deeper" / "script").stat().st_mode & 0o777 == 0o750
+    assert kept.joinpath("disk.img").read_bytes() == image.read_bytes()
+    assert kept.joinpath("disk.img").stat().st_blocks * 512 < 4 * SPARSE_DIRECT_MIN
+
+
+def test_unpacking_ignores_members_outside_the_target(tmp_path: Path) -> None:
+    archive = tmp_path / "t0.tar"
+    with tarfile.open(archive, "w") as tar:
+        for name in ("../escaped", "/abs", "ok"):
+            info = tarfile.TarInfo(name)
+            info.size = 2
+            tar.addfile(info, io.BytesIO(b"hi"))
+        link = tarfile.TarInfo("link")
+        link.type = tarfile.SYMTYPE
+        link.linkname = "/etc/passwd"
+        tar.addfile(link)
+    unpack_kept(tmp_path, "t0")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["t0"]
+    assert [p.name for p in (tmp_path / "t0").iterdir()] == ["ok"]

@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from pytest_fakemachine import FakeMachineError, Machine
 from pytest_fakemachine._session import command_body
@@ -161,3 +163,67 @@ def marked_breakdown_run(ctx: Context) -> dict[str, float]:
         "host_after": end - (boot_wall + halt),
         "total": end - start,
     }
+
+
+SUITE_SEGMENTS = (
+    ("startup", "guest: Python, pytest and plugins start (job start -> conftest loaded)"),
+    ("collect", "guest: collection and session start (-> first test's setup)"),
+    ("tests", "the tests (setup start -> teardown stop, summed)"),
+    ("between", "runner between tests (reports, tmp_path hand-over)"),
+    ("finish", "after the last test (-> session end)"),
+)
+SUITE_COUNTERS = (
+    ("runner_cpu", "runner's own CPU (s)"),
+    ("children_cpu", "its children's CPU (s): the tests' programs"),
+    ("others_cpu", "the rest of the guest's CPU (s): services, kernel threads"),
+    ("runner_minflt", "runner's page faults (minor)"),
+    ("children_minflt", "children's page faults (minor)"),
+    ("majflt", "major page faults (runner + children): file pages read over hostfs"),
+    ("pgfault", "page faults of the whole guest"),
+    ("modules", "modules imported by the runner when the conftest loads"),
+)
+
+
+def suite_probe_parts(probe: dict[str, Any]) -> dict[str, float]:
+    """One guest's probe (the real suite's conftest, FMBENCH_PROBE) in segments and counters."""
+    spans = sorted(probe["tests"].values())
+    tests = sum(stop - start for start, stop in spans)
+    first, last = spans[0][0], spans[-1][1]
+    start, end, guest = probe["start"], probe["end"], probe["guest"]
+    runner = end["utime"] + end["stime"]
+    children = end["cutime"] + end["cstime"]
+    return {
+        "startup": probe["conftest_uptime"] - probe.get("job_start", probe["conftest_uptime"]),
+        "collect": first - probe["conftest_time"],
+        "tests": tests,
+        "between": (last - first) - tests,
+        "finish": probe["end_time"] - last,
+        "runner_cpu": runner,
+        "children_cpu": children,
+        "others_cpu": max(0.0, guest["busy"] - runner - children),
+        "runner_minflt": end["minflt"],
+        "children_minflt": end["cminflt"],
+        "majflt": end["majflt"] + end["cmajflt"],
+        "pgfault": guest["pgfault"],
+        "modules": probe["modules_at_conftest"],
+        "startup_minflt": start["minflt"],
+    }
+
+
+def suite_breakdown_lines(parts: dict[str, list[dict[str, float]]]) -> list[str]:
+    """Medians per tree: where a guest's time went during the real suite (scope=module)."""
+    trees = [t for t in parts if parts[t]]
+    if not trees:
+        return ["(no guest probe came back)"]
+
+    def median(tree: str, key: str) -> float:
+        return statistics.median(p[key] for p in parts[tree])
+
+    width = max(len(label) for _, label in SUITE_SEGMENTS + SUITE_COUNTERS)
+    lines = ["the real suite in one guest (scope=module), medians: " + " | ".join(trees)]
+    for key, label in SUITE_SEGMENTS:
+        lines.append(f"  {label:<{width}}  " + "  ".join(f"{median(t, key):8.2f} s" for t in trees))
+    for key, label in SUITE_COUNTERS:
+        fmt = "{:10.2f}" if key.endswith("_cpu") else "{:10.0f}"
+        lines.append(f"  {label:<{width}}  " + "  ".join(fmt.format(median(t, key)) for t in trees))
+    return lines

@@ -225,14 +225,17 @@ def machine_lines(
     ]
 
 
-def write_markdown(path: Path, section: list[str]) -> None:
+def write_markdown(
+    path: Path, section: list[str], marks: tuple[str, str] = (MARK_START, MARK_END)
+) -> None:
     """Replace the lines between the marker lines of ``path`` (append them if missing)."""
     lines = path.read_text().splitlines() if path.exists() else []
     stripped = [line.strip() for line in lines]
-    block = [MARK_START, *section, MARK_END]
-    if MARK_START in stripped and MARK_END in stripped[stripped.index(MARK_START) :]:
-        start = stripped.index(MARK_START)
-        end = stripped.index(MARK_END, start)
+    mark_start, mark_end = marks
+    block = [mark_start, *section, mark_end]
+    if mark_start in stripped and mark_end in stripped[stripped.index(mark_start) :]:
+        start = stripped.index(mark_start)
+        end = stripped.index(mark_end, start)
         lines[start : end + 1] = block
     else:
         lines += ([""] if lines else []) + block

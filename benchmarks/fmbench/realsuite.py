@@ -1,0 +1,235 @@
+"""The real-suite rows: benchmarks/realsuite/ on the host as root, and in guests.
+
+One round runs the module (20 realistic root-needing tests) as root on the
+host without the plugin, inside ``unshare -mn --propagation private`` (mounts,
+links and namespaces it makes vanish with that namespace; loop devices are
+detached by the tests), then in guests with ``scope="module"`` and
+``scope="function"``, with this tree and, given ``--ref TREE``, with TREE
+(``PYTHONPATH=TREE``: "before" and "after" in one run). The conftest.py beside
+the tests marks them for a guest and records each phase's start and stop.
+
+"Tests" time is the sum over tests of setup start -> teardown stop, on the
+clock of the machine that ran them (so a guest's boot and its pytest start-up
+are out), over the tests that passed in every run of the round: a test the
+host cannot run (the systemd unit, where systemd is not PID 1) or an older
+tree fails is left out of every ratio, and named.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .runner import REPO, StepFailed, clean_env, run_step, sweep, tail
+
+SUITE_DIR = REPO / "benchmarks" / "realsuite"
+SUITE_FILE = "test_realsuite.py"
+SUITE_TIMEOUT = 1800.0
+MARK_START = "<!-- realsuite:start -->"
+MARK_END = "<!-- realsuite:end -->"
+
+
+@dataclass
+class SuiteRun:
+    """One whole pytest run of the real suite."""
+
+    wall: float  # the whole pytest process, host clock
+    tests: dict[str, float]  # nodeid -> setup start .. teardown stop, on the runner's clock
+    passed: set[str]
+    outcomes: dict[str, str]  # nodeid -> worst outcome of its phases
+    probe: dict[str, Any] | None = None  # the guest's clocks and counters (scope=module)
+
+    @property
+    def span(self) -> float:
+        return sum(self.tests.values())
+
+
+@dataclass
+class Variant:
+    key: str
+    label: str
+    runs: list[SuiteRun] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+
+
+def prepare(tmp: Path) -> Path:
+    """The suite in its own directory under ``tmp``, with an empty pytest.ini."""
+    directory = tmp / "realsuite"
+    directory.mkdir()
+    for name in (SUITE_FILE, "conftest.py"):
+        shutil.copyfile(SUITE_DIR / name, directory / name)
+    (directory / "pytest.ini").write_text("")  # keeps the repository's config away
+    return directory
+
+
+def run_suite(directory: Path, scope: str | None, tree: str | None) -> SuiteRun:
+    """The suite on the host (``scope`` None) or in guests of ``scope``, from ``tree``."""
+    env = clean_env()
+    env["PYTEST_DISABLE_PLUGIN_AUTOLOAD"] = "1"
+    timing = directory / "timing.jsonl"
+    timing.unlink(missing_ok=True)
+    env["FMBENCH_TIMING"] = str(timing)
+    probe = directory / "probe.json"
+    probe.unlink(missing_ok=True)
+    env.pop("FMBENCH_PROBE", None)
+    if scope == "module":  # one guest: its probe covers the whole suite
+        env["FMBENCH_PROBE"] = str(probe)
+    env.pop("PYTHONPATH", None)
+    if tree is not None:
+        env["PYTHONPATH"] = tree
+    argv = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"]
+    if scope is None:
+        argv = ["unshare", "-mn", "--propagation", "private", *argv]
+        env.pop("FMBENCH_SCOPE", None)
+    else:
+        argv += ["-p", "pytest_fakemachine.plugin"]
+        env["FMBENCH_SCOPE"] = scope
+    argv.append(SUITE_FILE)
+    start = time.monotonic()
+    proc = run_step(argv, directory, SUITE_TIMEOUT, "the real suite", env)
+    wall = time.monotonic() - start
+    if proc.returncode not in (0, 1):  # 1: some tests failed, which the rows account for
+        raise StepFailed(f"pytest exit status {proc.returncode}:\n{tail(proc.stdout, 30)}")
+    try:
+        entries = [json.loads(line) for line in timing.read_text().splitlines()]
+    except (OSError, ValueError) as err:
+        raise StepFailed(f"no timing records ({err}):\n{tail(proc.stdout, 30)}") from None
+    first: dict[str, float] = {}
+    last: dict[str, float] = {}
+    outcomes: dict[str, str] = {}
+    rank = {"passed": 0, "skipped": 1, "failed": 2}
+    for entry in entries:
+        if entry.get("event") != "report":
+            continue
+        nodeid = entry["nodeid"]
+        first.setdefault(nodeid, entry["start"])
+        last[nodeid] = entry["stop"]
+        was = outcomes.get(nodeid, "passed")
+        outcomes[nodeid] = max(was, entry["outcome"], key=lambda o: rank.get(o, 2))
+    tests = {n: last[n] - first[n] for n in first}
+    passed = {n for n, o in outcomes.items() if o == "passed"}
+    if not passed:
+        raise StepFailed(f"no test passed:\n{tail(proc.stdout, 30)}")
+    try:
+        probed = json.loads(probe.read_text()) if probe.exists() else None
+    except (OSError, ValueError):
+        probed = None
+    return SuiteRun(wall, tests, passed, outcomes, probed)
+
+
+def common_tests(variants: list[Variant]) -> set[str]:
+    """The tests that passed in every run of every variant."""
+    sets = [run.passed for v in variants for run in v.runs]
+    return set.intersection(*sets) if sets else set()
+
+
+def _median(values: list[float]) -> float | None:
+    return statistics.median(values) if values else None
+
+
+def _fmt(value: float | None, suffix: str = " s") -> str:
+    return "-" if value is None else f"{value:.2f}{suffix}"
+
+
+def _per_round_ratio(a: Variant, b: Variant, fn: Callable[[SuiteRun], float]) -> list[float]:
+    return [fn(x) / fn(y) for x, y in zip(a.runs, b.runs) if fn(y) > 0]
+
+
+def table_lines(variants: dict[str, Variant], trees: list[tuple[str, str]],
+                markdown: bool) -> list[str]:  # fmt: skip
+    """The real-suite table: one line per tree, and the host's."""
+    every = list(variants.values())
+    common = common_tests([v for v in every if v.runs])
+    n_all = max((len(r.tests) for v in every for r in v.runs), default=0)
+    host = variants["host"]
+
+    def tests_time(run: SuiteRun) -> float:
+        return sum(run.tests[n] for n in common if n in run.tests)
+
+    header = ["tree", "host: tests", "module: tests", "module guest/host (tests)",
+              "module: whole run", "module per test", "function per test",
+              "function/module per test"]  # fmt: skip
+    rows = [header]
+    host_tests = _median([tests_time(r) for r in host.runs])
+    for key, label in trees:
+        module, function = variants[f"module_{key}"], variants[f"function_{key}"]
+        ratio = _median(_per_round_ratio(module, host, tests_time))
+        module_per = _median([r.wall / max(1, len(r.tests)) for r in module.runs])
+        function_per = _median([r.wall / max(1, len(r.tests)) for r in function.runs])
+        per_ratio = _median(_per_round_ratio(function, module, lambda r: r.wall))
+        rows.append([
+            label, _fmt(host_tests), _fmt(_median([tests_time(r) for r in module.runs])),
+            _fmt(ratio, "x"), _fmt(_median([r.wall for r in module.runs])),
+            _fmt(module_per), _fmt(function_per), _fmt(per_ratio, "x"),
+        ])  # fmt: skip
+    left_out = sorted({n for v in every for r in v.runs for n in r.tests} - common)
+    notes = [
+        f"{len(common)} of {n_all} tests count ('tests' columns: setup start -> teardown stop, "
+        "summed, on the clock of the machine that ran them: boot and pytest start-up excluded)."
+    ]
+    for nodeid in left_out:
+        where = sorted(
+            f"{v.key} ({r.outcomes.get(nodeid, 'not run')})"
+            for v in every for r in v.runs[:1] if nodeid not in r.passed
+        )  # fmt: skip
+        notes.append(f"left out: {nodeid.split('::')[-1]}: not passed in {', '.join(where)}")
+    for v in every:
+        notes += [f"{v.label}: failed run: {f.splitlines()[0]}" for f in v.failures]
+    if markdown:
+        lines = ["| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
+        lines += ["| " + " | ".join(r) + " |" for r in rows[1:]]
+        return [*lines, "", *(f"- {n}" for n in notes)]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    return [*lines, "", *notes]
+
+
+def variants_for(trees: list[tuple[str, str | None, str]]) -> dict[str, Variant]:
+    """host, then module_KEY and function_KEY for each (key, tree, label)."""
+    out = {"host": Variant("host", "host, root, unshare -mn, no plugin")}
+    for key, _, label in trees:
+        out[f"module_{key}"] = Variant(f"module_{key}", f"{label}: scope=module")
+        out[f"function_{key}"] = Variant(f"function_{key}", f"{label}: scope=function")
+    return out
+
+
+def tree_label(tree: str | None) -> str:
+    return "this tree" if tree is None else os.path.basename(tree.rstrip("/")) or tree
+
+
+def measure(
+    tmp: Path, runs: int, ref: str | None, log: Callable[[str], None]
+) -> tuple[dict[str, Variant], list[tuple[str, str]]]:
+    """``runs`` interleaved rounds: host, then each tree's module and function runs."""
+    directory = prepare(tmp)
+    trees: list[tuple[str, str | None, str]] = [("after", None, "after (this tree)")]
+    if ref is not None:
+        trees.insert(0, ("before", ref, f"before ({tree_label(ref)})"))
+    variants = variants_for(trees)
+    steps: list[tuple[Variant, str | None, str | None]] = [(variants["host"], None, None)]
+    for scope in ("module", "function"):
+        steps += [(variants[f"{scope}_{key}"], scope, tree) for key, tree, _ in trees]
+    for round_no in range(1, runs + 1):
+        for variant, suite_scope, suite_tree in steps:
+            log(f"bench: round {round_no}/{runs}: real suite, {variant.label} ...")
+            try:
+                result = run_suite(directory, suite_scope, suite_tree)
+            except StepFailed as e:
+                variant.failures.append(str(e))
+                log(f"bench:   failed: {str(e).splitlines()[0]}")
+            else:
+                variant.runs.append(result)
+                log(f"bench:   {result.wall:.2f} s whole, {result.span:.2f} s in tests, "
+                    f"{len(result.passed)}/{len(result.tests)} passed")  # fmt: skip
+            stray = sweep()
+            if stray:
+                variant.failures.append(f"left running, killed: {', '.join(stray)}")
+    return variants, [(key, label) for key, _, label in trees]
