@@ -1,0 +1,104 @@
+"""Function scope, booted ahead: 10 trivial function-scoped marked tests, whole pytest runs.
+
+    python benchmarks/boot_ahead.py [--before /work/ref-2834e98] [--rounds 5] [--tests 10]
+
+Rows, run interleaved (one of each per round, the order rotating), each a
+whole ``python -m pytest`` process with this interpreter:
+
+- before: ``-n 0`` with the package from the ``--before`` tree (PYTHONPATH);
+- off: ``-n 0`` with this tree, ``--fakemachine-boot-ahead=off``;
+- on: ``-n 0`` with this tree (boot-ahead is on by default);
+- on -n 2: the same with pytest-xdist, two workers (each worker's share of
+  the CPUs is one: boot-ahead stays off there on a 2-core machine).
+
+Prints the medians of wall time and CPU time (user+sys of pytest and its
+children, guests included) and the ratios the targets of issue 15 name:
+``before / on`` (at least 1.6x) and ``on / on -n 2`` (at least 1.0x).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent.parent
+TEST = """\
+import pytest
+
+
+@pytest.mark.fakemachine
+@pytest.mark.parametrize("n", range({tests}))
+def test_trivial(n: int) -> None:
+    assert n >= 0
+"""
+
+
+def measure(argv: list[str], tree: Path, cwd: str) -> tuple[float, float]:
+    env = {**os.environ, "PYTHONPATH": str(tree)}
+    env.pop("PYTEST_ADDOPTS", None)
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    start = time.monotonic()
+    proc = subprocess.run(argv, env=env, cwd=cwd, capture_output=True, text=True, check=False)
+    wall = time.monotonic() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if proc.returncode != 0:
+        sys.exit(f"{argv} with {tree} failed:\n{proc.stdout[-3000:]}{proc.stderr[-2000:]}")
+    cpu = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
+    return wall, cpu
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--before", default="/work/ref-2834e98", help="the tree of 2834e98")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--tests", type=int, default=10)
+    args = parser.parse_args()
+    before = Path(args.before).resolve()
+    pytest_argv = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                   "-p", "no:randomly", "test_fm.py"]  # fmt: skip
+    rows = {
+        "before -n 0": (before, [*pytest_argv, "-n", "0"]),
+        "off -n 0": (HERE, [*pytest_argv, "-n", "0", "--fakemachine-boot-ahead=off"]),
+        "on -n 0": (HERE, [*pytest_argv, "-n", "0"]),
+        "on -n 2": (HERE, [*pytest_argv, "-n", "2"]),
+    }
+    results: dict[str, list[tuple[float, float]]] = {row: [] for row in rows}
+    with tempfile.TemporaryDirectory(prefix="fm-boot-ahead-") as work:
+        Path(work, "test_fm.py").write_text(TEST.format(tests=args.tests))
+        Path(work, "pytest.ini").write_text("[pytest]\n")
+        for tree in (before, HERE):  # warm up: initramfs caches, page cache
+            measure([*pytest_argv[:-1], "test_fm.py::test_trivial[0]"], tree, work)
+        names = list(rows)
+        for i in range(args.rounds):
+            for name in names[i % len(names) :] + names[: i % len(names)]:
+                tree, argv = rows[name]
+                results[name].append(measure(argv, tree, work))
+                wall, cpu = results[name][-1]
+                print(f"round {i + 1}: {name}: {wall:.1f} s wall, {cpu:.1f} s CPU", flush=True)
+    load = " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    print(f"\n{args.tests} function-scoped trivial marked tests, {args.rounds} rounds, "
+          f"{os.cpu_count()} CPUs, load now {load}\n")  # fmt: skip
+    print("| run | wall (median) | CPU (median) | per test |")
+    print("|---|---|---|---|")
+    medians = {}
+    for name, runs in results.items():
+        wall = statistics.median(r[0] for r in runs)
+        cpu = statistics.median(r[1] for r in runs)
+        medians[name] = wall
+        print(f"| {name} | {wall:.1f} s | {cpu:.1f} s | {wall / args.tests:.2f} s |")
+    speedup = medians["before -n 0"] / medians["on -n 0"]
+    print(f"\nbefore / on (-n 0): {speedup:.2f}x (target: at least 1.6x)")
+    print(f"off / on (-n 0): {medians['off -n 0'] / medians['on -n 0']:.2f}x")
+    xdist = medians["on -n 0"] / medians["on -n 2"]
+    print(f"on -n 0 / on -n 2: {xdist:.2f}x (target: at least 1.0x)")
+
+
+if __name__ == "__main__":
+    main()
