@@ -196,3 +196,43 @@ def test_show_boot_shows_a_guest_booted_ahead_at_its_tests_turn(
     # One boot's console each, b's (booted during a) after b's name.
     assert during_a.count("Welcome to") == 1
     assert after_b.count("Welcome to") == 1
+
+
+def test_a_guest_that_died_before_its_turn_is_replaced(
+    pytester: pytest.Pytester, inner: Path
+) -> None:
+    flag = pytester.path / "die-once"
+    flag.touch()
+    # The guest booted ahead dies while it starts its pytest; the first test
+    # waits until it has, so the second's turn finds it dead.
+    pytester.makeconftest(
+        f"""
+        import os
+        from pytest_fakemachine import in_fakemachine
+
+        def pytest_configure(config):
+            if in_fakemachine() and os.path.exists({str(flag)!r}):
+                with open("/run/fakemachine/guest.json") as f:
+                    booted_ahead = '"go"' in f.read()
+                if booted_ahead:
+                    os.remove({str(flag)!r})
+                    os._exit(3)
+        """
+    )
+    pytester.makepyfile(
+        f"""
+        import os, time, pytest
+
+        pytestmark = pytest.mark.fakemachine
+
+        def test_a():
+            deadline = time.monotonic() + 300
+            while os.path.exists({str(flag)!r}) and time.monotonic() < deadline:
+                time.sleep(0.1)
+
+        def test_b():
+            pass
+        """
+    )
+    pytester.runpytest_subprocess().assert_outcomes(passed=2)
+    assert not flag.exists()
