@@ -13,8 +13,9 @@ guest to its test. What cannot be done ahead is not:
   its own);
 - a test with a user's image (``Image(path)``) is not booted ahead: another
   test may hold or change that file until the turn;
-- ``--fakemachine-show-boot`` shows the console when the test starts (it was
-  collected meanwhile), never in the middle of another test's output.
+- ``--fakemachine-show-boot`` shows the console of a guest booted ahead when
+  its test starts (all of it so far at once), never inside another test's
+  output: only the test's own wait for its guest echoes the console.
 
 Only with an idle CPU: the guests that use a CPU (the current test's, and
 those still booting ahead) stay within the CPUs the session may use (all of
@@ -43,7 +44,7 @@ __all__ = ["Ahead", "BootAhead", "GoLine", "cpu_share", "fingerprint"]
 
 GO_LINE = "/dev/ttyS6"  # past the command line's and the shell's lines (ttyS1-4)
 WAITING = "waiting"  # in the work dir: the runner waits on its line
-_MAX_MISSES = 3  # mismatches (a configure hook) before booting ahead stops
+_MAX_MISSES = 3  # guests booted ahead in vain (a configure hook...) before it stops
 _LOOKAHEAD_ITEMS = 8  # how far past the current test to look for tests to boot ahead for
 
 
@@ -234,8 +235,7 @@ class BootAhead:
         # machine) says nothing of the test: the test boots its own.
         gone = run.guest is None or run.guest.exited()
         if gone or fingerprint(new.machine, new.image_dir) != ahead.booted_as:
-            if not gone:
-                self.misses += 1
+            self.misses += 1
             run.keep_image_dir = True  # the new machine's images are in it
             _close(run)
             return new
