@@ -162,8 +162,8 @@ def main() -> None:
                 wall, cpu = results[name][-1]
                 print(f"round {i + 1}: {name}: {wall:.1f} s wall, {cpu:.1f} s CPU", flush=True)
     load = " ".join(Path("/proc/loadavg").read_text().split()[:3])
-    print(f"\n{args.tests} function-scoped trivial marked tests, {args.rounds} rounds, "
-          f"{os.cpu_count()} CPUs, load now {load}\n")  # fmt: skip
+    print(f"\n{args.rounds} rounds, {os.cpu_count()} CPUs, load now {load}; trivial rows: "
+          f"{args.tests} tests, real rows: {REAL_TESTS} tests (whole runs)\n")  # fmt: skip
     print("| run | wall (median) | CPU (median) | per test |")
     print("|---|---|---|---|")
     medians = {}
