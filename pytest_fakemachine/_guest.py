@@ -16,6 +16,9 @@ sees each phase as soon as it ends::
     {"event": "shell", "nodeid": ...}, {"event": "shell-end", ...}  (_guest_shell)
     {"event": "pdb"}, {"event": "pdb-end"}  (the debugger has the terminal, then not)
     {"event": "done", "exitstatus": ...}
+
+A guest booted ahead (``spec["go"]``) collects its test, then waits for the
+host's word on a serial line before it runs it (see ``_ahead``).
 """
 
 from __future__ import annotations
@@ -60,6 +63,7 @@ class GuestReporter:
         self.tmp_path_policy: str = spec.get("tmp_path_policy", "all")
         self.tmp_paths: dict[str, str] = {}  # nodeid -> its tmp_path
         self.failed: dict[str, bool] = {}
+        self.go: dict[str, str] | None = spec.get("go")
         self.out = out
 
     def send(self, **event: Any) -> None:
@@ -113,6 +117,13 @@ class GuestReporter:
             config.hook.pytest_deselected(items=deselected)
         items[:] = selected
         self.items = selected
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtestloop(self) -> None:
+        """Booted ahead: everything up to here ran while an earlier test ran on
+        the host; the test itself waits for its turn."""
+        if self.go is not None:
+            wait_for_go(self.go["line"], self.go["waiting"])
 
     def pytest_collectreport(self, report: pytest.CollectReport) -> None:
         if report.failed:
@@ -248,6 +259,27 @@ class _Gate(io.TextIOBase):
     def flush(self) -> None:
         if sys.__stdout__ is not None:
             sys.__stdout__.flush()
+
+
+def wait_for_go(line: str, waiting: str) -> None:
+    """Block until the host writes a line to the serial ``line``.
+
+    ``waiting`` tells the host the line is open (a byte sent earlier would go
+    unnoticed) and that this guest is idle. A hang-up (the host gave this
+    guest up) ends the runner.
+    """
+    fd = os.open(line, os.O_RDWR | os.O_NOCTTY)  # not our controlling terminal
+    try:
+        with open(waiting, "w"):
+            pass
+        data = b""
+        while not data.endswith(b"\n"):
+            chunk = os.read(fd, 64)
+            if not chunk:
+                os._exit(1)
+            data += chunk
+    finally:
+        os.close(fd)
 
 
 # A file at least this big with holes in it (a disk image) goes to the host

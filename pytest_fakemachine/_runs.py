@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -48,7 +48,10 @@ from ._transport import (
 )
 from ._uml import GuestProcess
 
-__all__ = ["GuestRun", "MarkedTest", "apply_marker", "marked_test"]
+if TYPE_CHECKING:
+    from ._ahead import GoLine
+
+__all__ = ["GuestRun", "MarkedTest", "apply_marker", "marked_test", "xdist_queue"]
 
 MARKER_KEYWORDS = ("images", "volumes", "memory", "scratch", "network", "env", "passenv",
                    "timeout", "boot_timeout", "scope")  # fmt: skip
@@ -179,6 +182,9 @@ class GuestRun:
     terminal_over: bool = False
     interacting: bool = False
     queued: list[dict[str, Any]] = field(default_factory=list)  # events read, not handled
+    keep_image_dir: bool = False  # another run took its images over
+    go: GoLine | None = None  # booted ahead: the runner waits for its turn on this line
+    tick: Callable[[], None] | None = None  # called as the host waits for the guest
 
     def start(self) -> None:
         coverage = coverage_settings()
@@ -189,10 +195,13 @@ class GuestRun:
         interactive = wants_terminal(self.config)
         if interactive or self.shell_on_fail:
             self.terminal = GuestTerminal()
-            self.machine.extra_kernel_args += self.terminal.kernel_args()
+        for wiring in (self.terminal, self.go):
+            if wiring is not None:
+                self.machine.extra_kernel_args += wiring.kernel_args()
         self.session = self.machine.session()
-        if self.terminal is not None:
-            self.session.pass_fds += self.terminal.pass_fds
+        for wiring in (self.terminal, self.go):
+            if wiring is not None:
+                self.session.pass_fds += wiring.pass_fds
         self.session.cleanup.append(self.image_dir)
         self.session.__enter__()
         work = self.session.workdir
@@ -213,6 +222,8 @@ class GuestRun:
             spec["terminal"] = self.terminal.spec()
         if self.shell_on_fail:
             spec["shell"] = shell_spec()
+        if self.go is not None:
+            spec["go"] = self.go.spec()
         (work / "guest.json").write_text(json.dumps(spec))
         env = {**self.machine.env, "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1",
                "PYTHONDONTWRITEBYTECODE": "1"}  # fmt: skip
@@ -225,7 +236,18 @@ class GuestRun:
         self.guest = self.session.launch(body)
         if self.terminal is not None:
             self.terminal.launched()
+        if self.go is not None:
+            self.go.launched(work)
         self._arm()
+
+    def begin(self) -> None:
+        """A run booted ahead becomes its test's: the test's time starts now."""
+        self.launched_at = time.monotonic()
+        self._arm()
+        if self.guest is not None:
+            self.guest.resume()
+        if self.go is not None:
+            self.go.release()
 
     def _arm(self) -> None:
         self.deadline = None if self.timeout is None else time.monotonic() + self.timeout
@@ -308,6 +330,10 @@ class GuestRun:
         assert self.guest is not None
         received: list[pytest.TestReport] = []  # the reports of the attempt under way
         while True:
+            if self.go is not None:
+                self.go.poll()
+            if self.tick is not None:
+                self.tick()
             self._pump()
             if self.relay is not None:  # a phase's output comes before its report
                 self.relay.write(self.finished.get(item.nodeid))
@@ -404,13 +430,31 @@ class GuestRun:
         finally:
             if self.session is not None:
                 self.session.__exit__()
-            if self.terminal is not None:
-                self.terminal.close()
-            shutil.rmtree(self.image_dir, ignore_errors=True)
+            for wiring in (self.terminal, self.go):
+                if wiring is not None:
+                    wiring.close()
+            if not self.keep_image_dir:
+                shutil.rmtree(self.image_dir, ignore_errors=True)
 
     def remaining(self, delivered: Iterable[str]) -> list[pytest.Item]:
         done = set(delivered)
         return [item for item in self.items if item.nodeid not in done]
+
+
+def xdist_queue(config: pytest.Config) -> list[int] | None:
+    """On an xdist worker, the indexes of the tests it was sent and has not run yet.
+
+    Reads pytest-xdist's WorkerInteractor (its ``nextitem_index`` and ``torun``
+    queue): tests a later batch brings get a guest of their own.
+    """
+    if not hasattr(config, "workerinput"):
+        return None
+    for plugin in config.pluginmanager.get_plugins():
+        if type(plugin).__name__ == "WorkerInteractor":
+            with plugin.torun.lock() as pending:
+                queued = [plugin.nextitem_index, *pending]
+            return [i for i in queued if isinstance(i, int)]
+    return []
 
 
 def wants_terminal(config: pytest.Config) -> bool:

@@ -38,6 +38,10 @@ ALL_HELP = (
     "default keywords (tests that use the fakemachine fixture stay on the host)"
 )
 SCOPE_HELP = "scope of marked tests that give none: function (default), module or session"
+BOOT_AHEAD_HELP = (
+    "on (default): while a function-scoped marked test runs, boot the guests of the tests "
+    "after it on idle CPUs, up to their test; off: boot each guest at its test's turn"
+)
 PASSENV_HELP = (
     "host environment variables (names or globs, whitespace- or line-separated) passed "
     "into every guest the plugin starts; default none"
@@ -56,6 +60,7 @@ class Settings:
     all_tests: bool = False
     scope: str = "function"
     passenv: tuple[str, ...] = ()
+    boot_ahead: bool = True
 
 
 settings_key = pytest.StashKey[Settings]()
@@ -83,6 +88,9 @@ def addoption(parser: pytest.Parser) -> None:
                     help="check that this host can boot a guest, print how to fix what is "
                          "missing, and exit")  # fmt: skip
     group.addoption("--fakemachine-all", action="store_true", default=None, help=ALL_HELP)
+    group.addoption("--fakemachine-boot-ahead", choices=("on", "off"), default=None,
+                    help=BOOT_AHEAD_HELP)  # fmt: skip
+    parser.addini("fakemachine_boot_ahead", BOOT_AHEAD_HELP, type="bool", default=True)
     parser.addini("fakemachine_all", ALL_HELP, type="bool", default=False)
     parser.addini("fakemachine_scope", SCOPE_HELP, default=None)
     parser.addini("fakemachine_passenv", PASSENV_HELP, default=None)
@@ -121,6 +129,9 @@ def resolve(config: pytest.Config) -> Settings:
         where = f"ini option fakemachine_scope in {config.inipath or 'the ini file'}"
         raise ConfigError(f"scope={scope!r} from {where}: expected one of {', '.join(SCOPES)}")
     all_tests = config.getoption("fakemachine_all") or config.getini("fakemachine_all")
+    boot_ahead = config.getoption("fakemachine_boot_ahead")
+    if boot_ahead is None:
+        boot_ahead = "on" if config.getini("fakemachine_boot_ahead") else "off"
     return Settings(
         backend=backend,
         memory=memory_mib,
@@ -136,6 +147,7 @@ def resolve(config: pytest.Config) -> Settings:
         all_tests=bool(all_tests),
         scope=scope,
         passenv=tuple((config.getini("fakemachine_passenv") or "").split()),
+        boot_ahead=boot_ahead == "on",
     )
 
 

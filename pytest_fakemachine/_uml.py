@@ -28,7 +28,7 @@ from typing import IO, final
 
 from ._errors import BackendUnavailable
 from ._kernel import modules_for
-from ._watchdog import Reaper, claim_cpu, make_private, release_cpu
+from ._watchdog import Reaper, claim_cpu, make_private, pin_group, release_cpu
 
 __all__ = [
     "MODULES_MOUNTPOINT",
@@ -416,6 +416,18 @@ class GuestProcess:
         if end > self._echoed:
             self._echo(self._console.text(self._echoed))
             self._echoed = end
+
+    def idle(self) -> None:
+        """The guest waits (booted ahead of its test) and uses no CPU: give its CPU back."""
+        if self._cpu is not None:
+            release_cpu(self._cpu)
+            self._cpu = None
+
+    def resume(self) -> None:
+        """After :meth:`idle`: claim the least busy CPU and move the guest there."""
+        if self._cpu is None and self._uml is not None and not self.exited():
+            self._cpu = claim_cpu()
+            pin_group(self._uml.pid, self._cpu)
 
     def exited(self) -> bool:
         """Whether the UML process has ended. It is left unreaped until kill():

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import final
 
-__all__ = ["Reaper", "claim_cpu", "make_private", "release_cpu"]
+__all__ = ["Reaper", "claim_cpu", "make_private", "pin_group", "release_cpu"]
 
 
 @final
@@ -86,6 +86,21 @@ def release_cpu(cpu: int) -> None:
         _guests_on_cpu[cpu] -= 1
         if not _guests_on_cpu[cpu]:
             del _guests_on_cpu[cpu]
+
+
+def pin_group(group: int, cpu: int) -> None:
+    """Move every thread of process group ``group`` to ``cpu`` (a guest that
+    waited without a CPU of its own, now given one)."""
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            if os.getpgid(int(entry)) != group:
+                continue
+            for task in os.listdir(f"/proc/{entry}/task"):
+                os.sched_setaffinity(int(task), {cpu})
+        except OSError:  # gone meanwhile
+            continue
 
 
 def make_private(*paths: Path) -> bool:

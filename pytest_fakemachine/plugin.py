@@ -27,6 +27,7 @@ from ._shell import why_off as why_shell_off
 from ._transport import covers, failure_reports, report_collect_error, skip_reports
 
 if TYPE_CHECKING:
+    from ._ahead import BootAhead
     from ._machine import Machine
     from ._runs import GuestRun, MarkedTest
     from ._session import BootOutcome
@@ -53,6 +54,8 @@ class _State:
     collect_errors: list[pytest.CollectReport] = field(default_factory=list)
     collect_errors_reported: set[str] = field(default_factory=set)
     summarizing: bool = False  # the terminal summary has begun
+    ahead: BootAhead | None = None  # guests booted ahead (function scope), once set up
+    ahead_checked: bool = False
 
 
 _state_key = pytest.StashKey[_State]()
@@ -205,8 +208,10 @@ def _group(state: _State, item: pytest.Item, mark: MarkedTest) -> list[pytest.It
     """``item`` and the tests after it that share its guest, in run order."""
     if mark.scope == "function":
         return [item]
+    from ._runs import xdist_queue  # noqa: PLC0415 (host only, see the docstring)
+
     items = item.session.items
-    queued = _xdist_queue(item.config)
+    queued = xdist_queue(item.config)
     if queued is None:
         candidates = items[items.index(item) :]
     else:  # an xdist worker runs only what it was sent: the guest takes no more
@@ -224,27 +229,11 @@ def _group(state: _State, item: pytest.Item, mark: MarkedTest) -> list[pytest.It
     return group
 
 
-def _xdist_queue(config: pytest.Config) -> list[int] | None:
-    """On an xdist worker, the indexes of the tests it was sent and has not run yet.
-
-    Reads pytest-xdist's WorkerInteractor (its ``nextitem_index`` and ``torun``
-    queue): tests a later batch brings get a guest of their own.
-    """
-    if not hasattr(config, "workerinput"):
-        return None
-    for plugin in config.pluginmanager.get_plugins():
-        if type(plugin).__name__ == "WorkerInteractor":
-            with plugin.torun.lock() as pending:
-                queued = [plugin.nextitem_index, *pending]
-            return [i for i in queued if isinstance(i, int)]
-    return []
-
-
 def _start_run(
     state: _State, item: pytest.Item, mark: MarkedTest, prior_attempts: dict[str, int]
 ) -> GuestRun | None:
     """Boot a guest for ``item``'s group; None if the test was reported skipped."""
-    from ._runs import GuestRun, apply_marker, new_image_dir  # noqa: PLC0415 (host only)
+    from ._runs import new_image_dir  # noqa: PLC0415 (host only, see the docstring)
 
     config = item.config
     unavailable = _unavailable(state, config)
@@ -254,11 +243,47 @@ def _start_run(
                 item.ihook.pytest_runtest_logreport(report=report)
             return None
         raise BackendUnavailable(unavailable)
-    image_dir = new_image_dir()
+    # A guest booted ahead (for a first attempt) shares its image directory.
+    booster = state.ahead
+    ahead = booster.take(item) if booster is not None and not prior_attempts else None
+    image_dir = ahead.run.image_dir if ahead is not None else new_image_dir()
+    try:
+        run = _new_run(state, item, mark, image_dir, prior_attempts, configure=True)
+    except BaseException:
+        if booster is not None and ahead is not None:
+            booster.drop(ahead)
+        raise
+    if booster is not None:
+        run.tick = lambda: booster.tick(state.runs.values())
+        if ahead is not None:
+            run = booster.hand_over(ahead, run)
+    for member in run.items:
+        state.runs[member.nodeid] = run
+    if run.session is None:  # not booted ahead
+        try:
+            run.start()
+        except BaseException:
+            # No power-off is coming from a guest that never got its job (a
+            # Ctrl-C during the launch): waiting for one would cost 30 s.
+            _close(state, run, graceful=False)
+            raise
+    return run
+
+
+def _new_run(
+    state: _State, item: pytest.Item, mark: MarkedTest, image_dir: Path,
+    prior_attempts: dict[str, int], *, configure: bool,
+) -> GuestRun:  # fmt: skip
+    """An unstarted run of ``item``'s group; its machine from the options, the
+    marker and (if ``configure``) the configure hook."""
+    from ._runs import GuestRun, apply_marker  # noqa: PLC0415 (host only, see the docstring)
+
+    config = item.config
     try:
         machine = _new_machine(config, mark.source)
         apply_marker(machine, mark, image_dir)
-        config.hook.pytest_fakemachine_configure(machine=machine, item=item)
+        if configure:
+            config.hook.pytest_fakemachine_configure(machine=machine, item=item)
         timeout = parse_timeout(machine.timeout, mark.source)
     except BaseException:
         shutil.rmtree(image_dir, ignore_errors=True)
@@ -272,16 +297,54 @@ def _start_run(
                    collect_errors_reported=state.collect_errors_reported)  # fmt: skip
     if config.getoption("fakemachine_shell_on_fail") and why_shell_off(config) is None:
         run.shell_on_fail = True
-    for member in run.items:
-        state.runs[member.nodeid] = run
-    try:
-        run.start()
-    except BaseException:
-        # No power-off is coming from a guest that never got its job (a
-        # Ctrl-C during the launch): waiting for one would cost 30 s.
-        _close(state, run, graceful=False)
-        raise
     return run
+
+
+def _booster(state: _State, config: pytest.Config) -> BootAhead | None:
+    """The session's guests booted ahead, set up at the first marked test; None if off."""
+    if not state.ahead_checked:
+        state.ahead_checked = True
+        from ._ahead import BootAhead, cpu_share  # noqa: PLC0415 (host only, see the docstring)
+        from ._runs import wants_terminal  # noqa: PLC0415
+
+        slots = cpu_share()
+        if (state.settings.boot_ahead and slots > 1 and not wants_terminal(config)
+                and _unavailable(state, config) is None):  # fmt: skip
+            state.ahead = BootAhead(slots, lambda item: _prepare_ahead(state, item))
+    return state.ahead
+
+
+def _look_ahead(state: _State, item: pytest.Item, *, marked: bool) -> None:
+    """At ``item``'s start: which tests to boot ahead for (and, for a host
+    test, which has no deliver loop to boot them, boot them now)."""
+    from ._runs import xdist_queue  # noqa: PLC0415 (host only, see the docstring)
+
+    booster = _booster(state, item.config) if marked else state.ahead
+    if booster is not None:
+        booster.plan(item, xdist_queue(item.config), lambda other: _wants_guest(state, other))
+        if not marked:
+            booster.tick(state.runs.values())
+
+
+def _wants_guest(state: _State, item: pytest.Item) -> bool:
+    """Whether ``item`` will need a function-scoped guest of its own."""
+    if item.nodeid in state.delivered:
+        return False
+    try:
+        mark = _mark(state, item)
+    except FakeMachineError:
+        return False
+    return (mark is not None and mark.scope == "function"
+            and not any(covers(r.nodeid, item.nodeid) for r in state.collect_errors))  # fmt: skip
+
+
+def _prepare_ahead(state: _State, item: pytest.Item) -> GuestRun:
+    """An unstarted run for ``item``, to boot ahead: no configure hook yet."""
+    from ._runs import new_image_dir  # noqa: PLC0415 (host only, see the docstring)
+
+    mark = _mark(state, item)
+    assert mark is not None
+    return _new_run(state, item, mark, new_image_dir(), {}, configure=False)
 
 
 def _close(state: _State, run: GuestRun, *, graceful: bool = True) -> None:
@@ -305,7 +368,9 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> 
         mark, error = None, e
     else:
         if mark is None:
+            _look_ahead(state, item, marked=False)
             return None
+    _look_ahead(state, item, marked=True)
     ihook = item.ihook
     ihook.pytest_runtest_logstart(nodeid=item.nodeid, location=item.location)
     run = state.runs.get(item.nodeid)
@@ -338,6 +403,8 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> 
         for report in failure_reports(item, [], message):
             ihook.pytest_runtest_logreport(report=report)
     state.delivered.add(item.nodeid)
+    if state.ahead is not None:  # booted ahead for this test, which did not take it
+        state.ahead.discard(item.nodeid)
     if run is not None and (run.dead or not run.remaining(state.delivered)):
         _close(state, run)
     _teardown_host_nodes(item, nextitem)
@@ -423,6 +490,8 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
         return
     for run in list(dict.fromkeys(state.runs.values())):  # left over by -x or --maxfail
         _close(state, run, graceful=False)
+    if state.ahead is not None:  # for tests that did not come (-x, Ctrl-C)
+        state.ahead.close()
 
 
 @pytest.hookimpl(tryfirst=True)
