@@ -26,13 +26,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import resource
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
+
+from before_after import measure  # beside this script, on sys.path when it runs
 
 HERE = Path(__file__).resolve().parent.parent
 TEST = """\
@@ -105,20 +104,6 @@ def test_systemd_unit():
     sh("systemd-run --wait --quiet --service-type=oneshot true")
 """
 REAL_TESTS = 8
-
-
-def measure(argv: list[str], tree: Path, cwd: str) -> tuple[float, float]:
-    env = {**os.environ, "PYTHONPATH": str(tree)}
-    env.pop("PYTEST_ADDOPTS", None)
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    start = time.monotonic()
-    proc = subprocess.run(argv, env=env, cwd=cwd, capture_output=True, text=True, check=False)
-    wall = time.monotonic() - start
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    if proc.returncode != 0:
-        sys.exit(f"{argv} with {tree} failed:\n{proc.stdout[-3000:]}{proc.stderr[-2000:]}")
-    cpu = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
-    return wall, cpu
 
 
 def main() -> None:
