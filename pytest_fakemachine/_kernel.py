@@ -330,6 +330,8 @@ def modules_for(kernel: Path, package_fix: str = "") -> Path | None:
     fix = (
         f"the modules come with Debian's user-mode-linux package: {package_fix}"
         if kernel.resolve() == _SYSTEM_KERNEL
+        else f"run {_NEWER_KERNEL} again: it unpacks this kernel with its modules"
+        if own_loader(kernel) is not None
         else "unpack the kernel's package beside it (dpkg -x user-mode-linux_*.deb DIR, "
         "then kernel=DIR/usr/bin/linux.uml), or put the modules in one of those directories"
     )

@@ -140,6 +140,16 @@ def test_a_patched_kernel_whose_own_loader_is_gone_says_so(tmp_path: Path) -> No
     assert "run scripts/setup.sh --newer-kernel again" in message
 
 
+def test_a_patched_kernel_without_its_modules_is_sent_back_to_setup(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    kernel = elf_with_loader(tmp_path / "linux.uml", str(tmp_path / "libc" / "ld.so"))
+    info = KernelInfo(kernel, "7.2.7", {"CONFIG_MODULES": "y"}, True)
+    monkeypatch.setattr(_kernel, "kernel_info", lambda path: info)
+    with pytest.raises(BackendUnavailable, match=r"run scripts/setup.sh --newer-kernel again"):
+        modules_for(kernel)
+
+
 def test_a_patched_kernel_that_fails_is_not_told_the_hosts_glibc_is_too_old() -> None:
     glibc = "libc.so.6: version `GLIBC_2.38' not found"
     own = _kernel.failure_hint("/opt/k/libc/ld-linux-x86-64.so.2", glibc)
