@@ -96,8 +96,10 @@ def _kernel_choice(info: KernelInfo, kernel_setting: str | None) -> list[Check]:
     for path in installed_kernels(shutil.which("linux.uml")):
         try:
             others.append(kernel_info(path))
-        except FakeMachineError as e:  # a newer kernel this glibc cannot run: not on offer
-            checks.append(Check(f"other UML kernel ({path})", str(e), "", required=False))
+        except FakeMachineError as e:  # not on offer; the message says why and what to run
+            checks.append(Check(f"other UML kernel ({path})", str(e),
+                                "scripts/setup.sh --newer-kernel unpacks it again",
+                                required=False))  # fmt: skip
     best = fastest([info, *others])
     if best is not None and best.path != info.path:
         why = (

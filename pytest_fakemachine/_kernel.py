@@ -15,6 +15,7 @@ import json
 import mmap
 import os
 import re
+import struct
 import subprocess
 import tempfile
 import time
@@ -129,6 +130,70 @@ def _parse_config(text: str) -> dict[str, str]:
     return config
 
 
+# Where a distribution's own dynamic loader lives; a kernel whose loader is
+# elsewhere was given its own (setup.sh --newer-kernel, on a host whose glibc
+# is older than the kernel's).
+_SYSTEM_LOADER_DIRS = frozenset(
+    (
+        "/lib",
+        "/lib64",
+        "/usr/lib",
+        "/usr/lib64",
+        "/lib/x86_64-linux-gnu",
+        "/usr/lib/x86_64-linux-gnu",
+    )
+)
+_PT_INTERP = 3
+_NEWER_KERNEL = "scripts/setup.sh --newer-kernel"
+
+
+def interpreter(kernel: Path) -> str | None:
+    """The dynamic loader named in ``kernel``'s ELF header; None: none, or not a 64-bit ELF."""
+    try:
+        with open(kernel, "rb") as f:
+            header = f.read(64)
+            if header[:5] != b"\x7fELF\x02" or header[5] != 1:  # ELF64, little-endian
+                return None
+            (phoff,) = struct.unpack_from("<Q", header, 32)
+            phentsize, phnum = struct.unpack_from("<HH", header, 54)
+            f.seek(phoff)
+            table = f.read(phentsize * phnum)
+            for i in range(phnum):
+                (kind,) = struct.unpack_from("<I", table, i * phentsize)
+                if kind == _PT_INTERP:
+                    (offset,) = struct.unpack_from("<Q", table, i * phentsize + 8)
+                    (size,) = struct.unpack_from("<Q", table, i * phentsize + 32)
+                    f.seek(offset)
+                    return f.read(size).rstrip(b"\0").decode(errors="replace")
+    except (OSError, struct.error, IndexError):
+        return None
+    return None
+
+
+def own_loader(kernel: Path) -> str | None:
+    """The kernel's own loader (not the system's), as setup.sh --newer-kernel patches in."""
+    loader = interpreter(kernel)
+    if loader is None or os.path.dirname(loader) in _SYSTEM_LOADER_DIRS:
+        return None
+    return loader
+
+
+def failure_hint(loader: str | None, why: str) -> str:
+    """What to add to a kernel's failure to run: its own libc, or the host's too old."""
+    if loader is not None:
+        return (
+            f"; it runs with its own loader and libc in {os.path.dirname(loader)} (given by "
+            f"{_NEWER_KERNEL}, for a host whose glibc is older): if they are missing or were "
+            f"moved, run {_NEWER_KERNEL} again"
+        )
+    if "GLIBC_" in why:
+        return (
+            f"; it needs a newer glibc than this host's: {_NEWER_KERNEL} unpacks Debian's newer "
+            "kernels with their own loader and libc, which run here"
+        )
+    return ""
+
+
 def _run(kernel: Path, flag: str) -> str:
     try:
         done = subprocess.run(
@@ -141,13 +206,20 @@ def _run(kernel: Path, flag: str) -> str:
             timeout=30,
         )
     except (OSError, subprocess.SubprocessError) as e:
+        # exec() of a file whose loader is gone fails as if the file itself were.
+        loader = own_loader(kernel) if isinstance(e, FileNotFoundError) else None
+        if loader is not None and not os.path.exists(loader):
+            raise BackendUnavailable(
+                f"UML kernel {kernel} does not run: its loader {loader} is missing"
+                + failure_hint(loader, "")
+            ) from e
         raise BackendUnavailable(f"UML kernel {kernel} does not run: {e}") from e
     if done.returncode != 0:
         # A newer Debian UML on an older glibc: "version `GLIBC_2.38' not found".
         why = (done.stderr.strip() or done.stdout.strip()).splitlines()[-1:] or ["no output"]
         raise BackendUnavailable(
             f"UML kernel {kernel} does not run here ({kernel} {flag} exited with "
-            f"{done.returncode}: {why[0]})"
+            f"{done.returncode}: {why[0]})" + failure_hint(own_loader(kernel), why[0])
         )
     return done.stdout
 
@@ -258,6 +330,8 @@ def modules_for(kernel: Path, package_fix: str = "") -> Path | None:
     fix = (
         f"the modules come with Debian's user-mode-linux package: {package_fix}"
         if kernel.resolve() == _SYSTEM_KERNEL
+        else f"run {_NEWER_KERNEL} again: it unpacks this kernel with its modules"
+        if own_loader(kernel) is not None
         else "unpack the kernel's package beside it (dpkg -x user-mode-linux_*.deb DIR, "
         "then kernel=DIR/usr/bin/linux.uml), or put the modules in one of those directories"
     )

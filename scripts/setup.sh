@@ -7,11 +7,13 @@
 #
 #   scripts/setup.sh [--newer-kernel]
 #
-# --newer-kernel (opt-in): also unpack Debian testing's user-mode-linux (a
-# newer kernel, with UML's faster seccomp mode) into
+# --newer-kernel (opt-in): also unpack Debian 13's user-mode-linux (6.12) and
+# testing's (7.2, with UML's faster seccomp mode, but no legacy iptables) into
 # ${XDG_DATA_HOME:-~/.local/share}/pytest-fakemachine/uml-VERSION, beside the
-# distribution's, and say what it lacks; choose it with --fakemachine-kernel=
-# (or kernel=). It needs glibc >= 2.38 (Debian 13, Ubuntu 24.04).
+# distribution's, say what each lacks and which is the fastest that keeps every
+# guest feature; choose one with --fakemachine-kernel= (or kernel=). They need
+# glibc >= 2.38: on an older host (Debian 12, Ubuntu 22.04) each gets its
+# suite's own loader and libc.so.6 beside it (patchelf, installed for that).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 newer_kernel=""
@@ -166,44 +168,116 @@ fi
 .venv/bin/python -m pip --version >/dev/null 2>&1 || python3 -m venv --clear .venv
 .venv/bin/python -m pip install -q -e ".[test]"
 
-# Debian testing's kernel, unpacked (dpkg -x) with its modules: the modules
-# sit beside it as its package lays them out, where the plugin looks first.
-newer_kernel() {
-    local keyring=/usr/share/keyrings/debian-archive-keyring.gpg dest deb version
-    [ -f "$keyring" ] || apt_install debian-archive-keyring
+# Newer Debian kernels, each unpacked (dpkg -x) from its suite with its modules:
+# the modules sit beside it as its package lays them out (real directories: the
+# guest reads them over hostfs, where a symlink to a host path leads nowhere),
+# where the plugin looks first. trixie (Debian 13): 6.12, which keeps every guest
+# feature; testing: 7.2, with UML's seccomp mode but no legacy iptables.
+newer_suites="trixie testing"
+
+unpack_kernel() {  # SUITE: prints the kernel's path; on a host with an older glibc, its own
+    local suite=$1 keyring=/usr/share/keyrings/debian-archive-keyring.gpg dest deb version out
+    [ -f "$keyring" ] || apt_install debian-archive-keyring >&2
     [ -n "$tmp" ] || tmp=$(mktemp -d)
-    private_sources "$tmp/testing" "$keyring" http://deb.debian.org/debian testing main
+    private_sources "$tmp/$suite" "$keyring" http://deb.debian.org/debian "$suite" main
     # Signatures are checked; the Release file's freshness date is not: a
     # mirror that lags (or a snapshot) still serves a genuine, signed kernel.
-    retry 6 private_apt "$tmp/testing" -o Acquire::Check-Valid-Until=false update || return 1
-    (cd "$tmp/testing/debs" && retry 6 private_apt "$tmp/testing" download user-mode-linux) ||
+    retry 6 private_apt "$tmp/$suite" -o Acquire::Check-Valid-Until=false update >&2 || return 1
+    (cd "$tmp/$suite/debs" && retry 6 private_apt "$tmp/$suite" download user-mode-linux) >&2 ||
         return 1
-    deb=$(echo "$tmp"/testing/debs/user-mode-linux_*.deb)
+    deb=$(echo "$tmp/$suite"/debs/user-mode-linux_*.deb)
     dest=${XDG_DATA_HOME:-$HOME/.local/share}/pytest-fakemachine
     mkdir -p "$dest"
     rm -rf "$dest/uml-new"
     dpkg-deb -x "$deb" "$dest/uml-new"
-    if ! version=$("$dest/uml-new/usr/bin/linux.uml" --version 2>&1); then
-        echo "setup: Debian testing's UML kernel does not run on this host: $version" >&2
-        echo "setup: (it needs glibc >= 2.38: Debian 13, Ubuntu 24.04 or later)" >&2
+    # Named by its modules' version, which is its `--version`: where it lands
+    # must be known before it can run (its own loader's path is written into it).
+    version=$(ls "$dest/uml-new/usr/lib/uml/modules")
+    case $version in
+    "" | *[!0-9A-Za-z.+~_-]*)
+        echo "setup: $suite's user-mode-linux has no single modules directory: '$version'" >&2
         rm -rf "$dest/uml-new"
         return 1
+        ;;
+    esac
+    if [ -x /usr/bin/linux.uml ] && [ "$(/usr/bin/linux.uml --version 2>/dev/null)" = "$version" ]; then
+        echo "setup: $suite's UML kernel ($version) is this host's own /usr/bin/linux.uml" >&2
+        rm -rf "$dest/uml-new"
+        return 0
     fi
     rm -rf "$dest/uml-$version"
     mv "$dest/uml-new" "$dest/uml-$version"
-    .venv/bin/python - "$dest/uml-$version/usr/bin/linux.uml" <<'PY'
+    if ! out=$("$dest/uml-$version/usr/bin/linux.uml" --version 2>&1); then
+        # "version `GLIBC_2.38' not found": an older glibc, which its own mends.
+        if ! grep -q "GLIBC_" <<<"$out" || ! own_libc "$suite" "$dest/uml-$version" >&2 ||
+            ! out=$("$dest/uml-$version/usr/bin/linux.uml" --version 2>&1); then
+            echo "setup: $suite's UML kernel does not run on this host: $out" >&2
+            rm -rf "${dest:?}/uml-$version"
+            return 1
+        fi
+    fi
+    echo "$dest/uml-$version/usr/bin/linux.uml"
+}
+
+# The kernel is an ordinary dynamic executable: given its suite's loader and
+# libc.so.6 (a private copy, not installed), it runs on an older host. Its
+# loader is set in the file (patchelf) rather than run as `ld.so KERNEL`:
+# UML re-executes itself through /proc/self/exe, which would then be the loader.
+own_libc() {  # SUITE ROOT: ROOT/usr/lib/uml/libc/{ld-linux-x86-64.so.2,libc.so.6}
+    local suite=$1 kernel=$2/usr/bin/linux.uml libdir=$2/usr/lib/uml/libc lib found
+    echo "setup: $suite's UML kernel needs a newer glibc than this host's" \
+        "($(ldd --version | head -n 1 | awk '{print $NF}')): giving it $suite's own loader" \
+        "and libc.so.6, in $libdir"
+    if ! command -v patchelf >/dev/null; then
+        echo "setup: installing patchelf, to point the kernel at its own loader and libc"
+        apt_install patchelf || { "${sudo[@]}" apt-get update -qq && apt_install patchelf; } ||
+            return 1
+    fi
+    (cd "$tmp/$suite/debs" && retry 6 private_apt "$tmp/$suite" download libc6) || return 1
+    rm -rf "$tmp/$suite/libc6"
+    dpkg-deb -x "$(echo "$tmp/$suite"/debs/libc6_*.deb)" "$tmp/$suite/libc6"
+    mkdir -p "$libdir"
+    for lib in ld-linux-x86-64.so.2 $(patchelf --print-needed "$kernel"); do
+        found=$(find "$tmp/$suite/libc6" -name "$lib" -type f | head -n 1)
+        [ -n "$found" ] || { echo "setup: $lib is not in $suite's libc6"; return 1; }
+        cp "$found" "$libdir/$lib"
+    done
+    patchelf --set-interpreter "$libdir/ld-linux-x86-64.so.2" --set-rpath "$libdir" "$kernel"
+}
+
+if [ -n "$newer_kernel" ]; then
+    unpacked=()
+    for suite in $newer_suites; do
+        if kernel=$(unpack_kernel "$suite"); then
+            [ -z "$kernel" ] || unpacked+=("$kernel")
+        else
+            echo "setup: no kernel from Debian $suite installed" >&2
+        fi
+    done
+    [ ${#unpacked[@]} -gt 0 ] || echo "setup: no newer kernel installed; the distribution's is in place" >&2
+    .venv/bin/python - "${unpacked[@]}" <<'PY'
+import shutil
 import sys
 from pathlib import Path
-from pytest_fakemachine._kernel import kernel_info
-info = kernel_info(Path(sys.argv[1]))
-print(f"setup: unpacked {info.path}: {info.summary()}")
-print(f"setup: to use it: .venv/bin/python -m pytest --fakemachine-kernel={info.path}")
-if info.lacks(fidelity_only=True):
-    print("setup: it lacks what some guest features need (above): the distribution's kernel "
-          "stays the default; .venv/bin/python -m pytest --fakemachine-doctor compares them")
+from pytest_fakemachine._errors import FakeMachineError
+from pytest_fakemachine._kernel import fastest, installed_kernels, kernel_info
+for path in sys.argv[1:]:
+    info = kernel_info(Path(path))
+    print(f"setup: unpacked {info.path}: {info.summary()}")
+    if info.lacks(fidelity_only=True):
+        print("setup: it lacks what some guest features need (above): to use it anyway, "
+              f"--fakemachine-kernel={info.path} (or kernel=)")
+kernels = []
+for path in installed_kernels(shutil.which("linux.uml")):
+    try:
+        kernels.append(kernel_info(path))
+    except FakeMachineError as e:
+        print(f"setup: {e}")
+best = fastest(kernels)
+if best is not None:
+    print(f"setup: the fastest UML here that keeps every guest feature: {best.path} "
+          f"(Linux {best.version}); to use it: .venv/bin/python -m pytest "
+          f"--fakemachine-kernel={best.path}; --fakemachine-doctor compares them")
 PY
-}
-if [ -n "$newer_kernel" ]; then
-    newer_kernel || echo "setup: no newer kernel installed; the distribution's is in place" >&2
 fi
 echo "setup: done; run the tests with: .venv/bin/python -m pytest -n 2"

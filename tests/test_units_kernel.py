@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import struct
 from pathlib import Path
 
 import pytest
@@ -99,8 +100,63 @@ def test_a_kernel_that_cannot_run_here_says_why(tmp_path: Path) -> None:
         "' not found' >&2\nexit 1\n"
     )
     kernel.chmod(0o755)
-    with pytest.raises(BackendUnavailable, match=r"does not run here .*GLIBC_2\.38"):
+    with pytest.raises(BackendUnavailable, match=r"does not run here .*GLIBC_2\.38") as raised:
         kernel_info(kernel)
+    assert "needs a newer glibc than this host's: scripts/setup.sh --newer-kernel" in str(
+        raised.value
+    )
+
+
+def elf_with_loader(path: Path, loader: str) -> Path:
+    """An x86-64 ELF header with one program header: PT_INTERP naming ``loader``."""
+    header = struct.pack("<4sBBBBB7xHHIQQQIHHHHHH", b"\x7fELF", 2, 1, 1, 0, 0,
+                         2, 62, 1, 0x400000, 64, 0, 0, 64, 56, 1, 0, 0, 0)  # fmt: skip
+    interp = loader.encode() + b"\0"
+    program = struct.pack("<IIQQQQQQ", 3, 4, 120, 0, 0, len(interp), len(interp), 1)
+    path.write_bytes(header + program + interp)
+    path.chmod(0o755)
+    return path
+
+
+def test_the_loader_is_read_from_the_kernels_elf_header(tmp_path: Path) -> None:
+    own = elf_with_loader(tmp_path / "own", "/opt/k/usr/lib/uml/libc/ld-linux-x86-64.so.2")
+    assert _kernel.interpreter(own) == "/opt/k/usr/lib/uml/libc/ld-linux-x86-64.so.2"
+    assert _kernel.own_loader(own) == "/opt/k/usr/lib/uml/libc/ld-linux-x86-64.so.2"
+    system = elf_with_loader(tmp_path / "system", "/lib64/ld-linux-x86-64.so.2")
+    assert _kernel.interpreter(system) == "/lib64/ld-linux-x86-64.so.2"
+    assert _kernel.own_loader(system) is None
+    assert _kernel.interpreter(make_kernel(tmp_path / "script", "6.1.1")) is None
+
+
+def test_a_patched_kernel_whose_own_loader_is_gone_says_so(tmp_path: Path) -> None:
+    # setup.sh --newer-kernel writes the loader's absolute path into the kernel:
+    # moved without it, the kernel "does not exist" to exec(), which misleads.
+    loader = tmp_path / "gone" / "ld-linux-x86-64.so.2"
+    kernel = elf_with_loader(tmp_path / "linux.uml", str(loader))
+    with pytest.raises(BackendUnavailable) as raised:
+        kernel_info(kernel)
+    message = str(raised.value)
+    assert f"its loader {loader} is missing" in message
+    assert "run scripts/setup.sh --newer-kernel again" in message
+
+
+def test_a_patched_kernel_without_its_modules_is_sent_back_to_setup(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    kernel = elf_with_loader(tmp_path / "linux.uml", str(tmp_path / "libc" / "ld.so"))
+    info = KernelInfo(kernel, "7.2.7", {"CONFIG_MODULES": "y"}, True)
+    monkeypatch.setattr(_kernel, "kernel_info", lambda path: info)
+    with pytest.raises(BackendUnavailable, match=r"run scripts/setup.sh --newer-kernel again"):
+        modules_for(kernel)
+
+
+def test_a_patched_kernel_that_fails_is_not_told_the_hosts_glibc_is_too_old() -> None:
+    glibc = "libc.so.6: version `GLIBC_2.38' not found"
+    own = _kernel.failure_hint("/opt/k/libc/ld-linux-x86-64.so.2", glibc)
+    assert "its own loader and libc in /opt/k/libc" in own
+    assert "needs a newer glibc" not in own
+    assert "needs a newer glibc" in _kernel.failure_hint(None, glibc)
+    assert _kernel.failure_hint(None, "Segmentation fault") == ""
 
 
 def test_modules_of_an_unpacked_package_are_found_beside_the_kernel(tmp_path: Path) -> None:

@@ -17,6 +17,7 @@ from types import FrameType
 
 import fmbench
 from pytest_fakemachine import FakeMachineError, Machine
+from pytest_fakemachine._kernel import kernel_info
 from pytest_fakemachine._uml import find_kernel, leftovers
 
 from . import realsuite
@@ -96,9 +97,24 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         metavar="TREE",
         help="with --realsuite: also run the guests from TREE (PYTHONPATH=TREE), as 'before'",
     )
+    parser.add_argument(
+        "--kernel",
+        metavar="PATH",
+        action="append",
+        default=[],
+        help="with --realsuite: run this tree's guests with this UML kernel "
+        "(--fakemachine-kernel); repeat it to compare kernels in one interleaved run",
+    )
+    parser.add_argument(
+        "--module-only",
+        action="store_true",
+        help="with --realsuite: leave out the scope=function runs (the longest)",
+    )
     args = parser.parse_args(argv)
     if args.ref is not None and not args.realsuite:
         parser.error("--ref goes with --realsuite")
+    if (args.kernel or args.module_only) and not args.realsuite:
+        parser.error("--kernel and --module-only go with --realsuite")
     if args.runs is None:
         args.runs = 3 if args.quick else 5
     if args.runs < 1:
@@ -353,8 +369,14 @@ def realsuite_main(args: argparse.Namespace, log: Callable[[str], None]) -> int:
     started = time.time()
     load_start = os.getloadavg()
     with workspace() as tmp:
-        variants, trees = realsuite.measure(tmp, args.runs, args.ref, log)
+        kernels = [(path, kernel_info(Path(path)).version) for path in args.kernel]
+        scopes = ("module",) if args.module_only else ("module", "function")
+        variants, trees = realsuite.measure(
+            tmp, args.runs, realsuite.trees_for(args.ref, kernels), log, scopes
+        )
     command = "python benchmarks/bench.py --realsuite" + (f" --ref {args.ref}" if args.ref else "")
+    command += "".join(f" --kernel {path}" for path in args.kernel)
+    command += " --module-only" if args.module_only else ""
     command += f" --runs {args.runs}"
     others = sum(1 for p in processes().values() if p.comm == "linux.uml")
     info = machine_lines(started, load_start, others, "-")[:-1]  # no floor row here

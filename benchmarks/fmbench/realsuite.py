@@ -70,8 +70,13 @@ def prepare(tmp: Path) -> Path:
     return directory
 
 
-def run_suite(directory: Path, scope: str | None, tree: str | None) -> SuiteRun:
-    """The suite on the host (``scope`` None) or in guests of ``scope``, from ``tree``."""
+def run_suite(
+    directory: Path, scope: str | None, tree: str | None, kernel: str | None = None
+) -> SuiteRun:
+    """The suite on the host (``scope`` None) or in guests of ``scope``, from ``tree``.
+
+    ``kernel``: the guests' UML kernel (``--fakemachine-kernel``); None: the plugin's default.
+    """
     env = clean_env()
     env["PYTEST_DISABLE_PLUGIN_AUTOLOAD"] = "1"
     timing = directory / "timing.jsonl"
@@ -92,6 +97,8 @@ def run_suite(directory: Path, scope: str | None, tree: str | None) -> SuiteRun:
     else:
         argv += ["-p", "pytest_fakemachine.plugin"]
         env["FMBENCH_SCOPE"] = scope
+        if kernel is not None:
+            argv.append(f"--fakemachine-kernel={kernel}")
     argv.append(SUITE_FILE)
     start = time.monotonic()
     proc = run_step(argv, directory, SUITE_TIMEOUT, "the real suite", env)
@@ -205,23 +212,52 @@ def tree_label(tree: str | None) -> str:
     return "this tree" if tree is None else os.path.basename(tree.rstrip("/")) or tree
 
 
+@dataclass(frozen=True)
+class Tree:
+    """One plugin tree the guests run from, with one kernel."""
+
+    key: str
+    path: str | None  # PYTHONPATH; None: this tree, as installed
+    label: str
+    kernel: str | None = None  # --fakemachine-kernel; None: the plugin's default
+
+
+def trees_for(ref: str | None, kernels: list[tuple[str, str]]) -> list[Tree]:
+    """'before' (``ref``, default kernel), then this tree once per (path, version) kernel.
+
+    No kernels: this tree once, with the plugin's default kernel.
+    """
+    trees = [] if ref is None else [Tree("before", ref, f"before ({tree_label(ref)})")]
+    if not kernels:
+        return [*trees, Tree("after", None, "after (this tree)")]
+    for number, (path, version) in enumerate(kernels, 1):
+        trees.append(Tree(f"after{number}", None, f"after (this tree), Linux {version}", path))
+    return trees
+
+
 def measure(
-    tmp: Path, runs: int, ref: str | None, log: Callable[[str], None]
+    tmp: Path,
+    runs: int,
+    trees: list[Tree],
+    log: Callable[[str], None],
+    scopes: tuple[str, ...] = ("module", "function"),
 ) -> tuple[dict[str, Variant], list[tuple[str, str]]]:
-    """``runs`` interleaved rounds: host, then each tree's module and function runs."""
+    """``runs`` interleaved rounds: host, then each tree's runs of each scope in ``scopes``."""
     directory = prepare(tmp)
-    trees: list[tuple[str, str | None, str]] = [("after", None, "after (this tree)")]
-    if ref is not None:
-        trees.insert(0, ("before", ref, f"before ({tree_label(ref)})"))
-    variants = variants_for(trees)
-    steps: list[tuple[Variant, str | None, str | None]] = [(variants["host"], None, None)]
-    for scope in ("module", "function"):
-        steps += [(variants[f"{scope}_{key}"], scope, tree) for key, tree, _ in trees]
+    variants = variants_for([(t.key, t.path, t.label) for t in trees])
+    steps: list[tuple[Variant, str | None, Tree | None]] = [(variants["host"], None, None)]
+    for scope in scopes:
+        steps += [(variants[f"{scope}_{t.key}"], scope, t) for t in trees]
     for round_no in range(1, runs + 1):
-        for variant, suite_scope, suite_tree in steps:
+        for variant, suite_scope, tree in steps:
             log(f"bench: round {round_no}/{runs}: real suite, {variant.label} ...")
             try:
-                result = run_suite(directory, suite_scope, suite_tree)
+                result = run_suite(
+                    directory,
+                    suite_scope,
+                    None if tree is None else tree.path,
+                    None if tree is None else tree.kernel,
+                )
             except StepFailed as e:
                 variant.failures.append(str(e))
                 log(f"bench:   failed: {str(e).splitlines()[0]}")
@@ -232,4 +268,4 @@ def measure(
             stray = sweep()
             if stray:
                 variant.failures.append(f"left running, killed: {', '.join(stray)}")
-    return variants, [(key, label) for key, _, label in trees]
+    return variants, [(t.key, t.label) for t in trees]
