@@ -5,13 +5,14 @@ from __future__ import annotations
 import os
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Set
 from pathlib import Path
 
 import pytest
 
 from pytest_fakemachine import _session
 from pytest_fakemachine._uml import leftovers
+from pytest_fakemachine.plugin import _state_key
 
 pytest_plugins = ["pytester"]
 
@@ -30,22 +31,44 @@ def _block_optional_plugins(request: pytest.FixtureRequest) -> None:
         monkeypatch.setenv("PYTEST_ADDOPTS", blocked)
 
 
-def wait_for_no_leftovers(owner: int | None, seconds: float = 5.0) -> list[int]:
+def wait_for_no_leftovers(
+    owner: int | None, seconds: float = 5.0, ignore: Set[int] = frozenset()
+) -> list[int]:
     """Pids of guests (and slirp helpers) ``owner`` started that still run after ``seconds``.
 
     ``owner=None`` looks for orphans: guests whose starting process is gone.
+    ``ignore``: process groups of guests meant to run on (booted ahead).
     """
     deadline = time.monotonic() + seconds
-    while (pids := leftovers(owner)) and time.monotonic() < deadline:
+    while (pids := _not_in(ignore, leftovers(owner))) and time.monotonic() < deadline:
         time.sleep(0.05)
     return pids
 
 
+def _booted_ahead(config: pytest.Config) -> set[int]:
+    """Process groups of the guests this session booted ahead for later tests:
+    they rightly outlive the test under way (examples run without xdist)."""
+    state = config.stash.get(_state_key, None)
+    return set() if state is None or state.ahead is None else state.ahead.process_groups()
+
+
+def _not_in(groups: Set[int], pids: list[int]) -> list[int]:
+    found = []
+    for pid in pids:
+        try:
+            if os.getpgid(pid) not in groups:
+                found.append(pid)
+        except OSError:  # gone meanwhile
+            continue
+    return found
+
+
 @pytest.fixture(autouse=True)
-def _no_guest_left_behind() -> Iterator[None]:
+def _no_guest_left_behind(request: pytest.FixtureRequest) -> Iterator[None]:
     orphans_before = set(leftovers(None))  # one test's leak must not fail the rest
     yield
-    pids = wait_for_no_leftovers(os.getpid())
+    ahead = _booted_ahead(request.config)
+    pids = wait_for_no_leftovers(os.getpid(), ignore=ahead)
     assert not pids, f"guest processes left running after the test: {pids}"
     deadline = time.monotonic() + 5
     while (orphans := set(leftovers(None)) - orphans_before) and time.monotonic() < deadline:

@@ -222,6 +222,11 @@ class BootAhead:
             raise
         self.pool[item.nodeid] = Ahead(item, run, booted_as)
 
+    def process_groups(self) -> set[int]:
+        """The process groups of the guests waiting for their tests."""
+        guests = (ahead.run.guest for ahead in self.pool.values())
+        return {g.process_group for g in guests if g is not None and g.process_group is not None}
+
     def take(self, item: pytest.Item) -> Ahead | None:
         return self.pool.pop(item.nodeid, None)
 

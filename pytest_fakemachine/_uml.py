@@ -429,6 +429,11 @@ class GuestProcess:
             self._cpu = claim_cpu()
             pin_group(self._uml.pid, self._cpu)
 
+    @property
+    def process_group(self) -> int | None:
+        """The guest's process group (every UML process of it), once started."""
+        return None if self._uml is None else self._uml.pid
+
     def exited(self) -> bool:
         """Whether the UML process has ended. It is left unreaped until kill():
         while it is a zombie, its process group id cannot be reused."""
