@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +37,7 @@ from typing import Any
 
 import pytest
 
+from ._config import DEFAULT_BOOT_TIMEOUT
 from ._machine import Machine
 from ._runs import GuestRun
 from ._templates import GUEST_WORK
@@ -121,6 +123,20 @@ def fingerprint(machine: Machine, image_dir: Path) -> tuple[Any, ...]:
             repr(machine.timeout), repr(machine.boot_timeout), sorted(machine.env.items()),
             repr(machine.kernel), bool(machine.raid_benchmarks), images,
             list(machine.volumes), list(machine.extra_kernel_args))  # fmt: skip
+
+
+def _settle(run: GuestRun) -> None:
+    """At its test's turn, let a guest still booting ahead reach its wait or
+    end: one that dies on the way (its runner failed to start) must count as
+    gone, not hand the test a guest powering off. Bounded by the default boot
+    limit: a guest slower than that is given up and the test boots its own."""
+    guest, go = run.guest, run.go
+    deadline = time.monotonic() + DEFAULT_BOOT_TIMEOUT
+    while guest is not None and go is not None and not go.waiting() and not guest.exited():
+        if time.monotonic() > deadline:
+            guest.kill()
+            return
+        guest.wait(0.02)
 
 
 class _UsersImage(Exception):
@@ -236,6 +252,7 @@ class BootAhead:
         ``ahead``'s image directory) boots as it was booted; else ``new``, and
         the guest booted ahead is gone."""
         run = ahead.run
+        _settle(run)
         # A guest that died meanwhile (e.g. past its boot limit on a busy
         # machine) says nothing of the test: the test boots its own.
         gone = run.guest is None or run.guest.exited()
