@@ -3,7 +3,8 @@ run-test protocol that runs marked tests in a guest and replays their reports.
 
 Guests load this plugin too (for the marker, options and hooks), and every
 import costs there; so the host-side machinery (``_machine``, ``_runs``,
-``_doctor``) is imported inside the functions that only run on the host.
+``_doctor``, ``_shell`` with the terminal relay) is imported inside the
+functions that only run on the host.
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ from ._config import parse_timeout
 from ._errors import BackendUnavailable, FakeMachineError
 from ._inguest import in_fakemachine
 from ._settings import Settings, settings_key
-from ._shell import why_off as why_shell_off
 from ._transport import covers, failure_reports, report_collect_error, skip_reports
 
 if TYPE_CHECKING:
@@ -117,7 +117,7 @@ def pytest_report_header(config: pytest.Config) -> str | None:
     note = cache_note()
     header = (f"fakemachine: backend {settings.backend}, UML kernel {kernel} ({version or '?'})"
               + (f"; {note}" if note else ""))  # fmt: skip
-    off = why_shell_off(config) if config.getoption("fakemachine_shell_on_fail") else None
+    off = _why_shell_off(config) if config.getoption("fakemachine_shell_on_fail") else None
     return header + (f"\nfakemachine: --fakemachine-shell-on-fail is off: {off}" if off else "")
 
 
@@ -170,6 +170,12 @@ def fakemachine(request: pytest.FixtureRequest) -> Iterator[Machine]:
     yield machine
     if machine._keep and machine.last_workdir is not None:
         state.kept.append(machine.last_workdir)
+
+
+def _why_shell_off(config: pytest.Config) -> str | None:
+    from ._shell import why_off  # noqa: PLC0415 (host only, see the docstring)
+
+    return why_off(config)
 
 
 def _unavailable(state: _State, config: pytest.Config) -> str | None:
@@ -295,7 +301,7 @@ def _new_run(
     run = GuestRun(config, _group(state, item, mark), machine, image_dir, on_outcome, timeout,
                    function_scope=mark.scope == "function", prior_attempts=prior_attempts,
                    collect_errors_reported=state.collect_errors_reported)  # fmt: skip
-    if config.getoption("fakemachine_shell_on_fail") and why_shell_off(config) is None:
+    if config.getoption("fakemachine_shell_on_fail") and _why_shell_off(config) is None:
         run.shell_on_fail = True
     return run
 
