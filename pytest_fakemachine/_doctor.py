@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import platform
 import shutil
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -15,12 +16,12 @@ from ._initramfs import initramfs
 from ._kernel import (
     SECCOMP_ENV,
     KernelInfo,
-    fastest,
     installed_kernels,
     kernel_info,
     seccomp_setting,
     seccomp_used,
 )
+from ._kernel_choice import ROUNDS, cached_measure, offer
 from ._machine import Machine
 from ._session import console_tail
 from ._uml import SHM, apt_fix, find_kernel, free_in_shm, memory_dir, module_dir, modules_mountpoint
@@ -42,7 +43,7 @@ class Check:
     required: bool = True
 
 
-def _checks(kernel_setting: str | None) -> list[Check]:
+def _checks(kernel_setting: str | None, say: Callable[[str], None]) -> list[Check]:
     checks = []
     arch = platform.machine()
     checks.append(Check("x86-64 host", None if arch == "x86_64" else f"this host is {arch}",
@@ -55,7 +56,7 @@ def _checks(kernel_setting: str | None) -> list[Check]:
         checks.append(Check(f"UML kernel modules ({modules or 'none'}"
                             + (f"/{info.version}, the kernel's version)" if modules else
                                ": the kernel has no module support)"), None))  # fmt: skip
-        checks += _kernel_choice(info, kernel_setting)
+        checks += _kernel_choice(info, say)
     except FakeMachineError as e:
         checks.append(Check("UML kernel and modules", str(e),
                             apt_fix("user-mode-linux")))  # fmt: skip
@@ -82,8 +83,9 @@ def _checks(kernel_setting: str | None) -> list[Check]:
     return checks
 
 
-def _kernel_choice(info: KernelInfo, kernel_setting: str | None) -> list[Check]:
-    """What the kernel in use lacks, and the fastest kernel here that keeps every fidelity row."""
+def _kernel_choice(info: KernelInfo, say: Callable[[str], None]) -> list[Check]:
+    """What the kernel in use lacks, and, with other kernels here, which is
+    fastest on this host (measured) among those that keep every fidelity row."""
     checks = []
     lacking = info.lacks(fidelity_only=True)
     if lacking:
@@ -94,25 +96,44 @@ def _kernel_choice(info: KernelInfo, kernel_setting: str | None) -> list[Check]:
                             "Debian 12's or 13's user-mode-linux", required=False))  # fmt: skip
     others = []
     for path in installed_kernels(shutil.which("linux.uml")):
+        if path.resolve() == info.path.resolve():
+            continue
         try:
             others.append(kernel_info(path))
         except FakeMachineError as e:  # not on offer; the message says why and what to run
             checks.append(Check(f"other UML kernel ({path})", str(e),
                                 "scripts/setup.sh --newer-kernel unpacks it again",
                                 required=False))  # fmt: skip
-    best = fastest([info, *others])
-    if best is not None and best.path != info.path:
-        why = (
-            f"keeps every guest feature, which Linux {info.version} does not"
-            if lacking
-            else "is faster (docs/performance.md, Kernels) and keeps every guest feature"
+    if not others:
+        return checks
+    measured, when = cached_measure([info, *others])
+    if when is None:
+        say(f"fakemachine doctor: measured {len(others) + 1} UML kernels, {ROUNDS} guests each")
+    else:
+        taken = time.strftime("%Y-%m-%d %H:%M", time.localtime(when))
+        say(
+            f"fakemachine doctor: UML kernels as measured here on {taken} (kept in the cache "
+            "directory while the kernel files stay the same)"
         )
-        checks.append(Check("kernel choice", f"{best.path} ({best.summary()}) {why}",
-                            f"--fakemachine-kernel={best.path} (or kernel=)",
-                            required=False))  # fmt: skip
-    for other in others:
-        if other.path not in (info.path, best and best.path):
-            checks.append(Check(f"other UML kernel ({other.path}): {other.summary()}", None))
+    for m in measured:
+        in_use = " (in use)" if m.info.path == info.path else ""
+        cpu = f"{m.cpu:.2f} s of CPU per guest" if m.cpu is not None else "no guest ran"
+        checks.append(Check(f"kernel {m.info.path}{in_use}: {m.label()}: {cpu}", m.error,
+                            "see docs/troubleshooting.md", required=False))  # fmt: skip
+    best, faster = offer(measured)
+    current = measured[0]
+    if best is not None and best is not current:
+        now = f"{current.cpu:.2f} s" if current.cpu is not None else "no guest"
+        why = ("keeps every guest feature, which the kernel in use does not" if lacking else
+               "keeps every guest feature")  # fmt: skip
+        checks.append(Check("kernel choice", f"{best.info.path} (Linux {best.info.version}) "
+                            f"costs {best.cpu:.2f} s of CPU per guest here, against {now} for "
+                            f"the kernel in use, and {why}",
+                            f"--fakemachine-kernel={best.info.path} (or kernel=, or the "
+                            "fakemachine_kernel ini value)", required=False))  # fmt: skip
+    if faster is not None:
+        checks.append(Check(f"fastest kernel here: {faster.info.path} ({faster.cpu:.2f} s), "
+                            "for suites that need none of what it lacks", None))  # fmt: skip
     return checks
 
 
@@ -193,7 +214,7 @@ def run_doctor(say: Callable[[str], None], machine: Machine | None = None) -> in
     """
     machine = Machine() if machine is None else machine
     kernel = None if machine.kernel is None else os.fspath(machine.kernel)
-    checks = _checks(kernel)
+    checks = _checks(kernel, say)
     failed = any(check.required and check.problem is not None for check in checks)
     if not failed:  # with something required missing, the boot would only fail again
         checks.append(_test_boot(machine))

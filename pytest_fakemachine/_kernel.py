@@ -14,7 +14,6 @@ import hashlib
 import json
 import mmap
 import os
-import re
 import struct
 import subprocess
 import tempfile
@@ -33,7 +32,6 @@ __all__ = [
     "KernelInfo",
     "boot_args",
     "download_dir",
-    "fastest",
     "installed_kernels",
     "kernel_info",
     "modules_for",
@@ -393,20 +391,3 @@ def installed_kernels(path_kernel: str | None) -> list[Path]:
     found = [Path(path_kernel)] if path_kernel else []
     found += sorted(download_dir().glob("uml-*/usr/bin/linux.uml"))
     return found
-
-
-def _version_key(version: str) -> tuple[int, ...]:
-    return tuple(int(part) for part in re.findall(r"\d+", version)[:3])
-
-
-def fastest(kernels: Sequence[KernelInfo]) -> KernelInfo | None:
-    """The kernel to offer: the fastest of those that keep every fidelity row.
-
-    Measured (docs/performance.md, "Kernels"): UML's seccomp mode cuts the
-    time of fork+exec, page faults and imports roughly in half; among kernels
-    alike in that, the newer. A kernel that lacks a fidelity row (Debian's
-    7.2 has no legacy iptables) is never offered: it is a choice to make
-    with ``kernel=`` for suites that do not need the row.
-    """
-    keeping = [k for k in kernels if not k.lacks(fidelity_only=True)]
-    return max(keeping, key=lambda k: (k.seccomp, _version_key(k.version)), default=None)

@@ -260,7 +260,8 @@ import shutil
 import sys
 from pathlib import Path
 from pytest_fakemachine._errors import FakeMachineError
-from pytest_fakemachine._kernel import fastest, installed_kernels, kernel_info
+from pytest_fakemachine._kernel import installed_kernels, kernel_info
+from pytest_fakemachine._kernel_choice import ROUNDS, cached_measure, forget, offer
 for path in sys.argv[1:]:
     info = kernel_info(Path(path))
     print(f"setup: unpacked {info.path}: {info.summary()}")
@@ -273,11 +274,19 @@ for path in installed_kernels(shutil.which("linux.uml")):
         kernels.append(kernel_info(path))
     except FakeMachineError as e:
         print(f"setup: {e}")
-best = fastest(kernels)
+print(f"setup: measuring the {len(kernels)} UML kernels here, {ROUNDS} guests each ...")
+forget()  # measured afresh, and kept: the doctor shows this measurement
+measured, _ = cached_measure(kernels)
+for m in measured:
+    print(f"setup: {m.info.path}: {m.label()}: "
+          + (f"{m.cpu:.2f} s of CPU per guest" if m.cpu is not None else f"failed: {m.error}"))
+best, faster = offer(measured)
 if best is not None:
-    print(f"setup: the fastest UML here that keeps every guest feature: {best.path} "
-          f"(Linux {best.version}); to use it: .venv/bin/python -m pytest "
-          f"--fakemachine-kernel={best.path}; --fakemachine-doctor compares them")
+    print(f"setup: the fastest UML here that keeps every guest feature: {best.info.path} "
+          f"(Linux {best.info.version}); to use it: .venv/bin/python -m pytest "
+          f"--fakemachine-kernel={best.info.path}; the doctor measures them again")
+if faster is not None:
+    print(f"setup: faster still, for suites that need none of what it lacks: {faster.info.path}")
 PY
 fi
 echo "setup: done; run the tests with: .venv/bin/python -m pytest -n 2"

@@ -140,6 +140,7 @@ def test_modules_mountpoint_missing_says_how_to_create_it(
     # A host with no kernel package (a container) has no /usr/lib/modules, and the
     # guest cannot make it in its read-only /usr.
     monkeypatch.setattr(_uml, "MODULES_MOUNTPOINT", tmp_path / "no-modules")
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))  # no other kernels to compare
     with pytest.raises(BackendUnavailable, match=r"no-modules does not exist.*sudo mkdir "):
         Machine().run("true")
     lines: list[str] = []
@@ -193,6 +194,7 @@ def test_docker_sized_dev_shm_moves_guest_memory_to_the_temporary_directory() ->
         'print(Machine().run("echo booted").stdout)\''
     )
     env = {k: v for k, v in os.environ.items() if k != "TMPDIR"}
+    env["XDG_DATA_HOME"] = "/nonexistent"  # no other kernels to compare: fewer boots
     # A private mount namespace, or the small /dev/shm would be the host's too.
     unshare = ["unshare", "--mount", "--propagation", "private"]
     probe = subprocess.run([*unshare, "true"], capture_output=True, text=True, check=False)

@@ -16,8 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from pytest_fakemachine import Machine, _kernel
+from pytest_fakemachine import Machine, _kernel, _kernel_choice
 from pytest_fakemachine._kernel import SECCOMP_ENV, kernel_info, seccomp_used
+from pytest_fakemachine._uml import find_kernel
 
 MARKER = "fakemachine-test-marker"
 
@@ -119,3 +120,12 @@ def test_seccomp_refused_by_the_host_falls_back_to_ptrace(
     result = Machine(kernel=launcher).run("echo ran", check=True)
     assert result.stdout == "ran\n"
     assert seccomp_used(result.console) is False, result.console
+
+
+def test_a_kernel_is_measured_in_the_cpu_of_a_real_guest() -> None:
+    info = kernel_info(find_kernel(None))
+    (measured,) = _kernel_choice.measure([info], rounds=1)
+    assert measured.error is None
+    # A boot, 40 program starts and a Python start: well over a tenth of a second
+    # of CPU in any UML, and far from a minute on any machine that runs the suite.
+    assert measured.cpu is not None and 0.1 < measured.cpu < 60, measured

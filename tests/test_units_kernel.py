@@ -13,13 +13,19 @@ from pathlib import Path
 
 import pytest
 
-from pytest_fakemachine import BackendUnavailable, ConfigError, _doctor, _kernel
+from pytest_fakemachine import (
+    BackendUnavailable,
+    BootError,
+    ConfigError,
+    _doctor,
+    _kernel,
+    _kernel_choice,
+)
 from pytest_fakemachine._kernel import (
     FEATURES,
     SECCOMP_ENV,
     KernelInfo,
     boot_args,
-    fastest,
     kernel_info,
     modules_for,
     seccomp_arg,
@@ -246,45 +252,105 @@ def test_boot_args_carry_the_seccomp_mode(tmp_path: Path, monkeypatch: pytest.Mo
     assert boot_args(old, []) == ()
 
 
-def test_the_fastest_kernel_offered_keeps_every_fidelity_row() -> None:
-    no_iptables = {k: v for k, v in FULL_CONFIG.items() if k != "CONFIG_IP_NF_FILTER"}
-    debian12 = KernelInfo(Path("6.1"), "6.1.176", FULL_CONFIG, seccomp=False)
-    debian13 = KernelInfo(Path("6.12"), "6.12.113", FULL_CONFIG, seccomp=False)
-    testing = KernelInfo(Path("7.2"), "7.2.7", no_iptables, seccomp=True)
-    assert fastest([debian12, testing, debian13]) == debian13  # not 7.2: no iptables there
-    assert fastest([testing]) is None
-    full_new = KernelInfo(Path("7.3"), "7.3.1", FULL_CONFIG, seccomp=True)
-    assert fastest([debian13, full_new, debian12]) == full_new
-    # 6.10 is older than 6.9 only as text.
-    older = KernelInfo(Path("a"), "6.9.1", FULL_CONFIG, seccomp=False)
-    newer = KernelInfo(Path("b"), "6.10.1", FULL_CONFIG, seccomp=False)
-    assert fastest([newer, older]) == newer
-
-
 def full_config_text() -> str:
     return "".join(f"{option}={value}\n" for option, value in FULL_CONFIG.items())
 
 
-def test_doctor_offers_a_faster_kernel_setup_sh_unpacked(
+def _measured_as(monkeypatch: pytest.MonkeyPatch, cpu: dict[str, float]) -> list[str]:
+    """Guests "measured" by version, without booting; the versions asked, in order."""
+    asked: list[str] = []
+
+    def guest_cpu(info: KernelInfo) -> float:
+        asked.append(info.version)
+        return cpu[info.version]
+
+    monkeypatch.setattr(_kernel_choice, "_guest_cpu", guest_cpu)
+    return asked
+
+
+def test_doctor_offers_the_kernel_measured_fastest_that_keeps_every_row(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     monkeypatch.setenv("PATH", str(tmp_path / "bin"))  # no linux.uml on PATH
-    unpacked = tmp_path / "data" / "pytest-fakemachine" / "uml-7.3.1" / "usr" / "bin"
-    newer = make_kernel(unpacked / "linux.uml", "7.3.1", full_config_text(), seccomp=True)
-    broken = tmp_path / "data" / "pytest-fakemachine" / "uml-9.0.0" / "usr" / "bin" / "linux.uml"
+    data = tmp_path / "data" / "pytest-fakemachine"
+    newer = make_kernel(data / "uml-6.12.1" / "usr/bin/linux.uml", "6.12.1", full_config_text())
+    no_iptables = full_config_text().replace("CONFIG_IP_NF_FILTER=m\n", "")
+    fastest = make_kernel(data / "uml-7.2.7" / "usr/bin/linux.uml", "7.2.7", no_iptables,
+                          seccomp=True)  # fmt: skip
+    broken = data / "uml-9.0.0" / "usr" / "bin" / "linux.uml"
     broken.parent.mkdir(parents=True)
     broken.write_text("#!/bin/sh\necho 'GLIBC_2.99 not found' >&2\nexit 1\n")
     broken.chmod(0o755)
     in_use = make_kernel(tmp_path / "k" / "linux.uml", "6.1.176", full_config_text())
-    checks = _doctor._kernel_choice(kernel_info(in_use), str(in_use))
+    asked = _measured_as(monkeypatch, {"6.1.176": 1.5, "6.12.1": 1.1, "7.2.7": 0.8})
+    said: list[str] = []
+    checks = _doctor._kernel_choice(kernel_info(in_use), said.append)
+    assert asked == ["6.1.176", "6.12.1", "7.2.7"] * _kernel_choice.ROUNDS  # taking turns
+    assert said == [
+        f"fakemachine doctor: measured 3 UML kernels, {_kernel_choice.ROUNDS} guests each"
+    ]
     choice = [c for c in checks if c.name == "kernel choice"]
-    assert len(choice) == 1 and choice[0].problem is not None
-    assert choice[0].problem.startswith(f"{newer} (Linux 7.3.1, seccomp mode,")
-    assert choice[0].fix == f"--fakemachine-kernel={newer} (or kernel=)"
-    assert not choice[0].required
+    assert len(choice) == 1 and not choice[0].required
+    assert choice[0].problem == (
+        f"{newer} (Linux 6.12.1) costs 1.10 s of CPU per guest here, against 1.50 s for the "
+        "kernel in use, and keeps every guest feature"
+    )
+    assert choice[0].fix.startswith(f"--fakemachine-kernel={newer} (or kernel=")
+    names = [c.name for c in checks]
+    assert f"kernel {in_use} (in use): Linux 6.1.176: 1.50 s of CPU per guest" in names
+    assert (f"kernel {fastest}: Linux 7.2.7, seccomp, lacks legacy iptables (iptables-legacy): "
+            "0.80 s of CPU per guest") in names  # fmt: skip
+    assert (
+        f"fastest kernel here: {fastest} (0.80 s), for suites that need none of what it lacks"
+        in names
+    )
     assert any(c.name == f"other UML kernel ({broken})" and "GLIBC_2.99" in str(c.problem)
                for c in checks)  # fmt: skip
+
+
+def test_kernel_measurements_are_kept_while_the_kernel_files_stay_the_same(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    old = kernel_info(make_kernel(tmp_path / "a" / "linux.uml", "6.1.176", full_config_text()))
+    new = kernel_info(make_kernel(tmp_path / "b" / "linux.uml", "6.12.1", full_config_text()))
+    asked = _measured_as(monkeypatch, {"6.1.176": 1.5, "6.12.1": 1.1})
+    first, when = _kernel_choice.cached_measure([old, new])
+    assert when is None and [m.cpu for m in first] == [1.5, 1.1]
+    again, when = _kernel_choice.cached_measure([old, new])
+    assert when is not None and [m.cpu for m in again] == [1.5, 1.1]
+    assert len(asked) == 2 * _kernel_choice.ROUNDS  # the second call measured nothing
+    os.utime(new.path, (1, 1))  # a kernel file replaced: measured again
+    _kernel_choice.cached_measure([old, new])
+    assert len(asked) == 4 * _kernel_choice.ROUNDS
+    _kernel_choice.forget()
+    _kernel_choice.cached_measure([old, new])
+    assert len(asked) == 6 * _kernel_choice.ROUNDS
+
+
+def test_a_kernel_whose_guest_fails_is_measured_no_further_and_not_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    good = kernel_info(make_kernel(tmp_path / "a" / "linux.uml", "6.1.176", full_config_text()))
+    bad = kernel_info(make_kernel(tmp_path / "b" / "linux.uml", "7.2.7", full_config_text()))
+    asked: list[str] = []
+
+    def guest_cpu(info: KernelInfo) -> float:
+        asked.append(info.version)
+        if info is bad:
+            raise BootError("the guest did not boot\nconsole tail...")
+        return 1.0
+
+    measured, _ = _kernel_choice.cached_measure([good, bad], guest_cpu=guest_cpu)
+    assert asked.count("7.2.7") == 1 and asked.count("6.1.176") == _kernel_choice.ROUNDS
+    assert measured[1].cpu is None
+    assert measured[1].error == "BootError: the guest did not boot"
+    assert _kernel_choice.offer(measured) == (measured[0], None)
+    _kernel_choice.cached_measure([good, bad], guest_cpu=guest_cpu)
+    assert asked.count("7.2.7") == 2  # a failed measurement is not kept
 
 
 def test_doctor_says_what_the_kernel_in_use_lacks(
@@ -294,7 +360,7 @@ def test_doctor_says_what_the_kernel_in_use_lacks(
     monkeypatch.setenv("PATH", str(tmp_path / "bin"))
     config = full_config_text().replace("CONFIG_IP_NF_FILTER=m\n", "")
     in_use = make_kernel(tmp_path / "k" / "linux.uml", "7.2.7", config, seccomp=True)
-    checks = _doctor._kernel_choice(kernel_info(in_use), str(in_use))
+    checks = _doctor._kernel_choice(kernel_info(in_use), print)
     assert [(c.name, c.problem) for c in checks] == [
         (
             "guest features",

@@ -1,0 +1,149 @@
+"""Which UML kernel to offer, measured on this host (the doctor's "kernel choice").
+
+With more than one kernel here (the one in use, and those ``scripts/setup.sh
+--newer-kernel`` unpacked), each boots a few guests, the kernels taking turns,
+and each guest runs the same small job: program starts and a Python start
+with common imports, what tests spend their time on (docs/performance.md,
+"Kernels"). The measure is the CPU a guest costs, user+sys of its UML process
+and every guest process (reaped children of this one): unlike wall time it
+hardly moves with the machine's load. The fastest kernel that keeps every
+fidelity row is offered; a faster one that lacks a row is named, with what it
+lacks, for suites that do not need it.
+
+A measurement in which every guest ran is kept in the cache directory, keyed
+by the kernel files (path, identity) and the workload, so the doctor measures
+again only when a kernel changes: ``forget()``, or deleting the file, asks
+for a new one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import resource
+import statistics
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from ._errors import FakeMachineError
+from ._initramfs import cache_dir
+from ._kernel import KernelInfo
+
+__all__ = ["ROUNDS", "WORKLOAD", "Measured", "cached_measure", "forget", "measure", "offer"]
+
+ROUNDS = 3
+_PYTHON = "/usr/bin/python3"  # the host's own /usr is the guest's
+_STARTS = "i=0; while [ $i -lt 40 ]; do /bin/true; i=$((i+1)); done"
+_IMPORTS = f"{_PYTHON} -c 'import json, subprocess, pathlib, email.parser, unittest'"
+WORKLOAD = f"{_STARTS}; {_IMPORTS}" if os.access(_PYTHON, os.X_OK) else _STARTS
+_LIMIT = 120.0  # seconds for one guest: far more than a boot needs
+
+
+@dataclass(frozen=True)
+class Measured:
+    """One kernel's result: the median CPU seconds of its guests, or why none ran."""
+
+    info: KernelInfo
+    cpu: float | None
+    error: str | None = None
+
+    def label(self) -> str:
+        seccomp = ", seccomp" if self.info.seccomp else ""
+        lacking = self.info.lacks(fidelity_only=True)
+        lacks = f", lacks {'; '.join(f.name for f in lacking)}" if lacking else ""
+        return f"Linux {self.info.version}{seccomp}{lacks}"
+
+
+def _guest_cpu(info: KernelInfo) -> float:
+    """Boot one guest with ``info``'s kernel, run the workload; its CPU seconds."""
+    from ._machine import Machine  # noqa: PLC0415 (it imports this module's neighbours)
+
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    Machine(kernel=info.path, timeout=_LIMIT).run(WORKLOAD, check=True)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
+
+
+def measure(
+    kernels: Sequence[KernelInfo],
+    rounds: int = ROUNDS,
+    guest_cpu: Callable[[KernelInfo], float] | None = None,
+) -> list[Measured]:
+    """Each kernel's median guest CPU over ``rounds`` guests, the kernels taking
+    turns (a burst of load elsewhere hits them alike); a kernel whose guest
+    fails is measured no further and says why."""
+    guest_cpu = guest_cpu or _guest_cpu
+    samples: dict[int, list[float]] = {i: [] for i in range(len(kernels))}
+    errors: dict[int, str] = {}
+    for _ in range(rounds):
+        for i, info in enumerate(kernels):
+            if i in errors:
+                continue
+            try:
+                samples[i].append(guest_cpu(info))
+            except FakeMachineError as e:
+                errors[i] = f"{type(e).__name__}: {e}".splitlines()[0]
+            except subprocess.CalledProcessError as e:  # the workload itself failed
+                errors[i] = f"the workload exited with {e.returncode}: {(e.stderr or '').strip()}"
+    return [
+        Measured(info, None, errors[i]) if i in errors else
+        Measured(info, statistics.median(samples[i]))
+        for i, info in enumerate(kernels)
+    ]  # fmt: skip
+
+
+def offer(measured: Sequence[Measured]) -> tuple[Measured | None, Measured | None]:
+    """The fastest kernel that keeps every fidelity row, and the fastest of
+    all when that one lacks a row (else None)."""
+    ran = [m for m in measured if m.cpu is not None]
+    keeping = [m for m in ran if not m.info.lacks(fidelity_only=True)]
+    best = min(keeping, key=lambda m: m.cpu or 0.0, default=None)
+    fastest = min(ran, key=lambda m: m.cpu or 0.0, default=None)
+    return best, (fastest if fastest is not None and fastest is not best else None)
+
+
+def _cache_path(kernels: Sequence[KernelInfo]) -> Path | None:
+    try:
+        directory = cache_dir()
+        identities = [(str(k.path), k.path.stat().st_ino, k.path.stat().st_size,
+                       k.path.stat().st_mtime_ns) for k in kernels]  # fmt: skip
+    except (FakeMachineError, OSError):
+        return None
+    key = hashlib.sha256(json.dumps([identities, WORKLOAD, ROUNDS]).encode()).hexdigest()[:24]
+    return directory / f"kernel-times-{key}.json"
+
+
+def cached_measure(
+    kernels: Sequence[KernelInfo],
+    guest_cpu: Callable[[KernelInfo], float] | None = None,
+) -> tuple[list[Measured], float | None]:
+    """:func:`measure`, or the kept measurement of these very kernel files;
+    with the time it was taken when kept (None: measured now)."""
+    path = _cache_path(kernels)
+    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+        if path is not None:
+            data = json.loads(path.read_text())
+            cpus = [float(c) for c in data["cpu"]]
+            if len(cpus) == len(kernels):
+                return [Measured(k, c) for k, c in zip(kernels, cpus)], float(data["when"])
+    measured = measure(kernels, guest_cpu=guest_cpu)
+    if path is not None and all(m.cpu is not None for m in measured):
+        with contextlib.suppress(OSError):  # unkept: measured again next time, nothing more
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".kernel-times-")
+            with os.fdopen(fd, "w") as out:
+                json.dump({"cpu": [m.cpu for m in measured], "when": time.time()}, out)
+            os.replace(tmp, path)
+    return measured, None
+
+
+def forget() -> None:
+    """Drop every kept measurement (the next doctor run measures again)."""
+    with contextlib.suppress(FakeMachineError, OSError):
+        for old in cache_dir().glob("kernel-times-*.json"):
+            old.unlink()
