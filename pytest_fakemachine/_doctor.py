@@ -8,7 +8,7 @@ import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from . import _initramfs, _uml
+from . import _initramfs, _uml_host
 from ._config import DEFAULT_MEMORY_MIB
 from ._errors import FakeMachineError
 from ._initramfs import initramfs
@@ -23,7 +23,15 @@ from ._kernel import (
 )
 from ._machine import Machine
 from ._session import console_tail
-from ._uml import SHM, apt_fix, find_kernel, free_in_shm, memory_dir, module_dir, modules_mountpoint
+from ._uml_host import (
+    SHM,
+    apt_fix,
+    find_kernel,
+    free_in_shm,
+    memory_dir,
+    module_dir,
+    modules_mountpoint,
+)
 
 __all__ = ["run_doctor"]
 
@@ -63,7 +71,7 @@ def _checks(kernel_setting: str | None) -> list[Check]:
         checks.append(Check(f"mount point for the UML modules ({modules_mountpoint()})", None))
     except FakeMachineError as e:
         checks.append(Check("mount point for the UML modules", str(e),
-                            f"sudo mkdir {_uml.MODULES_MOUNTPOINT}"))  # fmt: skip
+                            f"sudo mkdir {_uml_host.MODULES_MOUNTPOINT}"))  # fmt: skip
     for tool, package, required in (("busybox", "busybox", True),
                                     ("libslirp-helper", "libslirp-helper", False)):  # fmt: skip
         found = shutil.which(tool)
