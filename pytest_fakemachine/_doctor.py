@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from . import _initramfs, _uml
+from . import _initramfs, _uml_host
 from ._config import DEFAULT_MEMORY_MIB
 from ._errors import FakeMachineError
 from ._initramfs import initramfs
@@ -24,7 +24,15 @@ from ._kernel import (
 from ._kernel_choice import ROUNDS, cached_measure, offer
 from ._machine import Machine
 from ._session import console_tail
-from ._uml import SHM, apt_fix, find_kernel, free_in_shm, memory_dir, module_dir, modules_mountpoint
+from ._uml_host import (
+    SHM,
+    apt_fix,
+    find_kernel,
+    free_in_shm,
+    memory_dir,
+    module_dir,
+    modules_mountpoint,
+)
 
 __all__ = ["run_doctor"]
 
@@ -64,7 +72,7 @@ def _checks(kernel_setting: str | None, say: Callable[[str], None]) -> list[Chec
         checks.append(Check(f"mount point for the UML modules ({modules_mountpoint()})", None))
     except FakeMachineError as e:
         checks.append(Check("mount point for the UML modules", str(e),
-                            f"sudo mkdir {_uml.MODULES_MOUNTPOINT}"))  # fmt: skip
+                            f"sudo mkdir {_uml_host.MODULES_MOUNTPOINT}"))  # fmt: skip
     for tool, package, required in (("busybox", "busybox", True),
                                     ("libslirp-helper", "libslirp-helper", False)):  # fmt: skip
         found = shutil.which(tool)

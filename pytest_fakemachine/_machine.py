@@ -14,7 +14,7 @@ from ._initramfs import initramfs
 from ._kernel import boot_args
 from ._session import CWD_MISSING, Session, command_body
 from ._templates import LABEL_DIR
-from ._uml import find_kernel, find_slirp, module_dir, modules_mountpoint
+from ._uml_host import find_kernel, find_slirp, module_dir, modules_mountpoint
 
 __all__ = ["Machine", "RunResult"]
 

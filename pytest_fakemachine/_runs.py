@@ -1,10 +1,13 @@
-"""Marked tests on the host: machines from markers, groups, and guest runs.
+"""Marked tests on the host: guest runs of the groups the markers make.
 
 A :class:`GuestRun` boots one guest for a list of tests (one test for
 ``scope="function"``, every remaining test of a group otherwise), starts the
 guest-side runner on them, and hands each test's reports to the host as they
 arrive. A guest that dies or hangs fails the test under way; the tests after
 it get a fresh guest.
+
+What a marker asks for (the machine, the scope, the group) is resolved in
+:mod:`._markers`; here it is run.
 """
 
 from __future__ import annotations
@@ -24,11 +27,9 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from . import _guest
-from ._config import Image, check_env, check_guest_path
-from ._errors import ConfigError
+from ._config import check_guest_path
 from ._machine import Machine
 from ._session import BootOutcome, Session, command_body, console_tail
-from ._settings import SCOPES, Settings, passenv_env
 from ._shell import interact as shell_interact
 from ._shell import shell_spec
 from ._spec import coverage_settings, guest_spec, python_mounts
@@ -51,103 +52,9 @@ from ._uml import GuestProcess
 if TYPE_CHECKING:
     from ._ahead import GoLine
 
-__all__ = ["GuestRun", "MarkedTest", "apply_marker", "marked_test", "xdist_queue"]
+__all__ = ["GuestRun", "xdist_queue"]
 
-MARKER_KEYWORDS = ("images", "volumes", "memory", "scratch", "network", "env", "passenv",
-                   "timeout", "boot_timeout", "scope")  # fmt: skip
 _GRACE_SECONDS = 30.0  # how long a finished guest may take to power off
-
-
-@dataclass(frozen=True)
-class MarkedTest:
-    """A marked test's resolved marker: the machine recipe, scope and group key."""
-
-    kwargs: dict[str, Any]
-    scope: str
-    key: str
-    source: str
-
-
-def marked_test(item: pytest.Item, settings: Settings) -> MarkedTest | None:
-    """The merged ``fakemachine`` markers of ``item`` (closest wins), or None.
-
-    With ``--fakemachine-all``, a test without a marker counts as marked with
-    the default keywords, unless it drives guests itself (the fixture).
-    """
-    markers = list(item.iter_markers("fakemachine"))
-    source = f"@pytest.mark.fakemachine on {item.nodeid}"
-    if not markers:
-        if not settings.all_tests or "fakemachine" in getattr(item, "fixturenames", ()):
-            return None
-        source = f"--fakemachine-all on {item.nodeid}"
-    kwargs: dict[str, Any] = {}
-    for marker in reversed(markers):  # farthest first, so the closest wins
-        if marker.args:
-            raise ConfigError(f"{source}: takes keywords only, got {marker.args!r}")
-        kwargs.update(marker.kwargs)
-    unknown = sorted(set(kwargs) - set(MARKER_KEYWORDS))
-    if unknown:
-        raise ConfigError(
-            f"{source}: unknown keyword {', '.join(map(repr, unknown))} "
-            f"(known: {', '.join(MARKER_KEYWORDS)})"
-        )
-    scope = kwargs.pop("scope", settings.scope)
-    if scope not in SCOPES:
-        raise ConfigError(f"scope={scope!r} from {source}: expected one of {', '.join(SCOPES)}")
-    recipe = json.dumps(kwargs, sort_keys=True, default=_describe)
-    if scope == "function":
-        key = item.nodeid
-    elif scope == "module":
-        key = f"module {item.path}\0{recipe}"
-    else:
-        key = f"session\0{recipe}"
-    return MarkedTest(kwargs, scope, key, source)
-
-
-def _describe(value: object) -> object:
-    if isinstance(value, Image):
-        return ["Image", os.path.abspath(value.path), value.size]
-    if isinstance(value, os.PathLike):
-        return os.fspath(value)
-    return repr(value)
-
-
-def apply_marker(machine: Machine, marked: MarkedTest, image_dir: Path) -> None:
-    """Set the marker's keywords on ``machine``, which carries the options' defaults."""
-    kw, source = marked.kwargs, marked.source
-    for name in ("memory", "timeout", "boot_timeout"):  # None keeps the option's default
-        if kw.get(name) is not None:
-            setattr(machine, name, kw[name])
-    machine.scratch = kw.get("scratch")
-    machine.network = kw.get("network", False)
-    passenv = kw.get("passenv") or ()
-    if isinstance(passenv, str):
-        passenv = passenv.split()
-    if not isinstance(passenv, (list, tuple)) or not all(isinstance(p, str) for p in passenv):
-        raise ConfigError(f"passenv={passenv!r} from {source}: expected names or globs")
-    machine.env.update(passenv_env(passenv))
-    env = kw.get("env") or {}
-    if not isinstance(env, dict):
-        raise ConfigError(f"env={env!r} from {source}: expected a dict")
-    machine.env.update(check_env(env, source))
-    images = kw.get("images") or {}
-    if not isinstance(images, dict):
-        raise ConfigError(f"images={images!r} from {source}: expected {{label: size or Image}}")
-    for label, spec in images.items():
-        if isinstance(spec, Image):
-            machine.add_image(spec.path, spec.size, label=label)
-        else:
-            if spec is None:
-                raise ConfigError(f"images[{label!r}]=None from {source}: give a size or Image")
-            machine.add_image(image_dir / f"{len(machine.images)}.img", spec, label=label)
-    volumes = kw.get("volumes") or []
-    if not isinstance(volumes, (list, tuple)):
-        raise ConfigError(f"volumes={volumes!r} from {source}: expected a list")
-    for volume in volumes:
-        if isinstance(volume, (tuple, list)) and len(volume) == 2:
-            machine.add_volume(volume[0], volume[1])
-        else:
-            machine.add_volume(volume)
 
 
 @dataclass(eq=False)

@@ -23,7 +23,8 @@ from ._config import ImageSpec, Volume
 from ._errors import BootError, FakeMachineError, GuestTimeout
 from ._guest_system import BOOT_SOCKETS, procps_needs_core_id
 from ._initramfs import initramfs
-from ._uml import MODULES_MOUNTPOINT, GuestProcess, Reaper, memory_dir, memory_file_full
+from ._uml import GuestProcess, Reaper
+from ._uml_host import MODULES_MOUNTPOINT, memory_dir, memory_file_full
 
 __all__ = ["BootOutcome", "Session", "command_body", "console_tail"]
 

@@ -1,10 +1,13 @@
-"""The User-Mode-Linux backend: find the kernel, start a guest, watch it, kill it.
+"""The User-Mode-Linux backend: start a guest, watch it, kill it, find its leftovers.
 
 A guest is a ``linux.uml`` process in a session of its own (so the whole UML
 process tree can be killed as one group), with ``PR_SET_PDEATHSIG`` so it dies
 with the Python process that started it, even when that one is SIGKILLed. The
 console goes to a pipe read by a thread: UML's console cannot write to a
 regular file (epoll refuses it).
+
+What a guest needs of the host (the kernel, the slirp helper, room for its
+memory) is looked up in :mod:`._uml_host`, before a guest starts.
 """
 
 from __future__ import annotations
@@ -12,13 +15,10 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
-import platform
-import shutil
 import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -26,38 +26,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, final
 
-from ._errors import BackendUnavailable
-from ._kernel import modules_for
+from ._uml_host import SHM, find_slirp
 from ._watchdog import Reaper, claim_cpu, make_private, pin_group, release_cpu
 
-__all__ = [
-    "MODULES_MOUNTPOINT",
-    "OWNER_ENV",
-    "GuestProcess",
-    "Reaper",
-    "apt_fix",
-    "find_kernel",
-    "find_slirp",
-    "free_in_shm",
-    "leftovers",
-    "memory_dir",
-    "memory_file_full",
-    "module_dir",
-    "modules_mountpoint",
-]
+__all__ = ["OWNER_ENV", "GuestProcess", "Reaper", "leftovers"]
 
-_UML_PACKAGE = "user-mode-linux"
-_SLIRP = "libslirp-helper"
-MODULES_MOUNTPOINT = Path("/usr/lib/modules")  # where modprobe looks (/lib is usr/lib)
 _PR_SET_PDEATHSIG = 1
 _POLL_SECONDS = 0.02
-SHM = "/dev/shm"  # where UML keeps guest memory when TMPDIR is unset
-# UML's console when guest memory outgrows the file system its file is in: the
-# kernel's own fault, or init (often systemd) killed by SIGBUS, signal 7.
-_MEMORY_FILE_FULL = (
-    "Bus error - the host /dev/shm or /tmp mount likely just ran out of space",
-    "Attempted to kill init! exitcode=0x00000007",
-)
 OWNER_ENV = "PYTEST_FAKEMACHINE_OWNER"  # pid of the Python process that started a guest
 # What UML's console says when the guest reboots: UML then re-executes itself,
 # and the guest would boot (and run its job) again. An emergency restart
@@ -65,111 +40,6 @@ OWNER_ENV = "PYTEST_FAKEMACHINE_OWNER"  # pid of the Python process that started
 _REBOOT_LINE = b"reboot: Restarting system"
 _UML_START_LINE = b"Checking that ptrace can change system call numbers"
 _WATCH_SECONDS = 0.05
-
-
-def _on_ubuntu(os_release: str = "/etc/os-release") -> bool:
-    try:
-        with open(os_release) as f:
-            fields = dict(line.rstrip("\n").split("=", 1) for line in f if "=" in line)
-    except OSError:
-        return False
-    ids = fields.get("ID", "") + " " + fields.get("ID_LIKE", "")
-    return "ubuntu" in ids.replace('"', "").split()
-
-
-def apt_fix(package: str) -> str:
-    """The command that installs ``package``; on Ubuntu, which has no UML, what instead."""
-    fix = f"sudo apt-get install {package}"
-    if package in (_UML_PACKAGE, _SLIRP) and _on_ubuntu():
-        fix = (
-            f"Ubuntu packages no {_UML_PACKAGE} (and 24.04 no {_SLIRP}): install Debian 12's "
-            "builds, as the GitHub Actions recipe in docs/ci.md of pytest-fakemachine does"
-        )
-    return fix
-
-
-def find_kernel(kernel: str | os.PathLike[str] | None) -> Path:
-    """The UML kernel to boot; :class:`BackendUnavailable` says what to install."""
-    if platform.machine() != "x86_64":
-        raise BackendUnavailable(
-            f"User-Mode-Linux guests need an x86-64 host; this one is {platform.machine()}"
-        )
-    if kernel is None:
-        found = shutil.which("linux.uml")
-        if found is None:
-            raise BackendUnavailable(
-                f"linux.uml is not on PATH; to install it: {apt_fix(_UML_PACKAGE)}"
-            )
-        return Path(found)
-    path = Path(kernel)
-    if not (path.is_file() and os.access(path, os.X_OK)):
-        raise BackendUnavailable(f"UML kernel {str(path)!r} is not an executable file")
-    return path
-
-
-def module_dir(kernel: Path) -> Path | None:
-    """The directory holding the kernel's ``<version>/`` modules (mounted at MODULES_MOUNTPOINT).
-
-    None: the kernel has no module support. See :func:`_kernel.modules_for`.
-    """
-    return modules_for(kernel, apt_fix(_UML_PACKAGE))
-
-
-def modules_mountpoint() -> Path:
-    """Where the guest mounts the UML kernel's modules; it must exist on the host."""
-    if not MODULES_MOUNTPOINT.is_dir():
-        # The guest's /usr is the host's, read-only: it cannot make the directory itself.
-        raise BackendUnavailable(
-            f"{MODULES_MOUNTPOINT} does not exist on this host (hosts with no kernel package, "
-            "such as containers, lack it), and the guest, whose /usr is the host's, mounts the "
-            f"UML kernel's modules there: create it with `sudo mkdir {MODULES_MOUNTPOINT}`"
-        )
-    return MODULES_MOUNTPOINT
-
-
-def _free_bytes(path: str) -> int:
-    try:
-        return shutil.disk_usage(path).free
-    except OSError:
-        return 0
-
-
-def free_in_shm() -> int:
-    """Bytes free for guest memory in /dev/shm; 0 if it is not writable."""
-    return _free_bytes(SHM) if os.access(SHM, os.W_OK) else 0
-
-
-def memory_file_full(console: str) -> bool:
-    """Whether a dead guest's console says its memory file ran out of room."""
-    return any(line in console for line in _MEMORY_FILE_FULL)
-
-
-def memory_dir(memory_mib: int) -> str | None:
-    """A directory for the guest's memory file when UML's own choice cannot hold it.
-
-    UML keeps guest memory in a file in $TMPDIR, else in /dev/shm, and dies of
-    SIGBUS when that file system fills up. Docker gives a container a 64 MiB
-    /dev/shm, too small even to boot; then the memory goes to the temporary
-    directory, if it has more room. Off tmpfs the guest's dirty pages may be
-    written to disk (UML prefers tmpfs for that reason); for short guests it
-    measured as fast here. None: leave UML's choice.
-    """
-    if os.environ.get("TMPDIR"):  # the user's choice, also for UML
-        return None
-    shm_free = free_in_shm()
-    if shm_free >= memory_mib << 20:
-        return None
-    fallback = tempfile.gettempdir()
-    return fallback if _free_bytes(fallback) > shm_free else None
-
-
-def find_slirp() -> str:
-    found = shutil.which(_SLIRP)
-    if found is None:
-        raise BackendUnavailable(
-            f"{_SLIRP} is not on PATH, and network=True needs it; to install it: {apt_fix(_SLIRP)}"
-        )
-    return found
 
 
 def _child_setup(cpu: int) -> Callable[[], None]:

@@ -29,7 +29,8 @@ from ._transport import covers, failure_reports, report_collect_error, skip_repo
 if TYPE_CHECKING:
     from ._ahead import BootAhead
     from ._machine import Machine
-    from ._runs import GuestRun, MarkedTest
+    from ._markers import MarkedTest
+    from ._runs import GuestRun
     from ._session import BootOutcome
 
 MARKER_HELP = (
@@ -198,7 +199,7 @@ def _unavailable(state: _State, config: pytest.Config) -> str | None:
 def _mark(state: _State, item: pytest.Item) -> MarkedTest | None:
     """``item``'s resolved marker, cached; raises the ConfigError of a bad marker."""
     if item.nodeid not in state.marks:
-        from ._runs import marked_test  # noqa: PLC0415 (host only, see the docstring)
+        from ._markers import marked_test  # noqa: PLC0415 (host only, see the docstring)
 
         try:
             state.marks[item.nodeid] = marked_test(item, state.settings)
@@ -282,7 +283,8 @@ def _new_run(
 ) -> GuestRun:  # fmt: skip
     """An unstarted run of ``item``'s group; its machine from the options, the
     marker and (if ``configure``) the configure hook."""
-    from ._runs import GuestRun, apply_marker  # noqa: PLC0415 (host only, see the docstring)
+    from ._markers import apply_marker  # noqa: PLC0415 (host only, see the docstring)
+    from ._runs import GuestRun  # noqa: PLC0415 (host only, see the docstring)
 
     config = item.config
     try:

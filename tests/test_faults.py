@@ -25,6 +25,7 @@ from pytest_fakemachine import (
     Machine,
     _kernel,
     _uml,
+    _uml_host,
 )
 from pytest_fakemachine._doctor import run_doctor
 
@@ -117,7 +118,7 @@ def test_linux_uml_missing_says_what_to_install(
 ) -> None:
     monkeypatch.setenv("PATH", str(tmp_path))
     # apt_fix: Ubuntu, which packages no UML, gets a different fix.
-    with pytest.raises(BackendUnavailable, match=re.escape(_uml.apt_fix("user-mode-linux"))):
+    with pytest.raises(BackendUnavailable, match=re.escape(_uml_host.apt_fix("user-mode-linux"))):
         Machine().run("true")
 
 
@@ -129,7 +130,7 @@ def test_uml_modules_missing_says_what_to_install(
     monkeypatch.setattr(
         _kernel, "module_candidates", lambda kernel, version: [tmp_path / "modules" / version]
     )
-    fix = re.escape(_uml.apt_fix("user-mode-linux"))
+    fix = re.escape(_uml_host.apt_fix("user-mode-linux"))
     with pytest.raises(BackendUnavailable, match=rf"no modules for UML kernel .*{fix}"):
         Machine().run("true")
 
@@ -139,7 +140,7 @@ def test_modules_mountpoint_missing_says_how_to_create_it(
 ) -> None:
     # A host with no kernel package (a container) has no /usr/lib/modules, and the
     # guest cannot make it in its read-only /usr.
-    monkeypatch.setattr(_uml, "MODULES_MOUNTPOINT", tmp_path / "no-modules")
+    monkeypatch.setattr(_uml_host, "MODULES_MOUNTPOINT", tmp_path / "no-modules")
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))  # no other kernels to compare
     with pytest.raises(BackendUnavailable, match=r"no-modules does not exist.*sudo mkdir "):
         Machine().run("true")
@@ -152,9 +153,9 @@ def test_modules_mountpoint_missing_says_how_to_create_it(
 def test_slirp_missing_with_network_says_what_to_install(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    kernel = _uml.find_kernel(None)
+    kernel = _uml_host.find_kernel(None)
     monkeypatch.setenv("PATH", str(tmp_path))
-    with pytest.raises(BackendUnavailable, match=re.escape(_uml.apt_fix("libslirp-helper"))):
+    with pytest.raises(BackendUnavailable, match=re.escape(_uml_host.apt_fix("libslirp-helper"))):
         Machine(network=True, kernel=kernel).run("true")
 
 

@@ -18,7 +18,7 @@ import pytest
 
 from pytest_fakemachine import Machine, _kernel, _kernel_choice
 from pytest_fakemachine._kernel import SECCOMP_ENV, kernel_info, seccomp_used
-from pytest_fakemachine._uml import find_kernel
+from pytest_fakemachine._uml_host import find_kernel
 
 MARKER = "fakemachine-test-marker"
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_fakemachine import _uml
+from pytest_fakemachine import _uml_host
 
 
 def test_configure_hook_adjusts_fixture_and_marker_machines(pytester: pytest.Pytester) -> None:
@@ -143,7 +143,7 @@ def test_doctor_without_linux_uml_says_how_to_fix_it(tmp_path: Path) -> None:
     result = _doctor({**os.environ, "PATH": str(tmp_path)})
     assert result.returncode == 1
     assert "MISSING UML kernel and modules: linux.uml is not on PATH" in result.stdout
-    assert f"fix: {_uml.apt_fix('user-mode-linux')}" in result.stdout
+    assert f"fix: {_uml_host.apt_fix('user-mode-linux')}" in result.stdout
     assert "fakemachine doctor: a guest cannot boot here" in result.stdout
 
 
@@ -151,7 +151,7 @@ def test_doctor_says_so_when_no_guest_boots(tmp_path: Path) -> None:
     # Every installed piece checks out, but the kernel cannot start its init:
     # only a real boot finds that.
     kernel = tmp_path / "linux.uml"
-    real = _uml.find_kernel(None)
+    real = _uml_host.find_kernel(None)
     kernel.write_text(f'#!/bin/sh\nexec {real} "$@" rdinit=/nonexistent init=/nonexistent\n')
     kernel.chmod(0o755)
     result = subprocess.run(

@@ -10,7 +10,7 @@ import pytest
 
 from pytest_fakemachine import _config as c
 from pytest_fakemachine import (
-    _uml,
+    _uml_host,
 )
 from pytest_fakemachine._settings import settings_key
 
@@ -147,11 +147,11 @@ def test_memory_dir_moves_guest_memory_only_when_dev_shm_cannot_hold_it(
     tmp_free_mib: int,
     expected: str | None,
 ) -> None:
-    free = {_uml.SHM: shm_free_mib << 20, "/tmp": tmp_free_mib << 20}
+    free = {_uml_host.SHM: shm_free_mib << 20, "/tmp": tmp_free_mib << 20}
     monkeypatch.setenv("TMPDIR", tmpdir)
     monkeypatch.setattr(tempfile, "gettempdir", lambda: "/tmp")
-    monkeypatch.setattr(_uml, "_free_bytes", lambda path: free[path])
-    assert _uml.memory_dir(2048) == expected
+    monkeypatch.setattr(_uml_host, "_free_bytes", lambda path: free[path])
+    assert _uml_host.memory_dir(2048) == expected
 
 
 @pytest.mark.parametrize(
@@ -169,13 +169,13 @@ def test_ubuntu_is_told_where_user_mode_linux_comes_from(
     path = tmp_path / "os-release"
     if os_release is not None:
         path.write_text(os_release)
-    assert _uml._on_ubuntu(str(path)) is ubuntu
-    monkeypatch.setattr(_uml, "_on_ubuntu", lambda: ubuntu)
+    assert _uml_host._on_ubuntu(str(path)) is ubuntu
+    monkeypatch.setattr(_uml_host, "_on_ubuntu", lambda: ubuntu)
     for package in ("user-mode-linux", "libslirp-helper"):
-        fix = _uml.apt_fix(package)
+        fix = _uml_host.apt_fix(package)
         assert (fix == f"sudo apt-get install {package}") is not ubuntu
         assert ("install Debian 12's" in fix) is ubuntu
-    assert _uml.apt_fix("busybox") == "sudo apt-get install busybox"
+    assert _uml_host.apt_fix("busybox") == "sudo apt-get install busybox"
 
 
 @pytest.mark.parametrize(
@@ -189,4 +189,4 @@ def test_ubuntu_is_told_where_user_mode_linux_comes_from(
     ],
 )
 def test_memory_file_full_is_read_off_the_console(console_line: str, full: bool) -> None:
-    assert _uml.memory_file_full(f"Run /init as init process\n{console_line}\n") is full
+    assert _uml_host.memory_file_full(f"Run /init as init process\n{console_line}\n") is full

@@ -18,7 +18,8 @@ from types import FrameType
 import fmbench
 from pytest_fakemachine import FakeMachineError, Machine
 from pytest_fakemachine._kernel import kernel_info
-from pytest_fakemachine._uml import find_kernel, leftovers
+from pytest_fakemachine._uml import leftovers
+from pytest_fakemachine._uml_host import find_kernel
 
 from . import realsuite
 from .breakdown import (
