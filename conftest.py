@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from pytest_fakemachine import _session
+from pytest_fakemachine._dispatch import state_key
 from pytest_fakemachine._uml import leftovers
-from pytest_fakemachine.plugin import _state_key
 
 pytest_plugins = ["pytester"]
 
@@ -48,7 +48,7 @@ def wait_for_no_leftovers(
 def _booted_ahead(config: pytest.Config) -> set[int]:
     """Process groups of the guests this session booted ahead for later tests:
     they rightly outlive the test under way (examples run without xdist)."""
-    state = config.stash.get(_state_key, None)
+    state = config.stash.get(state_key, None)
     return set() if state is None or state.ahead is None else state.ahead.process_groups()
 
 
