@@ -188,6 +188,8 @@ class Session:
             link = work / f"volume{index}"
             os.symlink(volume.host, link)
             mounts.append(_hostfs(str(link), volume.guest, read_only=volume.read_only))
+        # Last: init moves this bind of the whole tree onto / (see INIT).
+        mounts.append(t.FSTAB_LINE.format(source="/", guest="/mnt", fstype="none", options="rbind"))
         _write(work / "fstab", "".join(mounts))
         _write(work / "setup.sh", t.SETUP.format(work=t.GUEST_WORK))
         rules = "".join(
