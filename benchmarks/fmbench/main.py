@@ -57,7 +57,14 @@ from .rows import (
     pytest_run,
     remove_cli_dirs,
 )
-from .runner import StepFailed, processes, set_child_subreaper, sweep, workspace
+from .runner import (
+    StepFailed,
+    private_tree,
+    processes,
+    set_child_subreaper,
+    sweep,
+    workspace,
+)
 
 
 def _terminate(signum: int, frame: FrameType | None) -> None:
@@ -371,8 +378,9 @@ def realsuite_main(args: argparse.Namespace, log: Callable[[str], None]) -> int:
     with workspace() as tmp:
         kernels = [(path, kernel_info(Path(path)).version) for path in args.kernel]
         scopes = ("module",) if args.module_only else ("module", "function")
+        ref = None if args.ref is None else str(private_tree(tmp, args.ref))
         variants, trees = realsuite.measure(
-            tmp, args.runs, realsuite.trees_for(args.ref, kernels), log, scopes
+            tmp, args.runs, realsuite.trees_for(ref, kernels), log, scopes
         )
     command = "python benchmarks/bench.py --realsuite" + (f" --ref {args.ref}" if args.ref else "")
     command += "".join(f" --kernel {path}" for path in args.kernel)

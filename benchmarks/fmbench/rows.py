@@ -226,15 +226,19 @@ def pytest_run(
     passed: int,
     extra: tuple[str, ...] = (),
     plugins: tuple[str, ...] | None = ONLY_OURS,
+    tree: Path | None = None,
 ) -> float:
     """A whole `python -m pytest -q -p no:cacheprovider [extra] FILE` run in FILE's directory.
 
     With ``plugins``, only those plugins load (PYTEST_DISABLE_PLUGIN_AUTOLOAD=1 and
     ``-p`` each), on the host and so in the guest: the time is pytest's and ours,
     not that of whatever else this environment has installed. ``None``: every
-    installed plugin loads, as in a plain ``pytest`` run here.
+    installed plugin loads, as in a plain ``pytest`` run here. ``tree``: the
+    plugin comes from there (PYTHONPATH), e.g. a reference checkout's copy.
     """
     env = clean_env()
+    if tree is not None:
+        env["PYTHONPATH"] = str(tree)
     argv = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"]
     if plugins is not None:
         env["PYTEST_DISABLE_PLUGIN_AUTOLOAD"] = "1"
