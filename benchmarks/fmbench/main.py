@@ -20,7 +20,7 @@ from pytest_fakemachine import FakeMachineError, Machine
 from pytest_fakemachine._kernel import kernel_info
 from pytest_fakemachine._uml import find_kernel, leftovers
 
-from . import realsuite
+from . import realsuite, targets
 from .breakdown import (
     MARKED_SEGMENTS,
     breakdown_run,
@@ -75,18 +75,32 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--runs",
         type=int,
         default=None,
-        help="runs of every measurement (default 5, or 3 with --quick)",
+        help="runs of every measurement (default 5, or 3 with --quick; "
+        "with --targets 3, or 1 with --quick)",
     )
     parser.add_argument(
         "--quick",
         action="store_true",
-        help="3 runs, and 4 instead of 10 tests in the -n 2 / -n 0 runs",
+        help="3 runs, and 4 instead of 10 tests in the -n 2 / -n 0 runs "
+        "(with --targets: 1 round, the tests as they are)",
     )
     parser.add_argument(
         "--markdown",
         metavar="PATH",
         type=Path,
         help=f"replace the text between {MARK_START} and {MARK_END} in PATH with the results",
+    )
+    parser.add_argument(
+        "--targets",
+        action="store_true",
+        help="every row of issue #15's targets in one interleaved run, judged (needs --ref); "
+        f"with --markdown, into the {targets.MARK_START} markers",
+    )
+    parser.add_argument(
+        "--function-every-kernel",
+        action="store_true",
+        help="with --targets: the real suite with scope=function with every --kernel, "
+        "not only the first (one more long run per kernel and round)",
     )
     parser.add_argument(
         "--realsuite",
@@ -97,14 +111,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--ref",
         metavar="TREE",
-        help="with --realsuite: also run the guests from TREE (PYTHONPATH=TREE), as 'before'",
+        help="with --realsuite or --targets: also run the guests from TREE "
+        "(a copy of its package on PYTHONPATH), as 'before'",
     )
     parser.add_argument(
         "--kernel",
         metavar="PATH",
         action="append",
         default=[],
-        help="with --realsuite: run this tree's guests with this UML kernel "
+        help="with --realsuite or --targets: run this tree's guests with this UML kernel "
         "(--fakemachine-kernel); repeat it to compare kernels in one interleaved run",
     )
     parser.add_argument(
@@ -113,11 +128,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="with --realsuite: leave out the scope=function runs (the longest)",
     )
     args = parser.parse_args(argv)
-    if args.ref is not None and not args.realsuite:
-        parser.error("--ref goes with --realsuite")
-    if (args.kernel or args.module_only) and not args.realsuite:
-        parser.error("--kernel and --module-only go with --realsuite")
-    if args.runs is None:
+    if args.targets and (args.realsuite or args.module_only):
+        parser.error("--targets measures the real suite itself: no --realsuite, --module-only")
+    if args.targets and args.ref is None:
+        parser.error("--targets needs --ref TREE (a checkout of 2834e98, the issue's 'before')")
+    if args.ref is not None and not (args.realsuite or args.targets):
+        parser.error("--ref goes with --realsuite or --targets")
+    if args.kernel and not (args.realsuite or args.targets):
+        parser.error("--kernel goes with --realsuite or --targets")
+    if args.module_only and not args.realsuite:
+        parser.error("--module-only goes with --realsuite")
+    if args.function_every_kernel and not args.targets:
+        parser.error("--function-every-kernel goes with --targets")
+    if args.runs is None and args.targets:
+        args.runs = 1 if args.quick else 3
+    elif args.runs is None:
         args.runs = 3 if args.quick else 5
     if args.runs < 1:
         parser.error("--runs must be at least 1")
@@ -149,6 +174,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.realsuite:
         return realsuite_main(args, log)
+    if args.targets:
+        return targets.targets_main(args, log, started, load_start, others)
     problems: list[str] = []
     with workspace() as tmp:
         ctx = prepare_context(tmp, kernel, xdist_tests=4 if args.quick else 10)

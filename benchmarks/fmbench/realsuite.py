@@ -160,7 +160,7 @@ def tests_time(run: SuiteRun, common: set[str]) -> float:
 
 
 def module_ratio(module: Variant, host: Variant, common: set[str]) -> float | None:
-    """Guest/host over the ``common`` tests: the median of the per-round ratios."""
+    """Guest/host (or any a/b) of the ``common`` tests' time: median of the per-round ratios."""
     return _median(per_round_ratio(module, host, lambda r: tests_time(r, common)))
 
 
