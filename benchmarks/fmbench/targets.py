@@ -275,6 +275,7 @@ def targets_main(
 ) -> int:
     """Every row of issue #15's targets from one interleaved run; 1 if a measurement failed."""
     paths = args.kernel or [str(find_kernel(None))]
+    default_kernel = f"{find_kernel(None)} (Linux {kernel_info(find_kernel(None)).version})"
     problems: list[str] = []
     with workspace() as tmp:
         ref = private_tree(tmp, args.ref)
@@ -335,7 +336,7 @@ def targets_main(
     info = machine_lines(started, load_start, others, floor)
     info.insert(1, "- kernels: " + "; ".join(
         f"{k.path}: Linux {k.version}, {k.broken or k.mode}" for k in kernels
-    ) + f"; {ref_label} ran with its default kernel")  # fmt: skip
+    ) + f"; {ref_label} ran with its default, {default_kernel}")  # fmt: skip
     info.append(f"- {others_end} linux.uml processes not started by the benchmark "
                 "were running at the end")  # fmt: skip
     command = f"python benchmarks/bench.py --targets --ref {args.ref}"
