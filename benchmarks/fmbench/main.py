@@ -134,10 +134,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--targets needs --ref TREE (a checkout of 2834e98, the issue's 'before')")
     if args.ref is not None and not (args.realsuite or args.targets):
         parser.error("--ref goes with --realsuite or --targets")
-    if args.kernel and not (args.realsuite or args.targets):
-        parser.error("--kernel goes with --realsuite or --targets")
-    if args.module_only and not args.realsuite:
-        parser.error("--module-only goes with --realsuite")
+    if (args.kernel and not (args.realsuite or args.targets)) or (
+        args.module_only and not args.realsuite
+    ):
+        parser.error(
+            "--kernel and --module-only go with --realsuite (--kernel also with --targets)"
+        )
     if args.function_every_kernel and not args.targets:
         parser.error("--function-every-kernel goes with --targets")
     if args.runs is None and args.targets:
