@@ -166,7 +166,7 @@ def realsuite_lines(
     for k in kernels:
         name = f"  Linux {k.version} ({k.mode})"
         if k.broken is not None:
-            subs.append(Line(name, f"the host cannot run it: {k.broken}", "", "-"))
+            subs.append(Line(f"  {k.path}", f"the host cannot run it: {k.broken}", "", "-"))
             continue
         module = variants[f"module_{k.tree.key}"]
         counted = [v for v in (host, before, module) if v.runs]
