@@ -351,6 +351,8 @@ def targets_main(
             *table_lines(rows, {}, markdown=markdown), "",
             "The real suite (rows 1 and 3):", "",
             *realsuite.table_lines(variants, tree_keys, markdown=markdown), "",
+            *(["Failures and leftovers:", "", *(f"- {p}" for p in problems), ""]
+              if problems else []),
             "Where a guest's time went in the real suite (row 1's breakdown, per kernel):",
         ]  # fmt: skip
 
