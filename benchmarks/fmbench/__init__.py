@@ -5,6 +5,8 @@ Run from the repository root (the package must be installed, e.g. ``pip install 
     python benchmarks/bench.py                      # 5 runs of everything
     python benchmarks/bench.py --quick              # 3 runs, fewer tests per pytest run
     python benchmarks/bench.py --markdown docs/performance.md
+    python benchmarks/bench.py --targets --ref CHECKOUT_OF_2834e98 [--kernel K]...
+                                                    # issue #15's targets, judged
 
 Every measurement is taken ``--runs`` times, interleaved round by round (one of
 each per round) so that a change in the machine's load hits every row alike.

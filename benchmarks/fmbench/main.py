@@ -21,7 +21,7 @@ from pytest_fakemachine._kernel import kernel_info
 from pytest_fakemachine._uml import leftovers
 from pytest_fakemachine._uml_host import find_kernel
 
-from . import realsuite
+from . import realsuite, targets
 from .breakdown import (
     MARKED_SEGMENTS,
     breakdown_run,
@@ -37,28 +37,30 @@ from .report import (
     failure_lines,
     fmt_value,
     machine_lines,
+    section_lines,
     table_lines,
     verdicts,
     write_markdown,
 )
 from .rows import (
-    FUNCTION_HEADER,
-    MODULE_HEADER,
-    ONE_TEST,
     RUN_TIMEOUT,
-    TRIVIAL_TEST,
     WITH_XDIST,
-    Context,
-    build_floor_initramfs,
     fakemachine_cli,
-    floor_args,
     floor_boot,
     machine_process,
     peak_memory,
+    prepare_context,
     pytest_run,
     remove_cli_dirs,
 )
-from .runner import StepFailed, processes, set_child_subreaper, sweep, workspace
+from .runner import (
+    StepFailed,
+    private_tree,
+    processes,
+    set_child_subreaper,
+    sweep,
+    workspace,
+)
 
 
 def _terminate(signum: int, frame: FrameType | None) -> None:
@@ -74,18 +76,32 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--runs",
         type=int,
         default=None,
-        help="runs of every measurement (default 5, or 3 with --quick)",
+        help="runs of every measurement (default 5, or 3 with --quick; "
+        "with --targets 3, or 1 with --quick)",
     )
     parser.add_argument(
         "--quick",
         action="store_true",
-        help="3 runs, and 4 instead of 10 tests in the -n 2 / -n 0 runs",
+        help="3 runs, and 4 instead of 10 tests in the -n 2 / -n 0 runs "
+        "(with --targets: 1 round, the tests as they are)",
     )
     parser.add_argument(
         "--markdown",
         metavar="PATH",
         type=Path,
         help=f"replace the text between {MARK_START} and {MARK_END} in PATH with the results",
+    )
+    parser.add_argument(
+        "--targets",
+        action="store_true",
+        help="every row of issue #15's targets in one interleaved run, judged (needs --ref); "
+        f"with --markdown, into the {targets.MARK_START} markers",
+    )
+    parser.add_argument(
+        "--function-every-kernel",
+        action="store_true",
+        help="with --targets: the real suite with scope=function with every --kernel, "
+        "not only the first (one more long run per kernel and round)",
     )
     parser.add_argument(
         "--realsuite",
@@ -96,14 +112,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--ref",
         metavar="TREE",
-        help="with --realsuite: also run the guests from TREE (PYTHONPATH=TREE), as 'before'",
+        help="with --realsuite or --targets: also run the guests from TREE "
+        "(a copy of its package on PYTHONPATH), as 'before'",
     )
     parser.add_argument(
         "--kernel",
         metavar="PATH",
         action="append",
         default=[],
-        help="with --realsuite: run this tree's guests with this UML kernel "
+        help="with --realsuite or --targets: run this tree's guests with this UML kernel "
         "(--fakemachine-kernel); repeat it to compare kernels in one interleaved run",
     )
     parser.add_argument(
@@ -112,11 +129,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="with --realsuite: leave out the scope=function runs (the longest)",
     )
     args = parser.parse_args(argv)
-    if args.ref is not None and not args.realsuite:
-        parser.error("--ref goes with --realsuite")
-    if (args.kernel or args.module_only) and not args.realsuite:
-        parser.error("--kernel and --module-only go with --realsuite")
-    if args.runs is None:
+    if args.targets and (args.realsuite or args.module_only):
+        parser.error("--targets measures the real suite itself: no --realsuite, --module-only")
+    if args.targets and args.ref is None:
+        parser.error("--targets needs --ref TREE (a checkout of 2834e98, the issue's 'before')")
+    if args.ref is not None and not (args.realsuite or args.targets):
+        parser.error("--ref goes with --realsuite or --targets")
+    if (args.kernel and not (args.realsuite or args.targets)) or (
+        args.module_only and not args.realsuite
+    ):
+        parser.error(
+            "--kernel and --module-only go with --realsuite (--kernel also with --targets)"
+        )
+    if args.function_every_kernel and not args.targets:
+        parser.error("--function-every-kernel goes with --targets")
+    if args.runs is None and args.targets:
+        args.runs = 1 if args.quick else 3
+    elif args.runs is None:
         args.runs = 3 if args.quick else 5
     if args.runs < 1:
         parser.error("--runs must be at least 1")
@@ -148,36 +177,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.realsuite:
         return realsuite_main(args, log)
+    if args.targets:
+        return targets.targets_main(args, log, started, load_start, others)
     problems: list[str] = []
     with workspace() as tmp:
-        ctx = Context(
-            tmp=tmp,
-            kernel=kernel,
-            initrd=tmp / "floor.cpio",
-            floor_args=floor_args(tmp / "floor.cpio"),
-            module_tests=30,
-            xdist_tests=4 if args.quick else 10,
-        )
+        ctx = prepare_context(tmp, kernel, xdist_tests=4 if args.quick else 10)
         ctx.fakemachine_cli = shutil.which("fakemachine")
-        build_floor_initramfs(ctx.initrd)
-        for name, text in (
-            ("one", ONE_TEST),
-            (
-                "module",
-                MODULE_HEADER + "".join(TRIVIAL_TEST.format(n=n) for n in range(ctx.module_tests)),
-            ),
-            (
-                "function",
-                FUNCTION_HEADER + "".join(TRIVIAL_TEST.format(n=n) for n in range(ctx.xdist_tests)),
-            ),
-        ):
-            directory = tmp / name
-            directory.mkdir()
-            (directory / "pytest.ini").write_text("")  # keeps the repository's config away
-            (directory / f"test_{name}.py").write_text(text)
-        ctx.one_test = tmp / "one" / "test_one.py"
-        ctx.module_file = tmp / "module" / "test_module.py"
-        ctx.function_file = tmp / "function" / "test_function.py"
 
         rows: dict[str, Row] = {}
         steps: list[tuple[str, Callable[[], float]]] = []
@@ -341,28 +346,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.markdown is not None:
         notes_md = ["Failures and notes:", "", *md_notes, ""] if md_notes else []
         table = [*table_lines(rows, verdict, markdown=True), "", *notes_md]
-        write_markdown(args.markdown, _section(command, args.runs, table, chart, info))
+        write_markdown(args.markdown, section_lines(command, args.runs, table, chart, info))
         print(f"\nbench: wrote the results into {args.markdown}", file=sys.stderr)
     if problems:
         print("\nbench: problems:\n" + textwrap.indent("\n".join(problems), "  "), file=sys.stderr)
         return 1
     return 0
-
-
-def _section(
-    command: str, runs: int, table: list[str], chart: list[str], info: list[str]
-) -> list[str]:
-    """A markdown section of results: how they were made, the table, the chart, the machine."""
-    return [
-        f"Generated by `{command}`, {runs} runs of each row, interleaved.",
-        "",
-        *table,
-        "```text",
-        *chart,
-        "```",
-        "",
-        *info,
-    ]
 
 
 def realsuite_main(args: argparse.Namespace, log: Callable[[str], None]) -> int:
@@ -372,8 +361,9 @@ def realsuite_main(args: argparse.Namespace, log: Callable[[str], None]) -> int:
     with workspace() as tmp:
         kernels = [(path, kernel_info(Path(path)).version) for path in args.kernel]
         scopes = ("module",) if args.module_only else ("module", "function")
+        ref = None if args.ref is None else str(private_tree(tmp, args.ref))
         variants, trees = realsuite.measure(
-            tmp, args.runs, realsuite.trees_for(args.ref, kernels), log, scopes
+            tmp, args.runs, realsuite.trees_for(ref, kernels), log, scopes
         )
     command = "python benchmarks/bench.py --realsuite" + (f" --ref {args.ref}" if args.ref else "")
     command += "".join(f" --kernel {path}" for path in args.kernel)
@@ -394,7 +384,7 @@ def realsuite_main(args: argparse.Namespace, log: Callable[[str], None]) -> int:
     print("\n".join(line.removeprefix("- ") for line in info))
     if args.markdown is not None:
         table = [*realsuite.table_lines(variants, trees, markdown=True), ""]
-        section = _section(command, args.runs, table, chart, info)
+        section = section_lines(command, args.runs, table, chart, info)
         write_markdown(args.markdown, section, (realsuite.MARK_START, realsuite.MARK_END))
     failed = any(v.failures for v in variants.values())
     return 1 if failed else 0

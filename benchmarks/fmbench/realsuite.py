@@ -46,6 +46,7 @@ class SuiteRun:
     passed: set[str]
     outcomes: dict[str, str]  # nodeid -> worst outcome of its phases
     probe: dict[str, Any] | None = None  # the guest's clocks and counters (scope=module)
+    round_no: int = 0  # which round of the interleaved run it belongs to
 
     @property
     def span(self) -> float:
@@ -146,8 +147,34 @@ def _fmt(value: float | None, suffix: str = " s") -> str:
     return "-" if value is None else f"{value:.2f}{suffix}"
 
 
-def _per_round_ratio(a: Variant, b: Variant, fn: Callable[[SuiteRun], float]) -> list[float]:
-    return [fn(x) / fn(y) for x, y in zip(a.runs, b.runs) if fn(y) > 0]
+def per_round_ratio(a: Variant, b: Variant, fn: Callable[[SuiteRun], float]) -> list[float]:
+    """fn(a's run) / fn(b's run) for each round both have a run of (a failed run has none)."""
+    of_b = {run.round_no: run for run in b.runs}
+    pairs = [(x, of_b[x.round_no]) for x in a.runs if x.round_no in of_b]
+    return [fn(x) / fn(y) for x, y in pairs if fn(y) > 0]
+
+
+def tests_time(run: SuiteRun, common: set[str]) -> float:
+    """The summed time of the ``common`` tests in ``run``."""
+    return sum(run.tests[n] for n in common if n in run.tests)
+
+
+def module_ratio(module: Variant, host: Variant, common: set[str]) -> float | None:
+    """Guest/host (or any a/b) of the ``common`` tests' time: median of the per-round ratios."""
+    return _median(per_round_ratio(module, host, lambda r: tests_time(r, common)))
+
+
+def function_ratio(function: Variant, module: Variant) -> float | None:
+    """Per test, scope=function against scope=module: median of the per-round ratios.
+
+    Both runs hold the same tests, so the ratio of whole runs is that of per-test costs.
+    """
+    return _median(per_round_ratio(function, module, lambda r: r.wall))
+
+
+def per_test(variant: Variant) -> float | None:
+    """Median whole run / number of tests."""
+    return _median([r.wall / max(1, len(r.tests)) for r in variant.runs])
 
 
 def table_lines(variants: dict[str, Variant], trees: list[tuple[str, str]],
@@ -158,24 +185,18 @@ def table_lines(variants: dict[str, Variant], trees: list[tuple[str, str]],
     n_all = max((len(r.tests) for v in every for r in v.runs), default=0)
     host = variants["host"]
 
-    def tests_time(run: SuiteRun) -> float:
-        return sum(run.tests[n] for n in common if n in run.tests)
-
     header = ["tree", "host: tests", "module: tests", "module guest/host (tests)",
               "module: whole run", "module per test", "function per test",
               "function/module per test"]  # fmt: skip
     rows = [header]
-    host_tests = _median([tests_time(r) for r in host.runs])
+    host_tests = _median([tests_time(r, common) for r in host.runs])
     for key, label in trees:
         module, function = variants[f"module_{key}"], variants[f"function_{key}"]
-        ratio = _median(_per_round_ratio(module, host, tests_time))
-        module_per = _median([r.wall / max(1, len(r.tests)) for r in module.runs])
-        function_per = _median([r.wall / max(1, len(r.tests)) for r in function.runs])
-        per_ratio = _median(_per_round_ratio(function, module, lambda r: r.wall))
         rows.append([
-            label, _fmt(host_tests), _fmt(_median([tests_time(r) for r in module.runs])),
-            _fmt(ratio, "x"), _fmt(_median([r.wall for r in module.runs])),
-            _fmt(module_per), _fmt(function_per), _fmt(per_ratio, "x"),
+            label, _fmt(host_tests), _fmt(_median([tests_time(r, common) for r in module.runs])),
+            _fmt(module_ratio(module, host, common), "x"),
+            _fmt(_median([r.wall for r in module.runs])), _fmt(per_test(module)),
+            _fmt(per_test(function)), _fmt(function_ratio(function, module), "x"),
         ])  # fmt: skip
     left_out = sorted({n for v in every for r in v.runs for n in r.tests} - common)
     notes = [
@@ -252,20 +273,26 @@ def measure(
         for variant, suite_scope, tree in steps:
             log(f"bench: round {round_no}/{runs}: real suite, {variant.label} ...")
             try:
-                result = run_suite(
-                    directory,
-                    suite_scope,
-                    None if tree is None else tree.path,
-                    None if tree is None else tree.kernel,
-                )
+                log(f"bench:   {run_into(variant, directory, suite_scope, tree, round_no)}")
             except StepFailed as e:
                 variant.failures.append(str(e))
                 log(f"bench:   failed: {str(e).splitlines()[0]}")
-            else:
-                variant.runs.append(result)
-                log(f"bench:   {result.wall:.2f} s whole, {result.span:.2f} s in tests, "
-                    f"{len(result.passed)}/{len(result.tests)} passed")  # fmt: skip
             stray = sweep()
             if stray:
                 variant.failures.append(f"left running, killed: {', '.join(stray)}")
     return variants, [(t.key, t.label) for t in trees]
+
+
+def run_into(
+    variant: Variant, directory: Path, scope: str | None, tree: Tree | None, round_no: int
+) -> str:
+    """One run of the suite for ``variant`` (host: ``tree`` None), kept; what it took, in words.
+
+    StepFailed: the run produced nothing to keep (the caller records it).
+    """
+    path, kernel = (None, None) if tree is None else (tree.path, tree.kernel)
+    result = run_suite(directory, scope, path, kernel)
+    result.round_no = round_no
+    variant.runs.append(result)
+    return (f"{result.wall:.2f} s whole, {result.span:.2f} s in tests, "
+            f"{len(result.passed)}/{len(result.tests)} passed")  # fmt: skip

@@ -85,6 +85,32 @@ class Context:
     cli_dirs: set[str] = field(default_factory=set)
 
 
+def prepare_context(
+    tmp: Path, kernel: Path, *, xdist_tests: int, module_tests: int = 30
+) -> Context:
+    """The floor's initramfs and the test files of the pytest rows, under ``tmp``."""
+    ctx = Context(
+        tmp=tmp,
+        kernel=kernel,
+        initrd=tmp / "floor.cpio",
+        floor_args=floor_args(tmp / "floor.cpio"),
+        module_tests=module_tests,
+        xdist_tests=xdist_tests,
+    )
+    build_floor_initramfs(ctx.initrd)
+    module = MODULE_HEADER + "".join(TRIVIAL_TEST.format(n=n) for n in range(module_tests))
+    function = FUNCTION_HEADER + "".join(TRIVIAL_TEST.format(n=n) for n in range(xdist_tests))
+    for name, text in (("one", ONE_TEST), ("module", module), ("function", function)):
+        directory = tmp / name
+        directory.mkdir()
+        (directory / "pytest.ini").write_text("")  # keeps the repository's config away
+        (directory / f"test_{name}.py").write_text(text)
+    ctx.one_test = tmp / "one" / "test_one.py"
+    ctx.module_file = tmp / "module" / "test_module.py"
+    ctx.function_file = tmp / "function" / "test_function.py"
+    return ctx
+
+
 def build_floor_initramfs(path: Path) -> None:
     """busybox, its libraries and an /init that powers off at once, in a newc archive."""
     with open(path, "wb") as out:
@@ -226,15 +252,19 @@ def pytest_run(
     passed: int,
     extra: tuple[str, ...] = (),
     plugins: tuple[str, ...] | None = ONLY_OURS,
+    tree: Path | None = None,
 ) -> float:
     """A whole `python -m pytest -q -p no:cacheprovider [extra] FILE` run in FILE's directory.
 
     With ``plugins``, only those plugins load (PYTEST_DISABLE_PLUGIN_AUTOLOAD=1 and
     ``-p`` each), on the host and so in the guest: the time is pytest's and ours,
     not that of whatever else this environment has installed. ``None``: every
-    installed plugin loads, as in a plain ``pytest`` run here.
+    installed plugin loads, as in a plain ``pytest`` run here. ``tree``: the
+    plugin comes from there (PYTHONPATH), e.g. a reference checkout's copy.
     """
     env = clean_env()
+    if tree is not None:
+        env["PYTHONPATH"] = str(tree)
     argv = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"]
     if plugins is not None:
         env["PYTEST_DISABLE_PLUGIN_AUTOLOAD"] = "1"

@@ -125,10 +125,34 @@ def kill_group(pid: int) -> None:
         os.killpg(pid, signal.SIGKILL)
 
 
+# PYTHONDONTWRITEBYTECODE: some sandboxes set it globally; a user's machine
+# writes bytecode caches, and reading them is part of every start-up measured.
+_NOT_PASSED_ON = {
+    "PYTEST_ADDOPTS", "PYTEST_PLUGINS", "PYTEST_DISABLE_PLUGIN_AUTOLOAD", "PYTHONDONTWRITEBYTECODE",
+}  # fmt: skip
+
+
 def clean_env() -> dict[str, str]:
-    """Our environment without what would change how pytest loads plugins."""
-    drop = {"PYTEST_ADDOPTS", "PYTEST_PLUGINS", "PYTEST_DISABLE_PLUGIN_AUTOLOAD"}
-    return {k: v for k, v in os.environ.items() if k not in drop}
+    """Our environment without what would change how pytest loads plugins or Python starts."""
+    return {k: v for k, v in os.environ.items() if k not in _NOT_PASSED_ON}
+
+
+def private_tree(tmp: Path, tree: str) -> Path:
+    """A copy of ``tree``'s package under ``tmp``, for PYTHONPATH, named after ``tree``.
+
+    With bytecode caches on (see clean_env), Python writes ``__pycache__``
+    beside the sources it imports: into the copy, never into ``tree`` (a
+    reference checkout may be read-only, or shared).
+    """
+    source = Path(tree).resolve()
+    copy = tmp / "trees" / source.name
+    if not copy.exists():
+        shutil.copytree(
+            source / "pytest_fakemachine",
+            copy / "pytest_fakemachine",
+            ignore=shutil.ignore_patterns("__pycache__"),
+        )
+    return copy
 
 
 def tail(text: str | bytes, lines: int = 8) -> str:
@@ -149,11 +173,15 @@ def python_error(stderr: str) -> str:
 def run_step(
     argv: list[str], cwd: Path, timeout: float, what: str, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
-    """``argv`` in its own session, output captured; StepFailed after ``timeout``."""
+    """``argv`` in its own session, output captured; StepFailed after ``timeout``.
+
+    ``env`` None: :func:`clean_env`.
+    """
     try:
         return subprocess.run(
             argv, cwd=cwd, stdin=subprocess.DEVNULL, capture_output=True, text=True,
-            timeout=timeout, start_new_session=True, env=env, check=False,
+            timeout=timeout, start_new_session=True, check=False,
+            env=clean_env() if env is None else env,
         )  # fmt: skip
     except subprocess.TimeoutExpired:
         raise StepFailed(f"{what} took over {timeout:g} s") from None
