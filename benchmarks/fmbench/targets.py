@@ -23,7 +23,8 @@ from pathlib import Path
 
 from pytest_fakemachine import FakeMachineError, Machine
 from pytest_fakemachine._kernel import kernel_info, seccomp_used
-from pytest_fakemachine._uml import find_kernel, leftovers
+from pytest_fakemachine._uml import leftovers
+from pytest_fakemachine._uml_host import find_kernel
 
 from . import realsuite
 from .breakdown import suite_breakdown_lines, suite_probe_parts
