@@ -125,17 +125,22 @@ def fingerprint(machine: Machine, image_dir: Path) -> tuple[Any, ...]:
             list(machine.volumes), list(machine.extra_kernel_args))  # fmt: skip
 
 
-def _settle(run: GuestRun) -> None:
+def _settle(run: GuestRun, tick: Callable[[], None] | None) -> None:
     """At its test's turn, let a guest still booting ahead reach its wait or
     end: one that dies on the way (its runner failed to start) must count as
     gone, not hand the test a guest powering off. Bounded by the default boot
-    limit: a guest slower than that is given up and the test boots its own."""
+    limit: a guest slower than that is given up and the test boots its own.
+    ``tick`` runs meanwhile, as in any wait for a guest: the next tests' guests
+    boot ahead on the CPU the previous test left (without it, booting ahead
+    went one guest at a time: 10 trivial tests took 25 s instead of 15)."""
     guest, go = run.guest, run.go
     deadline = time.monotonic() + DEFAULT_BOOT_TIMEOUT
     while guest is not None and go is not None and not go.waiting() and not guest.exited():
         if time.monotonic() > deadline:
             guest.kill()
             return
+        if tick is not None:
+            tick()
         guest.wait(0.02)
 
 
@@ -252,7 +257,7 @@ class BootAhead:
         ``ahead``'s image directory) boots as it was booted; else ``new``, and
         the guest booted ahead is gone."""
         run = ahead.run
-        _settle(run)
+        _settle(run, new.tick)
         # A guest that died meanwhile (e.g. past its boot limit on a busy
         # machine) says nothing of the test: the test boots its own.
         gone = run.guest is None or run.guest.exited()

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, cast
 
 import pytest
 
 from pytest_fakemachine import Machine
-from pytest_fakemachine._ahead import GoLine, cpu_share, fingerprint
+from pytest_fakemachine._ahead import Ahead, BootAhead, GoLine, cpu_share, fingerprint
 from pytest_fakemachine._settings import settings_key
 
 
@@ -76,3 +78,44 @@ def test_boot_ahead_is_on_unless_the_option_or_ini_says_off(pytester: pytest.Pyt
     assert config.stash[settings_key].boot_ahead is True
     result = pytester.runpytest_subprocess("--help")
     result.stdout.fnmatch_lines(["*--fakemachine-boot-ahead={on,off}*", "*fakemachine_boot_ahead*"])
+
+
+class _BootingGuest:
+    """A guest booted ahead that is still booting when its test's turn comes."""
+
+    def exited(self) -> bool:
+        return False
+
+    def __init__(self) -> None:
+        self.waits = 0
+
+    def wait(self, timeout: float) -> None:
+        self.waits += 1
+        if self.waits > 100:  # 2 s of 20 ms waits: the booster was never ticked
+            raise AssertionError("the turn waited for the guest without booting others ahead")
+
+    def kill(self) -> None:
+        raise AssertionError("a guest that reaches its wait in time is not killed")
+
+
+def test_while_a_guest_finishes_booting_at_its_turn_the_next_ones_boot_ahead(
+    tmp_path: Path,
+) -> None:
+    # The turn waits for the guest to reach its wait (one that dies on the way
+    # must count as gone); meanwhile the booster must go on booting the next
+    # tests' guests, or booting ahead goes one guest at a time.
+    ticks: list[int] = []
+    booted = Machine()
+    run = SimpleNamespace(
+        guest=_BootingGuest(), go=SimpleNamespace(waiting=lambda: len(ticks) >= 3),
+        machine=booted, image_dir=tmp_path, begin=lambda: None,
+    )  # fmt: skip
+    new = SimpleNamespace(
+        machine=Machine(), image_dir=tmp_path, tick=lambda: ticks.append(1),
+        on_outcome=lambda outcome: None, close=lambda graceful: None,
+    )  # fmt: skip
+    ahead = Ahead(cast(Any, None), cast(Any, run), fingerprint(booted, tmp_path))
+    booster = BootAhead(2, lambda item: cast(Any, None))
+    assert booster.hand_over(ahead, cast(Any, new)) is cast(Any, run)
+    assert len(ticks) == 3
+    assert (booster.hits, booster.misses) == (1, 0)
