@@ -111,10 +111,10 @@ def offer(measured: Sequence[Measured]) -> tuple[Measured | None, Measured | Non
 def _cache_path(kernels: Sequence[KernelInfo]) -> Path | None:
     try:
         directory = cache_dir()
-        identities = [(str(k.path), k.path.stat().st_ino, k.path.stat().st_size,
-                       k.path.stat().st_mtime_ns) for k in kernels]  # fmt: skip
+        stats = [(str(k.path), k.path.stat()) for k in kernels]
     except (FakeMachineError, OSError):
         return None
+    identities = [(path, st.st_ino, st.st_size, st.st_mtime_ns) for path, st in stats]
     key = hashlib.sha256(json.dumps([identities, WORKLOAD, ROUNDS]).encode()).hexdigest()[:24]
     return directory / f"kernel-times-{key}.json"
 
