@@ -99,10 +99,12 @@ def verdicts(rows: dict[str, Row], module_tests: int) -> dict[str, Verdict]:
     )
     out["n0"] = Verdict("", "", "")
     r = _ratio(rows["n0"].median, rows["n2"].median)
+    # Issue #15 re-based this row: -n 0 boots ahead on the idle CPU, so -n 2
+    # has only to keep up with it (it was 1.6x the throughput of -n 0).
     out["n2"] = Verdict(
         "-" if r is None else f"{r:.2f}x the throughput of -n 0",
-        ">= 1.6x throughput",
-        _check(r, lambda x: x >= 1.6),
+        ">= 1.0x throughput",
+        _check(r, lambda x: x >= 1.0),
     )
     for key in ("mem", "mem_net"):
         m = rows[key].median
