@@ -34,6 +34,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from fmbench.runner import clean_env  # beside this script, on sys.path when it runs
+
 TEST = """\
 import pytest
 
@@ -136,9 +138,7 @@ def one_run(tree: Path, work: Path, extra: list[str]) -> tuple[dict[str, float],
     out, host = work / "guest.json", work / "host.json"
     for f in (out, host):
         f.unlink(missing_ok=True)
-    # Bytecode caches written as on a user's machine (this sandbox sets the variable).
-    unset = ("PYTEST_ADDOPTS", "PYTHONDONTWRITEBYTECODE")
-    env = {k: v for k, v in os.environ.items() if k not in unset}
+    env = clean_env()  # bytecode caches written, as on a user's machine
     env.update(PYTHONPATH=f"{tree}{os.pathsep}{work}", PYTEST_DISABLE_PLUGIN_AUTOLOAD="1",
                FMCPU_HOST=str(host))  # fmt: skip
     argv = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p",

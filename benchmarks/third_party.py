@@ -35,6 +35,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from fmbench.runner import clean_env  # beside this script, on sys.path when it runs
+
 PLUGIN = """\
 import json, os
 import pytest
@@ -85,8 +87,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     kernels = args.kernel or [shutil.which("linux.uml") or "linux.uml"]
-    base = {k: v for k, v in os.environ.items()
-            if k not in ("PYTHONDONTWRITEBYTECODE", "PYTEST_ADDOPTS", "PYTHONPATH")}  # fmt: skip
+    base = {k: v for k, v in clean_env().items() if k != "PYTHONPATH"}
     pytest_argv = [args.python, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-p", "fmtp"]
     load = [os.getloadavg()[0]]
     started = time.monotonic()

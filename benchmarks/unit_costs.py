@@ -35,6 +35,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from fmbench.runner import clean_env  # beside this script, on sys.path when it runs
+
 from pytest_fakemachine import Machine
 
 SCRIPT = r"""
@@ -116,7 +118,7 @@ def suite_counts(suite: Path, python: str) -> dict[str, int]:
         argv = ["unshare", "-mn", "--propagation", "private", "strace", "-f", "-qq", "-o",
                 str(log), python, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p",
                 "no:fakemachine", str(suite.resolve())]  # fmt: skip
-        env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+        env = clean_env()
         proc = subprocess.run(argv, capture_output=True, text=True, check=False, env=env, cwd=tmp)
         summary = (proc.stdout.strip().splitlines() or ["no output"])[-1]
         calls = lookups = 0
