@@ -104,7 +104,7 @@ def _kernel_choice(info: KernelInfo, say: Callable[[str], None]) -> list[Check]:
                             "Debian 12's or 13's user-mode-linux", required=False))  # fmt: skip
     others = []
     for path in installed_kernels(shutil.which("linux.uml")):
-        if path.resolve() == info.path.resolve():
+        if path.resolve() == info.path:  # kernel_info() keeps the resolved path
             continue
         try:
             others.append(kernel_info(path))
