@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .runner import REPO, StepFailed, clean_env, run_step, sweep, tail
+from .runner import REPO, StepFailed, children_cpu, clean_env, run_step, sweep, tail
 
 SUITE_DIR = REPO / "benchmarks" / "realsuite"
 SUITE_FILE = "test_realsuite.py"
@@ -47,6 +47,7 @@ class SuiteRun:
     outcomes: dict[str, str]  # nodeid -> worst outcome of its phases
     probe: dict[str, Any] | None = None  # the guest's clocks and counters (scope=module)
     round_no: int = 0  # which round of the interleaved run it belongs to
+    cpu: float = 0.0  # CPU seconds of the whole run: pytest, guests (host clock)
 
     @property
     def span(self) -> float:
@@ -101,9 +102,10 @@ def run_suite(
         if kernel is not None:
             argv.append(f"--fakemachine-kernel={kernel}")
     argv.append(SUITE_FILE)
-    start = time.monotonic()
+    start, cpu_start = time.monotonic(), children_cpu()
     proc = run_step(argv, directory, SUITE_TIMEOUT, "the real suite", env)
     wall = time.monotonic() - start
+    cpu = children_cpu() - cpu_start
     if proc.returncode not in (0, 1):  # 1: some tests failed, which the rows account for
         raise StepFailed(f"pytest exit status {proc.returncode}:\n{tail(proc.stdout, 30)}")
     try:
@@ -130,7 +132,7 @@ def run_suite(
         probed = json.loads(probe.read_text()) if probe.exists() else None
     except (OSError, ValueError):
         probed = None
-    return SuiteRun(wall, tests, passed, outcomes, probed)
+    return SuiteRun(wall, tests, passed, outcomes, probed, cpu=cpu)
 
 
 def common_tests(variants: list[Variant]) -> set[str]:
@@ -147,11 +149,16 @@ def _fmt(value: float | None, suffix: str = " s") -> str:
     return "-" if value is None else f"{value:.2f}{suffix}"
 
 
-def per_round_ratio(a: Variant, b: Variant, fn: Callable[[SuiteRun], float]) -> list[float]:
-    """fn(a's run) / fn(b's run) for each round both have a run of (a failed run has none)."""
+def per_round_ratio(
+    a: Variant, b: Variant, fn: Callable[[SuiteRun], float],
+    fn_b: Callable[[SuiteRun], float] | None = None,
+) -> list[float]:  # fmt: skip
+    """fn(a's run) / fn_b(b's run) for each round both have a run of (a failed
+    run has none); ``fn_b`` None: ``fn``."""
     of_b = {run.round_no: run for run in b.runs}
     pairs = [(x, of_b[x.round_no]) for x in a.runs if x.round_no in of_b]
-    return [fn(x) / fn(y) for x, y in pairs if fn(y) > 0]
+    fb = fn if fn_b is None else fn_b
+    return [fn(x) / fb(y) for x, y in pairs if fb(y) > 0]
 
 
 def tests_time(run: SuiteRun, common: set[str]) -> float:
@@ -175,6 +182,18 @@ def function_ratio(function: Variant, module: Variant) -> float | None:
 def per_test(variant: Variant) -> float | None:
     """Median whole run / number of tests."""
     return _median([r.wall / max(1, len(r.tests)) for r in variant.runs])
+
+
+def busy(variant: Variant, cpus: int) -> float | None:
+    """How busy the run kept the CPUs: median of its CPU time / (wall time x CPUs)."""
+    return _median([r.cpu / (r.wall * cpus) for r in variant.runs if r.wall > 0])
+
+
+def function_bound(function: Variant, module: Variant, cpus: int) -> float | None:
+    """Row 3's ratio had no CPU ever been idle in the function-scoped run (its
+    CPU time / CPUs as its wall time), against the module's per-test cost:
+    the best this machine allows for the same CPU work."""
+    return _median(per_round_ratio(function, module, lambda r: r.cpu / cpus, lambda r: r.wall))
 
 
 def table_lines(variants: dict[str, Variant], trees: list[tuple[str, str]],

@@ -25,6 +25,7 @@ from pytest_fakemachine._uml import GuestProcess, leftovers
 from .runner import (
     REPO,
     StepFailed,
+    children_cpu,
     clean_env,
     cmdline,
     descendants,
@@ -253,6 +254,8 @@ def pytest_run(
     extra: tuple[str, ...] = (),
     plugins: tuple[str, ...] | None = ONLY_OURS,
     tree: Path | None = None,
+    *,
+    cpu: list[float] | None = None,
 ) -> float:
     """A whole `python -m pytest -q -p no:cacheprovider [extra] FILE` run in FILE's directory.
 
@@ -261,6 +264,7 @@ def pytest_run(
     not that of whatever else this environment has installed. ``None``: every
     installed plugin loads, as in a plain ``pytest`` run here. ``tree``: the
     plugin comes from there (PYTHONPATH), e.g. a reference checkout's copy.
+    ``cpu``: the run's CPU seconds (pytest, its workers and guests) are appended to it.
     """
     env = clean_env()
     if tree is not None:
@@ -271,9 +275,10 @@ def pytest_run(
         for plugin in plugins:
             argv += ["-p", plugin]
     argv += [*extra, path.name]
-    start = time.monotonic()
+    start, cpu_start = time.monotonic(), children_cpu()
     proc = run_step(argv, path.parent, PYTEST_TIMEOUT, "pytest", env)
     elapsed = time.monotonic() - start
+    used = children_cpu() - cpu_start
     summary = (proc.stdout.strip().splitlines() or [""])[-1]
     if (
         proc.returncode != 0
@@ -281,6 +286,8 @@ def pytest_run(
         or re.search(r"failed|error|skipped|xfail|xpass|deselected", summary)
     ):
         raise StepFailed(f"pytest exit status {proc.returncode}:\n{tail(proc.stdout, 40)}")
+    if cpu is not None:
+        cpu.append(used)
     return elapsed
 
 

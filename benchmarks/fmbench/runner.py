@@ -6,6 +6,7 @@ import contextlib
 import ctypes
 import os
 import re
+import resource
 import shutil
 import signal
 import subprocess
@@ -185,6 +186,19 @@ def run_step(
         )  # fmt: skip
     except subprocess.TimeoutExpired:
         raise StepFailed(f"{what} took over {timeout:g} s") from None
+
+
+def children_cpu() -> float:
+    """CPU seconds (user + system) of every descendant reaped so far: a step's
+    is the difference around it (its pytest, and the guests' UML processes,
+    which pytest reaps)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def cpus() -> int:
+    """The CPUs this benchmark (and so each step) may run on."""
+    return len(os.sched_getaffinity(0))
 
 
 @contextlib.contextmanager

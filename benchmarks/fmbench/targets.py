@@ -40,7 +40,7 @@ from .rows import (
     prepare_context,
     pytest_run,
 )
-from .runner import StepFailed, private_tree, processes, sweep, workspace
+from .runner import StepFailed, cpus, private_tree, processes, sweep, workspace
 
 MARK_START = "<!-- targets:start -->"
 MARK_END = "<!-- targets:end -->"
@@ -113,6 +113,8 @@ def trivial_rows(ctx: Context, ref: Path) -> dict[str, Row]:
             ("n0_ref", f"pytest -n 0: {ctx.xdist_tests} marked tests, {ref.name}", "s"),
             ("n0", f"pytest -n 0: {ctx.xdist_tests} marked tests, this tree", "s"),
             ("n2", f"pytest -n 2: {ctx.xdist_tests} marked tests, this tree", "s"),
+            ("n0_cpu", "  its CPU time (pytest, guests): -n 0, this tree", "s"),
+            ("n2_cpu", "  its CPU time (pytest, workers, guests): -n 2, this tree", "s"),
             ("mem", "peak memory of one guest (PSS), defaults", "MiB"),
             ("mem_net", "peak memory of one guest (PSS), network=True", "MiB"),
         )
@@ -127,12 +129,18 @@ def trivial_steps(rows: dict[str, Row], ctx: Context, ref: Path) -> list[Step]:
         "one": lambda: pytest_run(ctx.one_test, 1),
         "module": lambda: pytest_run(ctx.module_file, ctx.module_tests),
         "n0_ref": lambda: pytest_run(f, n, ("-n", "0"), WITH_XDIST, tree=ref),
-        "n0": lambda: pytest_run(f, n, ("-n", "0"), WITH_XDIST),
-        "n2": lambda: pytest_run(f, n, ("-n", "2"), WITH_XDIST),
+        "n0": lambda: pytest_run(f, n, ("-n", "0"), WITH_XDIST, cpu=rows["n0_cpu"].values),
+        "n2": lambda: pytest_run(f, n, ("-n", "2"), WITH_XDIST, cpu=rows["n2_cpu"].values),
         "mem": lambda: peak_memory(network=False),
         "mem_net": lambda: peak_memory(network=True),
     }
     return [row_step(rows[key], fn) for key, fn in measure.items()]
+
+
+def _busy(cpu: float | None, wall: float | None) -> str:
+    """How busy a run kept this machine's CPUs, in words."""
+    share = _ratio(cpu, None if wall is None else wall * cpus())
+    return "-" if share is None else f"{share:.0%}"
 
 
 @dataclass
@@ -203,10 +211,13 @@ def function_lines(variants: dict[str, Variant], kernels: list[Kernel]) -> list[
             continue
         module = variants[f"module_{k.tree.key}"]
         ratio = realsuite.function_ratio(function, module)
+        busy = realsuite.busy(function, cpus())
+        bound = realsuite.function_bound(function, module, cpus())
         lines.append(Line(
             f"  Linux {k.version} ({k.mode})",
             f"{fmt_value(realsuite.per_test(function), 's')} against scope=module "
-            f"{fmt_value(realsuite.per_test(module), 's')}: {_x(ratio)}",
+            f"{fmt_value(realsuite.per_test(module), 's')}: {_x(ratio)}; "
+            f"CPUs {'-' if busy is None else f'{busy:.0%}'} busy, {_x(bound)} if never idle",
             "<= 1.6x the module's", _judge(ratio, lambda x: x <= 1.6),
         ))  # fmt: skip
     return lines
@@ -242,9 +253,14 @@ def trivial_lines(rows: dict[str, Row], ref_label: str) -> tuple[Line, list[Line
              _judge(worst_mem, lambda x: x <= 150)),
     ]  # fmt: skip
     xdist = _ratio(m["n0"], m["n2"])
+    # The best -n 2 could do with its CPU work: its CPU time spread over every CPU.
+    bound = _ratio(m["n0"], _ratio(m["n2_cpu"], cpus()))
     row5 = Line(
         f"5. {n} function-scoped trivial tests, -n 2",
-        f"-n 0 {fmt_value(m['n0'], 's')} / -n 2 {fmt_value(m['n2'], 's')} = {_x(xdist)}",
+        f"-n 0 {fmt_value(m['n0'], 's')} / -n 2 {fmt_value(m['n2'], 's')} = {_x(xdist)}; "
+        f"CPU {fmt_value(m['n0_cpu'], 's')} / {fmt_value(m['n2_cpu'], 's')}, "
+        f"{_busy(m['n0_cpu'], m['n0'])} / {_busy(m['n2_cpu'], m['n2'])} busy, "
+        f"{_x(bound)} if -n 2 were never idle",
         "-n 0 / -n 2 >= 1.0x",
         _judge(xdist, lambda x: x >= 1.0),
     )
