@@ -21,7 +21,7 @@ from pathlib import Path
 from . import _templates as t
 from ._config import ImageSpec, Volume
 from ._errors import BootError, FakeMachineError, GuestTimeout
-from ._guest_system import BOOT_SOCKETS, procps_needs_core_id
+from ._guest_system import BOOT_SOCKETS, boot_tmpfs_mounts, procps_needs_core_id
 from ._initramfs import initramfs
 from ._uml import GuestProcess, Reaper
 from ._uml_host import MODULES_MOUNTPOINT, memory_dir, memory_file_full
@@ -169,8 +169,10 @@ class Session:
 
     def _write_static_files(self) -> None:
         work = self.workdir
-        mounts = [_hostfs(path, path, read_only=True) for path in STATIC_MOUNTS
-                  if os.path.isdir(path)]  # fmt: skip
+        # First: volumes may go below them. As on the host (Debian 13's /tmp).
+        mounts = [_mount("tmpfs", where, "tmpfs", opts) for where, opts in boot_tmpfs_mounts()]
+        mounts += [_hostfs(path, path, read_only=True) for path in STATIC_MOUNTS
+                   if os.path.isdir(path)]  # fmt: skip
         if procps_needs_core_id():  # init's copy of /proc/cpuinfo, for procps' ps
             mounts.append(_mount(t.CPUINFO, "/proc/cpuinfo", "none", "bind"))
         # Here, not by systemd's dev-mqueue.mount (a mount process) on first use.

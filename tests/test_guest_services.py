@@ -5,9 +5,11 @@ as a user. One guest for all; no test starts anything by hand first.
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
@@ -34,6 +36,20 @@ def test_system_bus_is_socket_activated() -> None:
     assert listed.returncode == 0, listed.stderr
     assert "org.freedesktop.systemd1" in listed.stdout
     assert sh("systemctl is-active dbus.service").stdout.strip() == "active"
+
+
+@in_guest
+def test_the_first_unit_started_keeps_what_tmp_holds(tmp_path: Path) -> None:
+    """The first unit with default dependencies starts sysinit.target and
+    local-fs.target, and one with PrivateTmp= requires the mount of /tmp: on
+    Debian 13 (which mounts a tmpfs on /tmp at boot) either mounted an empty
+    tmpfs over /tmp then, the test's tmp_path included."""
+    (tmp_path / "kept").write_text("still here")
+    ran = sh("systemd-run --wait -q -p PrivateTmp=yes sh -c 'test ! -e /tmp/mine && : >/tmp/mine'")
+    assert ran.returncode == 0, ran.stderr
+    assert (tmp_path / "kept").read_text() == "still here"
+    assert not os.path.exists("/tmp/mine")  # the unit had a /tmp of its own
+    assert sh("systemctl is-active local-fs.target").stdout.strip() == "active"
 
 
 @in_guest

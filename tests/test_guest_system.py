@@ -217,3 +217,30 @@ def test_cpuinfo_copy_only_for_a_ps_that_needs_core_id(
 
     monkeypatch.setattr(subprocess, "run", fake_run)
     assert gs.procps_needs_core_id.__wrapped__() is needed
+
+
+@pytest.mark.parametrize(
+    ("wants", "masked", "expected"),
+    [
+        (True, False, [("/tmp", "mode=1777,nosuid,size=50%")]),  # Debian 13
+        (False, False, []),  # Debian 12: tmp.mount is shipped, wanted by nothing
+        (True, True, []),  # the admin masked it
+    ],
+    ids=["wanted", "not-wanted", "masked"],
+)
+def test_boot_tmpfs_mounts_are_those_the_hosts_systemd_makes(
+    tmp_path: Path, wants: bool, masked: bool, expected: list[tuple[str, str]]
+) -> None:
+    units = tmp_path / "usr/lib/systemd/system"
+    (units / "local-fs.target.wants").mkdir(parents=True)
+    (units / "tmp.mount").write_text(
+        "[Unit]\nBefore=local-fs.target\n[Mount]\nWhat=tmpfs\nWhere=/tmp\nType=tmpfs\n"
+        "Options=mode=1777,nosuid,size=50%%\n[Install]\nWantedBy=local-fs.target\n"
+    )
+    if wants:
+        (units / "local-fs.target.wants" / "tmp.mount").symlink_to("../tmp.mount")
+    if masked:
+        (tmp_path / "etc/systemd/system").mkdir(parents=True)
+        (tmp_path / "etc/systemd/system/tmp.mount").symlink_to("/dev/null")
+    assert list(gs.boot_tmpfs_mounts.__wrapped__(str(tmp_path))) == expected
+    assert "tmp.mount" in gs.MASKED_UNITS  # the guest's systemd never mounts it again
