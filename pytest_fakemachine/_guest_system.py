@@ -218,7 +218,9 @@ def procps_needs_core_id() -> bool:
 
 
 # One expression: /etc is walked at every boot (the cache key), 1,300 entries.
-_DENIED_RE = re.compile("|".join(fnmatch.translate(p) for p in _DENIED + _REPLACED))
+# The units masked in the guest replace the host's own (e.g. a tmp.mount in /etc).
+_MASKED = tuple(f"systemd/system/{name}" for name in MASKED_UNITS)
+_DENIED_RE = re.compile("|".join(fnmatch.translate(p) for p in _DENIED + _REPLACED + _MASKED))
 
 
 def denied(relpath: str) -> bool:
@@ -319,9 +321,10 @@ def boot_tmpfs_mounts(root: str = "/") -> tuple[tuple[str, str], ...]:
         dirs = [os.path.join(root, d.lstrip("/")) for d in _UNIT_DIRS]
         unit = next((os.path.join(d, name) for d in dirs
                      if os.path.lexists(os.path.join(d, name))), None)  # fmt: skip
-        wanted = any(os.path.lexists(os.path.join(d, "local-fs.target.wants", name))
-                     and os.path.realpath(os.path.join(d, "local-fs.target.wants", name))
-                     != "/dev/null" for d in dirs)  # fmt: skip
+        # The first directory that has the link decides: /etc's /dev/null masks /usr's.
+        links = [os.path.join(d, "local-fs.target.wants", name) for d in dirs]
+        link = next((path for path in links if os.path.lexists(path)), None)
+        wanted = link is not None and os.path.realpath(link) != "/dev/null"
         if unit is None or os.path.realpath(unit) == "/dev/null" or not wanted:
             continue
         fields = _mount_section(_read(unit))

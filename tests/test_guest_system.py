@@ -222,14 +222,15 @@ def test_cpuinfo_copy_only_for_a_ps_that_needs_core_id(
 @pytest.mark.parametrize(
     ("wants", "masked", "expected"),
     [
-        (True, False, [("/tmp", "mode=1777,nosuid,size=50%")]),  # Debian 13
-        (False, False, []),  # Debian 12: tmp.mount is shipped, wanted by nothing
-        (True, True, []),  # the admin masked it
+        (True, "", [("/tmp", "mode=1777,nosuid,size=50%")]),  # Debian 13
+        (False, "", []),  # Debian 12: tmp.mount is shipped, wanted by nothing
+        (True, "tmp.mount", []),  # the admin masked it
+        (True, "local-fs.target.wants/tmp.mount", []),  # or masked it as a dependency
     ],
-    ids=["wanted", "not-wanted", "masked"],
+    ids=["wanted", "not-wanted", "masked", "masked-as-a-dependency"],
 )
 def test_boot_tmpfs_mounts_are_those_the_hosts_systemd_makes(
-    tmp_path: Path, wants: bool, masked: bool, expected: list[tuple[str, str]]
+    tmp_path: Path, wants: bool, masked: str, expected: list[tuple[str, str]]
 ) -> None:
     units = tmp_path / "usr/lib/systemd/system"
     (units / "local-fs.target.wants").mkdir(parents=True)
@@ -240,7 +241,9 @@ def test_boot_tmpfs_mounts_are_those_the_hosts_systemd_makes(
     if wants:
         (units / "local-fs.target.wants" / "tmp.mount").symlink_to("../tmp.mount")
     if masked:
-        (tmp_path / "etc/systemd/system").mkdir(parents=True)
-        (tmp_path / "etc/systemd/system/tmp.mount").symlink_to("/dev/null")
+        (tmp_path / "etc/systemd/system" / masked).parent.mkdir(parents=True)
+        (tmp_path / "etc/systemd/system" / masked).symlink_to("/dev/null")
     assert list(gs.boot_tmpfs_mounts.__wrapped__(str(tmp_path))) == expected
-    assert "tmp.mount" in gs.MASKED_UNITS  # the guest's systemd never mounts it again
+    # The guest's systemd never mounts it again, and a host's own copy never replaces the mask.
+    assert "tmp.mount" in gs.MASKED_UNITS
+    assert gs.denied("systemd/system/tmp.mount")
