@@ -317,8 +317,8 @@ def boot_tmpfs_mounts(root: str = "/") -> tuple[tuple[str, str], ...]:
     (mount point, options), from each unit that local-fs.target wants and that
     is not masked, as its [Mount] section says."""
     mounts = []
+    dirs = [os.path.join(root, d.lstrip("/")) for d in _UNIT_DIRS]
     for name in BOOT_TMPFS_UNITS:
-        dirs = [os.path.join(root, d.lstrip("/")) for d in _UNIT_DIRS]
         unit = next((os.path.join(d, name) for d in dirs
                      if os.path.lexists(os.path.join(d, name))), None)  # fmt: skip
         # The first directory that has the link decides: /etc's /dev/null masks /usr's.
