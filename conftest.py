@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from pytest_fakemachine import _session
-from pytest_fakemachine._dispatch import state_key
-from pytest_fakemachine._uml import leftovers
+from pytest_fakemachine.backend.uml.process import leftovers
+from pytest_fakemachine.runs.dispatch import state_key
 
 pytest_plugins = ["pytester"]
 

@@ -35,7 +35,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pytest_fakemachine import Machine
-from pytest_fakemachine._kernel import SECCOMP_ENV, kernel_info
+from pytest_fakemachine.backend.uml.kernel import SECCOMP_ENV, kernel_info
 
 # Timed in the guest; prints one JSON object of seconds per workload.
 GUEST_SCRIPT = r"""

@@ -10,11 +10,11 @@ from typing import Any, Union, final
 
 from . import _config as c
 from ._errors import ConfigError
-from ._initramfs import initramfs
-from ._kernel import boot_args
 from ._session import CWD_MISSING, Session, command_body
-from ._templates import LABEL_DIR
-from ._uml_host import find_kernel, find_slirp, module_dir, modules_mountpoint
+from .backend.uml.host import find_kernel, find_slirp, module_dir, modules_mountpoint
+from .backend.uml.kernel import boot_args
+from .image.initramfs import initramfs
+from .image.templates import LABEL_DIR
 
 __all__ = ["Machine", "RunResult"]
 

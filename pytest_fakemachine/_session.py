@@ -18,13 +18,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import _templates as t
 from ._config import ImageSpec, Volume
 from ._errors import BootError, FakeMachineError, GuestTimeout
-from ._guest_system import BOOT_SOCKETS, boot_tmpfs_mounts, procps_needs_core_id
-from ._initramfs import initramfs
-from ._uml import GuestProcess, Reaper
-from ._uml_host import MODULES_MOUNTPOINT, memory_dir, memory_file_full
+from .backend.uml.host import MODULES_MOUNTPOINT, memory_dir, memory_file_full
+from .backend.uml.process import GuestProcess, Reaper
+from .image import templates as t
+from .image.initramfs import initramfs
+from .image.system import BOOT_SOCKETS, boot_tmpfs_mounts, procps_needs_core_id
 
 __all__ = ["BootOutcome", "Session", "command_body", "console_tail"]
 

@@ -34,13 +34,32 @@ from collections.abc import Callable
 from types import FrameType, TracebackType
 from typing import Any, final
 
-from . import _templates as t
-from ._streams import start_thread, write_all
+from .image import templates as t
 
-__all__ = ["GuestTerminal", "TerminalRelay", "open_terminal", "window_size"]
+__all__ = [
+    "GuestTerminal",
+    "TerminalRelay",
+    "open_terminal",
+    "start_thread",
+    "window_size",
+    "write_all",
+]
 
 CHUNK = 1 << 16
 _POLL_SECONDS = 0.02
+
+
+def start_thread(target: Callable[[], None], name: str) -> threading.Thread:
+    thread = threading.Thread(target=target, name=name, daemon=True)
+    thread.start()
+    return thread
+
+
+def write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
 
 
 def window_size(fd: int) -> tuple[int, int]:

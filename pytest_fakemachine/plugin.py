@@ -18,7 +18,10 @@ import pytest
 from _pytest.runner import CallInfo
 
 from . import _settings, hooks
-from ._dispatch import (
+from ._errors import BackendUnavailable, FakeMachineError
+from ._inguest import in_fakemachine
+from ._settings import settings_key
+from .runs.dispatch import (
     State,
     close_run,
     look_ahead,
@@ -29,10 +32,7 @@ from ._dispatch import (
     why_shell_off,
     why_unavailable,
 )
-from ._errors import BackendUnavailable, FakeMachineError
-from ._inguest import in_fakemachine
-from ._settings import settings_key
-from ._transport import covers, failure_reports, report_collect_error
+from .runs.transport import covers, failure_reports, report_collect_error
 
 if TYPE_CHECKING:
     from ._machine import Machine
@@ -65,7 +65,7 @@ def pytest_configure(config: pytest.Config) -> None:
 @pytest.hookimpl(tryfirst=True)
 def pytest_cmdline_main(config: pytest.Config) -> int | None:
     if config.getoption("fakemachine_doctor", False):
-        from ._doctor import run_doctor  # noqa: PLC0415 (host only, see the docstring)
+        from .cli.doctor import run_doctor  # noqa: PLC0415 (host only, see the docstring)
 
         # Before pytest_configure: the settings are resolved here for the doctor.
         try:
@@ -95,7 +95,7 @@ def pytest_report_header(config: pytest.Config) -> str | None:
                                  ).stdout.strip()  # fmt: skip
     except (OSError, subprocess.SubprocessError) as e:
         version = f"--version failed: {e}"
-    from ._initramfs import cache_note  # noqa: PLC0415 (host only, see the docstring)
+    from .image.initramfs import cache_note  # noqa: PLC0415 (host only, see the docstring)
 
     note = cache_note()
     header = (f"fakemachine: backend {settings.backend}, UML kernel {kernel} ({version or '?'})"

@@ -260,8 +260,8 @@ import shutil
 import sys
 from pathlib import Path
 from pytest_fakemachine._errors import FakeMachineError
-from pytest_fakemachine._kernel import installed_kernels, kernel_info
-from pytest_fakemachine._kernel_choice import ROUNDS, cached_measure, forget, offer
+from pytest_fakemachine.backend.uml.kernel import installed_kernels, kernel_info
+from pytest_fakemachine.backend.uml.choice import ROUNDS, cached_measure, forget, offer
 for path in sys.argv[1:]:
     info = kernel_info(Path(path))
     print(f"setup: unpacked {info.path}: {info.summary()}")

@@ -133,7 +133,7 @@ def test_the_configure_hook_runs_at_the_turn_and_its_machine_is_the_tests(
 COUNT_GUESTS = """
 import os, tempfile
 from pytest_fakemachine import in_fakemachine
-from pytest_fakemachine._uml import leftovers
+from pytest_fakemachine.backend.uml.process import leftovers
 
 def pytest_sessionfinish(session):
     if not in_fakemachine():
@@ -160,7 +160,7 @@ def test_a_session_ended_early_leaves_no_guest_booted_ahead(
             "@pytest.mark.fakemachine\ndef test_a():\n    pass\n\n"
             "def test_interrupt():\n"
             "    import signal, time\n"
-            "    from pytest_fakemachine._uml import leftovers\n"
+            "    from pytest_fakemachine.backend.uml.process import leftovers\n"
             "    deadline = time.monotonic() + 120\n"
             "    while not leftovers(os.getpid()) and time.monotonic() < deadline:\n"
             "        time.sleep(0.05)\n"

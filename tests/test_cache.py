@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from pytest_fakemachine import BackendUnavailable, Machine, _initramfs
+from pytest_fakemachine import BackendUnavailable, Machine
+from pytest_fakemachine.image import initramfs as _initramfs
 
 NOBODY = 65534
 PLAIN_AND_GUEST_TESTS = """

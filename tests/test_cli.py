@@ -17,9 +17,9 @@ import pytest
 
 from conftest import wait_for_no_leftovers
 from pytest_fakemachine import ConfigError
-from pytest_fakemachine._cli import build_machine, main
-from pytest_fakemachine._cli_args import UsageError, parse
-from pytest_fakemachine._streams import CHUNK_MAX
+from pytest_fakemachine.cli.args import UsageError, parse
+from pytest_fakemachine.cli.main import build_machine, main
+from pytest_fakemachine.cli.streams import CHUNK_MAX
 
 CLI = str(Path(sys.executable).parent / "pytest-fakemachine")
 MiB = 1 << 20

@@ -18,16 +18,11 @@ from pathlib import Path
 import pytest
 
 from conftest import wait_for_no_leftovers
-from pytest_fakemachine import (
-    BackendUnavailable,
-    BootError,
-    FakeMachineError,
-    Machine,
-    _kernel,
-    _uml,
-    _uml_host,
-)
-from pytest_fakemachine._doctor import run_doctor
+from pytest_fakemachine import BackendUnavailable, BootError, FakeMachineError, Machine
+from pytest_fakemachine.backend.uml import host as _uml_host
+from pytest_fakemachine.backend.uml import kernel as _kernel
+from pytest_fakemachine.backend.uml import process as _uml
+from pytest_fakemachine.cli.doctor import run_doctor
 
 RUN_ECHO = "from pytest_fakemachine import Machine; print(Machine().run('echo hi').stdout, end='')"
 

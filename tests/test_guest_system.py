@@ -15,8 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from pytest_fakemachine import Machine, _initramfs
-from pytest_fakemachine import _guest_system as gs
+from pytest_fakemachine import Machine
+from pytest_fakemachine.image import initramfs as _initramfs
+from pytest_fakemachine.image import system as gs
 
 in_guest = pytest.mark.fakemachine(scope="module")
 

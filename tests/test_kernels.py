@@ -16,9 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from pytest_fakemachine import Machine, _kernel, _kernel_choice
-from pytest_fakemachine._kernel import SECCOMP_ENV, kernel_info, seccomp_used
-from pytest_fakemachine._uml_host import find_kernel
+from pytest_fakemachine import Machine
+from pytest_fakemachine.backend.uml import choice as _kernel_choice
+from pytest_fakemachine.backend.uml import kernel as _kernel
+from pytest_fakemachine.backend.uml.host import find_kernel
+from pytest_fakemachine.backend.uml.kernel import SECCOMP_ENV, kernel_info, seccomp_used
 
 MARKER = "fakemachine-test-marker"
 

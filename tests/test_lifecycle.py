@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 
 from conftest import wait_for_no_leftovers
-from pytest_fakemachine import BootError, FakeMachineError, GuestTimeout, Machine, _uml
+from pytest_fakemachine import BootError, FakeMachineError, GuestTimeout, Machine
+from pytest_fakemachine.backend.uml import process as _uml
 
 # systemd cannot find this unit: it drops to a rescue shell that waits for a
 # root password on the console forever (a boot that never reaches the job).

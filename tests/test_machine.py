@@ -22,14 +22,8 @@ from pathlib import Path
 import pytest
 
 import pytest_fakemachine
-from pytest_fakemachine import (
-    FakeMachineError,
-    GuestTimeout,
-    Machine,
-    RunResult,
-    in_fakemachine,
-)
-from pytest_fakemachine._uml import leftovers
+from pytest_fakemachine import FakeMachineError, GuestTimeout, Machine, RunResult, in_fakemachine
+from pytest_fakemachine.backend.uml.process import leftovers
 
 _USR_PROBE = "/usr/.fakemachine-write-probe"
 

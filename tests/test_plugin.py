@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_fakemachine import _uml_host
+from pytest_fakemachine.backend.uml import host as _uml_host
 
 
 def test_configure_hook_adjusts_fixture_and_marker_machines(pytester: pytest.Pytester) -> None:

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from pytest_fakemachine._streams import CHUNK_MAX, IN_FLIGHT, copy_out, spool_stdin, write_all
+from pytest_fakemachine._terminal import write_all
+from pytest_fakemachine.cli.streams import CHUNK_MAX, IN_FLIGHT, copy_out, spool_stdin
 
 
 def read_all(fd: int) -> bytes:

@@ -10,8 +10,8 @@ from typing import Any, cast
 import pytest
 
 from pytest_fakemachine import Machine
-from pytest_fakemachine._ahead import Ahead, BootAhead, GoLine, cpu_share, fingerprint
 from pytest_fakemachine._settings import settings_key
+from pytest_fakemachine.runs.ahead import Ahead, BootAhead, GoLine, cpu_share, fingerprint
 
 
 @pytest.mark.parametrize(("workers", "share"), [(None, 4), ("1", 4), ("2", 2), ("3", 1), ("8", 1)])

@@ -15,12 +15,10 @@ from typing import Any
 
 import pytest
 
-from pytest_fakemachine import (
-    BackendUnavailable,
-    _initramfs,
-    _templates,
-)
-from pytest_fakemachine._cpio import CpioWriter
+from pytest_fakemachine import BackendUnavailable
+from pytest_fakemachine.image import initramfs as _initramfs
+from pytest_fakemachine.image import templates as _templates
+from pytest_fakemachine.image.cpio import CpioWriter
 
 # --------------------------------------------------------------------------------------
 # 1. cpio (newc)

@@ -9,17 +9,17 @@ import subprocess
 import sys
 
 HOST_ONLY = (
-    "pytest_fakemachine._ahead",
-    "pytest_fakemachine._doctor",
-    "pytest_fakemachine._initramfs",
-    "pytest_fakemachine._kernel",
+    "pytest_fakemachine.runs.ahead",
+    "pytest_fakemachine.cli.doctor",
+    "pytest_fakemachine.image.initramfs",
+    "pytest_fakemachine.backend.uml.kernel",
     "pytest_fakemachine._machine",
-    "pytest_fakemachine._runs",
+    "pytest_fakemachine.runs.run",
     "pytest_fakemachine._session",
-    "pytest_fakemachine._shell",
-    "pytest_fakemachine._streams",
+    "pytest_fakemachine.runs.shell",
+    "pytest_fakemachine.cli.streams",
     "pytest_fakemachine._terminal",
-    "pytest_fakemachine._uml",
+    "pytest_fakemachine.backend.uml.process",
     "termios",
 )
 

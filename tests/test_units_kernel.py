@@ -13,15 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from pytest_fakemachine import (
-    BackendUnavailable,
-    BootError,
-    ConfigError,
-    _doctor,
-    _kernel,
-    _kernel_choice,
-)
-from pytest_fakemachine._kernel import (
+from pytest_fakemachine import BackendUnavailable, BootError, ConfigError
+from pytest_fakemachine.backend.uml import choice as _kernel_choice
+from pytest_fakemachine.backend.uml import kernel as _kernel
+from pytest_fakemachine.backend.uml.kernel import (
     FEATURES,
     SECCOMP_ENV,
     KernelInfo,
@@ -30,6 +25,7 @@ from pytest_fakemachine._kernel import (
     modules_for,
     seccomp_arg,
 )
+from pytest_fakemachine.cli import doctor as _doctor
 
 FULL_CONFIG = {option: "m" for feature in FEATURES for option in feature.options} | {
     "CONFIG_MODULES": "y"

@@ -16,14 +16,7 @@ from typing import Any
 
 import pytest
 
-from pytest_fakemachine import (
-    ConfigError,
-    Machine,
-    RunResult,
-    _machine,
-    _session,
-    in_fakemachine,
-)
+from pytest_fakemachine import ConfigError, Machine, RunResult, _machine, _session, in_fakemachine
 from pytest_fakemachine._session import GUEST_PATH, command_body
 
 LABEL_DIR = "/dev/disk/by-fakemachine-label"

@@ -9,10 +9,8 @@ from pathlib import Path
 import pytest
 
 from pytest_fakemachine import _config as c
-from pytest_fakemachine import (
-    _uml_host,
-)
 from pytest_fakemachine._settings import settings_key
+from pytest_fakemachine.backend.uml import host as _uml_host
 
 
 @pytest.fixture(autouse=True)

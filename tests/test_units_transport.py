@@ -12,8 +12,12 @@ from typing import Any
 
 import pytest
 
-from pytest_fakemachine._guest import ARCHIVER_MIN_FILES, SPARSE_DIRECT_MIN, pack_regular_files
-from pytest_fakemachine._transport import EventReader, rebuild, unpack_kept
+from pytest_fakemachine.guest.runner import (
+    ARCHIVER_MIN_FILES,
+    SPARSE_DIRECT_MIN,
+    pack_regular_files,
+)
+from pytest_fakemachine.runs.transport import EventReader, rebuild, unpack_kept
 
 
 @pytest.fixture(autouse=True)
@@ -260,7 +264,7 @@ def test_rebuild_keeps_tuples(pytestconfig: pytest.Config) -> None:
 ROUND_TRIP_CONFTEST = """
 import json
 import pytest
-from pytest_fakemachine._transport import rebuild
+from pytest_fakemachine.runs.transport import rebuild
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item, call):

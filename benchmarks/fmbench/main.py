@@ -17,9 +17,9 @@ from types import FrameType
 
 import fmbench
 from pytest_fakemachine import FakeMachineError, Machine
-from pytest_fakemachine._kernel import kernel_info
-from pytest_fakemachine._uml import leftovers
-from pytest_fakemachine._uml_host import find_kernel
+from pytest_fakemachine.backend.uml.host import find_kernel
+from pytest_fakemachine.backend.uml.kernel import kernel_info
+from pytest_fakemachine.backend.uml.process import leftovers
 
 from . import realsuite, targets
 from .breakdown import (

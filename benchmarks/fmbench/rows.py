@@ -17,10 +17,10 @@ from pathlib import Path
 from typing import Literal
 
 from pytest_fakemachine import FakeMachineError, Machine
-from pytest_fakemachine._cpio import CpioWriter
-from pytest_fakemachine._initramfs import _collect_inputs, write_base
 from pytest_fakemachine._session import FAST_BOOT_ARGS, SKIP_RAID_BENCHMARKS
-from pytest_fakemachine._uml import GuestProcess, leftovers
+from pytest_fakemachine.backend.uml.process import GuestProcess, leftovers
+from pytest_fakemachine.image.cpio import CpioWriter
+from pytest_fakemachine.image.initramfs import _collect_inputs, write_base
 
 from .runner import (
     REPO,

@@ -22,9 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pytest_fakemachine import FakeMachineError, Machine
-from pytest_fakemachine._kernel import kernel_info, seccomp_used
-from pytest_fakemachine._uml import leftovers
-from pytest_fakemachine._uml_host import find_kernel
+from pytest_fakemachine.backend.uml.host import find_kernel
+from pytest_fakemachine.backend.uml.kernel import kernel_info, seccomp_used
+from pytest_fakemachine.backend.uml.process import leftovers
 
 from . import realsuite
 from .breakdown import suite_breakdown_lines, suite_probe_parts

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from ._terminal import GuestTerminal, open_terminal
+from .._terminal import GuestTerminal, open_terminal
 
 __all__ = ["interact", "shell_spec", "why_off"]
 

@@ -16,8 +16,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from ._errors import BackendUnavailable
-from ._kernel import modules_for
+from ..._errors import BackendUnavailable
+from .kernel import modules_for
 
 __all__ = [
     "MODULES_MOUNTPOINT",

@@ -9,22 +9,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from . import _initramfs, _uml_host
-from ._config import DEFAULT_MEMORY_MIB
-from ._errors import FakeMachineError
-from ._initramfs import initramfs
-from ._kernel import (
-    SECCOMP_ENV,
-    KernelInfo,
-    installed_kernels,
-    kernel_info,
-    seccomp_setting,
-    seccomp_used,
-)
-from ._kernel_choice import ROUNDS, cached_measure, offer
-from ._machine import Machine
-from ._session import console_tail
-from ._uml_host import (
+from .._config import DEFAULT_MEMORY_MIB
+from .._errors import FakeMachineError
+from .._machine import Machine
+from .._session import console_tail
+from ..backend.uml import host as _uml_host
+from ..backend.uml.choice import ROUNDS, cached_measure, offer
+from ..backend.uml.host import (
     SHM,
     apt_fix,
     find_kernel,
@@ -33,6 +24,16 @@ from ._uml_host import (
     module_dir,
     modules_mountpoint,
 )
+from ..backend.uml.kernel import (
+    SECCOMP_ENV,
+    KernelInfo,
+    installed_kernels,
+    kernel_info,
+    seccomp_setting,
+    seccomp_used,
+)
+from ..image import initramfs as _initramfs
+from ..image.initramfs import initramfs
 
 __all__ = ["run_doctor"]
 

@@ -420,10 +420,10 @@ def main(spec_path: str) -> int:
         if spec.get("terminal"):  # the user's, for the debugger or the shell
             if spec.get("debugger"):  # readline reads TERM when pdb first imports it
                 os.environ.setdefault("TERM", spec["terminal"]["term"])
-            terminal = _load_sibling("_guest_terminal").Terminal(spec["terminal"], reporter.send)
+            terminal = _load_sibling("terminal").Terminal(spec["terminal"], reporter.send)
             reporter.terminal = terminal
             if spec.get("shell"):  # --fakemachine-shell-on-fail
-                shell = _load_sibling("_guest_shell").ShellOnFail(spec["shell"], terminal,
+                shell = _load_sibling("shell").ShellOnFail(spec["shell"], terminal,
                                                                   reporter.send)  # fmt: skip
                 plugins.append(shell)
         try:
@@ -443,7 +443,7 @@ def _start_coverage(settings: dict[str, Any] | None) -> Callable[[], None] | Non
     """
     if not settings:
         return None
-    module = _load_sibling("_guest_coverage")
+    module = _load_sibling("coverage")
     cov = module.start(settings)
     return lambda: module.stop(cov)
 
@@ -452,7 +452,7 @@ def _load_sibling(name: str) -> Any:
     """A standalone guest-side module next to this file, loaded by path (the
     runner is a script: the package itself is not imported in the guest)."""
     path = os.path.join(os.path.dirname(os.path.abspath(__file__)), f"{name}.py")
-    spec = importlib.util.spec_from_file_location(f"_fakemachine{name}", path)
+    spec = importlib.util.spec_from_file_location(f"_fakemachine_guest_{name}", path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

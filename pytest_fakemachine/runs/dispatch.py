@@ -19,18 +19,18 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from . import _settings
-from ._config import parse_timeout
-from ._errors import BackendUnavailable, FakeMachineError
-from ._settings import Settings, settings_key
-from ._transport import covers, skip_reports
+from .. import _settings
+from .._config import parse_timeout
+from .._errors import BackendUnavailable, FakeMachineError
+from .._settings import Settings, settings_key
+from .transport import covers, skip_reports
 
 if TYPE_CHECKING:
-    from ._ahead import BootAhead
-    from ._machine import Machine
-    from ._markers import MarkedTest
-    from ._runs import GuestRun
-    from ._session import BootOutcome
+    from .._machine import Machine
+    from .._session import BootOutcome
+    from .ahead import BootAhead
+    from .markers import MarkedTest
+    from .run import GuestRun
 
 __all__ = [
     "State",
@@ -84,7 +84,7 @@ def console_echo(config: pytest.Config) -> Callable[[str], None] | None:
 
 
 def new_machine(config: pytest.Config, source: str) -> Machine:
-    from ._machine import Machine  # noqa: PLC0415 (host only, see the docstring)
+    from .._machine import Machine  # noqa: PLC0415 (host only, see the docstring)
 
     settings = config.stash[settings_key]
     machine = Machine(settings.backend, memory=settings.memory, timeout=settings.timeout,
@@ -97,7 +97,7 @@ def new_machine(config: pytest.Config, source: str) -> Machine:
 
 
 def why_shell_off(config: pytest.Config) -> str | None:
-    from ._shell import why_off  # noqa: PLC0415 (host only, see the docstring)
+    from .shell import why_off  # noqa: PLC0415 (host only, see the docstring)
 
     return why_off(config)
 
@@ -122,7 +122,7 @@ def why_unavailable(state: State, config: pytest.Config) -> str | None:
 def marker_of(state: State, item: pytest.Item) -> MarkedTest | None:
     """``item``'s resolved marker, cached; raises the ConfigError of a bad marker."""
     if item.nodeid not in state.marks:
-        from ._markers import marked_test  # noqa: PLC0415 (host only, see the docstring)
+        from .markers import marked_test  # noqa: PLC0415 (host only, see the docstring)
 
         try:
             state.marks[item.nodeid] = marked_test(item, state.settings)
@@ -138,7 +138,7 @@ def group_of(state: State, item: pytest.Item, mark: MarkedTest) -> list[pytest.I
     """``item`` and the tests after it that share its guest, in run order."""
     if mark.scope == "function":
         return [item]
-    from ._runs import xdist_queue  # noqa: PLC0415 (host only, see the docstring)
+    from .run import xdist_queue  # noqa: PLC0415 (host only, see the docstring)
 
     items = item.session.items
     queued = xdist_queue(item.config)
@@ -163,7 +163,7 @@ def start_run(
     state: State, item: pytest.Item, mark: MarkedTest, prior_attempts: dict[str, int]
 ) -> GuestRun | None:
     """Boot a guest for ``item``'s group; None if the test was reported skipped."""
-    from ._runs import new_image_dir  # noqa: PLC0415 (host only, see the docstring)
+    from .run import new_image_dir  # noqa: PLC0415 (host only, see the docstring)
 
     config = item.config
     unavailable = why_unavailable(state, config)
@@ -206,8 +206,8 @@ def new_run(
 ) -> GuestRun:  # fmt: skip
     """An unstarted run of ``item``'s group; its machine from the options, the
     marker and (if ``configure``) the configure hook."""
-    from ._markers import apply_marker  # noqa: PLC0415 (host only, see the docstring)
-    from ._runs import GuestRun  # noqa: PLC0415 (host only, see the docstring)
+    from .markers import apply_marker  # noqa: PLC0415 (host only, see the docstring)
+    from .run import GuestRun  # noqa: PLC0415 (host only, see the docstring)
 
     config = item.config
     try:
@@ -235,8 +235,8 @@ def booster_of(state: State, config: pytest.Config) -> BootAhead | None:
     """The session's guests booted ahead, set up at the first marked test; None if off."""
     if not state.ahead_checked:
         state.ahead_checked = True
-        from ._ahead import BootAhead, cpu_share  # noqa: PLC0415 (host only, see the docstring)
-        from ._runs import wants_terminal  # noqa: PLC0415
+        from .ahead import BootAhead, cpu_share  # noqa: PLC0415 (host only, see the docstring)
+        from .run import wants_terminal  # noqa: PLC0415
 
         slots = cpu_share()
         if (state.settings.boot_ahead and slots > 1 and not wants_terminal(config)
@@ -248,7 +248,7 @@ def booster_of(state: State, config: pytest.Config) -> BootAhead | None:
 def look_ahead(state: State, item: pytest.Item, *, marked: bool) -> None:
     """At ``item``'s start: which tests to boot ahead for (and, for a host
     test, which has no deliver loop to boot them, boot them now)."""
-    from ._runs import xdist_queue  # noqa: PLC0415 (host only, see the docstring)
+    from .run import xdist_queue  # noqa: PLC0415 (host only, see the docstring)
 
     booster = booster_of(state, item.config) if marked else state.ahead
     if booster is not None:
@@ -271,7 +271,7 @@ def wants_guest(state: State, item: pytest.Item) -> bool:
 
 def prepare_ahead(state: State, item: pytest.Item) -> GuestRun:
     """An unstarted run for ``item``, to boot ahead: no configure hook yet."""
-    from ._runs import new_image_dir  # noqa: PLC0415 (host only, see the docstring)
+    from .run import new_image_dir  # noqa: PLC0415 (host only, see the docstring)
 
     mark = marker_of(state, item)
     assert mark is not None

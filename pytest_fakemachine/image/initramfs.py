@@ -29,10 +29,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import _guest_system as gs
-from . import _templates as t
-from ._cpio import CpioWriter
-from ._errors import BackendUnavailable
+from .._errors import BackendUnavailable
+from . import system as gs
+from . import templates as t
+from .cpio import CpioWriter
 
 __all__ = ["archive_problem", "cache_dir", "cache_note", "initramfs"]
 

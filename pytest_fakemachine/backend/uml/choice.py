@@ -31,9 +31,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ._errors import FakeMachineError
-from ._initramfs import cache_dir
-from ._kernel import KernelInfo
+from ..._errors import FakeMachineError
+from ...image.initramfs import cache_dir
+from .kernel import KernelInfo
 
 __all__ = ["ROUNDS", "WORKLOAD", "Measured", "cached_measure", "forget", "measure", "offer"]
 
@@ -62,7 +62,7 @@ class Measured:
 
 def _guest_cpu(info: KernelInfo) -> float:
     """Boot one guest with ``info``'s kernel, run the workload; its CPU seconds."""
-    from ._machine import Machine  # noqa: PLC0415 (it imports this module's neighbours)
+    from ..._machine import Machine  # noqa: PLC0415 (it imports this module's neighbours)
 
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     Machine(kernel=info.path, timeout=_LIMIT).run(WORKLOAD, check=True)

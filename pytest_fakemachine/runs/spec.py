@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from . import _guest
+from ..guest import runner as _guest
 
 __all__ = ["coverage_settings", "guest_spec", "import_finder_paths", "python_mounts"]
 
@@ -65,7 +65,10 @@ def python_mounts(
     """
     writable = {str(config.rootpath), str(config.invocation_params.dir), *also_writable}
     wanted = {p: True for p in writable}
-    package_parent = os.path.dirname(os.path.dirname(os.path.abspath(_guest.__file__)))
+    # The directory the package is in: pytest_fakemachine/guest/runner.py, three levels up.
+    package_parent = os.path.dirname(
+        os.path.dirname(os.path.dirname(os.path.abspath(_guest.__file__)))
+    )
     for path in (package_parent, sys.prefix, sys.base_prefix, sys.exec_prefix,
                  os.path.dirname(os.path.realpath(sys.executable)), *sys.path,
                  *import_finder_paths()):  # fmt: skip

@@ -37,10 +37,10 @@ from typing import Any
 
 import pytest
 
-from ._config import DEFAULT_BOOT_TIMEOUT
-from ._machine import Machine
-from ._runs import GuestRun
-from ._templates import GUEST_WORK
+from .._config import DEFAULT_BOOT_TIMEOUT
+from .._machine import Machine
+from ..image.templates import GUEST_WORK
+from .run import GuestRun
 
 __all__ = ["Ahead", "BootAhead", "GoLine", "cpu_share", "fingerprint"]
 

@@ -11,8 +11,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from . import _config as c
-from ._errors import ConfigError
+from .. import _config as c
+from .._errors import ConfigError
 
 __all__ = ["PROG", "Options", "UsageError", "parse", "parser"]
 

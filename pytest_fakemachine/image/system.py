@@ -25,7 +25,7 @@ import stat
 import subprocess
 from collections.abc import Iterator
 
-from . import _templates as t
+from . import templates as t
 
 __all__ = [
     "BOOT_SOCKETS",

@@ -26,16 +26,17 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from . import _guest
-from ._config import check_guest_path
-from ._machine import Machine
-from ._session import BootOutcome, Session, command_body, console_tail
-from ._shell import interact as shell_interact
-from ._shell import shell_spec
-from ._spec import coverage_settings, guest_spec, python_mounts
-from ._templates import GUEST_WORK
-from ._terminal import GuestTerminal, open_terminal
-from ._transport import (
+from .._config import check_guest_path
+from .._machine import Machine
+from .._session import BootOutcome, Session, command_body, console_tail
+from .._terminal import GuestTerminal, open_terminal
+from ..backend.uml.process import GuestProcess
+from ..guest import runner as _guest
+from ..image.templates import GUEST_WORK
+from .shell import interact as shell_interact
+from .shell import shell_spec
+from .spec import coverage_settings, guest_spec, python_mounts
+from .transport import (
     EventReader,
     OutputRelay,
     covers,
@@ -47,10 +48,9 @@ from ._transport import (
     runner_stderr,
     unpack_kept,
 )
-from ._uml import GuestProcess
 
 if TYPE_CHECKING:
-    from ._ahead import GoLine
+    from .ahead import GoLine
 
 __all__ = ["GuestRun", "xdist_queue"]
 

@@ -21,16 +21,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from types import FrameType
 
-from . import _config as c
-from . import _templates as t
-from ._cli_args import PROG, Options, UsageError, parse, parser
-from ._doctor import run_doctor
-from ._errors import BootError, ConfigError, FakeMachineError, GuestTimeout
-from ._machine import Machine
-from ._session import Session, command_body, console_tail
-from ._streams import copy_out, spool_stdin, start_thread
-from ._terminal import TerminalRelay, window_size
-from ._uml import GuestProcess
+from .. import _config as c
+from .._errors import BootError, ConfigError, FakeMachineError, GuestTimeout
+from .._machine import Machine
+from .._session import Session, command_body, console_tail
+from .._terminal import TerminalRelay, start_thread, window_size
+from ..backend.uml.process import GuestProcess
+from ..image import templates as t
+from .args import PROG, Options, UsageError, parse, parser
+from .doctor import run_doctor
+from .streams import copy_out, spool_stdin
 
 __all__ = ["main"]
 

@@ -18,10 +18,10 @@ from typing import Any
 
 import pytest
 
-from ._config import Image, check_env
-from ._errors import ConfigError
-from ._machine import Machine
-from ._settings import SCOPES, Settings, passenv_env
+from .._config import Image, check_env
+from .._errors import ConfigError
+from .._machine import Machine
+from .._settings import SCOPES, Settings, passenv_env
 
 __all__ = ["MARKER_KEYWORDS", "MarkedTest", "apply_marker", "marked_test"]
 

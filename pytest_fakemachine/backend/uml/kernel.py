@@ -22,8 +22,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ._errors import BackendUnavailable, ConfigError, FakeMachineError
-from ._initramfs import cache_dir
+from ..._errors import BackendUnavailable, ConfigError, FakeMachineError
+from ...image.initramfs import cache_dir
 
 __all__ = [
     "FEATURES",

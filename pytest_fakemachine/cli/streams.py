@@ -23,31 +23,19 @@ import contextlib
 import errno
 import os
 import select
-import threading
 import time
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["CHUNK_MAX", "IN_FLIGHT", "copy_out", "spool_stdin", "start_thread", "write_all"]
+from .._terminal import write_all
+
+__all__ = ["CHUNK_MAX", "IN_FLIGHT", "copy_out", "spool_stdin"]
 
 READ_SIZE = 1 << 16
 CHUNK_MAX = 4 << 20  # one guest `cat` (~20 ms to start) per chunk
 IN_FLIGHT = 2  # chunks written, not yet consumed: bounds the host disk the spool takes
 _POLL_SECONDS = 0.002
-
-
-def start_thread(target: Callable[[], None], name: str) -> threading.Thread:
-    thread = threading.Thread(target=target, name=name, daemon=True)
-    thread.start()
-    return thread
-
-
-def write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        written = os.write(fd, view)
-        view = view[written:]
 
 
 def copy_out(src: int, dst: int) -> None:

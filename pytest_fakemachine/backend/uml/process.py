@@ -26,8 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, final
 
-from ._uml_host import SHM, find_slirp
-from ._watchdog import Reaper, claim_cpu, make_private, pin_group, release_cpu
+from ..watchdog import Reaper, claim_cpu, make_private, pin_group, release_cpu
+from .host import SHM, find_slirp
 
 __all__ = ["OWNER_ENV", "GuestProcess", "Reaper", "leftovers"]
 
