@@ -95,7 +95,7 @@ def pytest_report_header(config: pytest.Config) -> str | None:
                                  ).stdout.strip()  # fmt: skip
     except (OSError, subprocess.SubprocessError) as e:
         version = f"--version failed: {e}"
-    from .image.initramfs import cache_note  # noqa: PLC0415 (host only, see the docstring)
+    from .image.cache import cache_note  # noqa: PLC0415 (host only, see the docstring)
 
     note = cache_note()
     header = (f"fakemachine: backend {settings.backend}, UML kernel {kernel} ({version or '?'})"

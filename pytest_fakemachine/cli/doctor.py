@@ -32,6 +32,7 @@ from ..backend.uml.kernel import (
     seccomp_setting,
     seccomp_used,
 )
+from ..image import cache as _cache
 from ..image import initramfs as _initramfs
 from ..image.initramfs import initramfs
 
@@ -150,17 +151,17 @@ def _cache_checks() -> list[Check]:
     """Where the archive cache is, and whether the archive for this host is intact."""
     fix = "set XDG_CACHE_HOME to a directory only you can write"
     try:
-        directory = _initramfs.cache_dir()
+        directory = _cache.cache_dir()
         path = directory / f"initramfs-{_initramfs._collect_inputs().fingerprint()}.cpio"
-        before = _initramfs.archive_problem(path)
+        before = _cache.archive_problem(path)
         built = initramfs()  # verifies it, and rebuilds it if damaged
     except (FakeMachineError, OSError) as e:
         return [Check("initramfs cache", str(e), fix)]
     checks = []
-    note = _initramfs.cache_note()
+    note = _cache.cache_note()
     if note is not None:
         checks.append(Check("initramfs cache directory", note, fix, required=False))
-    if before in (None, "missing", _initramfs.NO_RECORD):
+    if before in (None, "missing", _cache.NO_RECORD):
         checks.append(Check(f"initramfs ({built}, {'checked' if before is None else 'built'})",
                             None))  # fmt: skip
     else:

@@ -23,14 +23,12 @@ host's word on a serial line before it runs it (see ``_ahead``).
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.util
 import io
 import json
 import os
-import shutil
-import stat
-import subprocess
 import sys
 from collections.abc import Callable, Generator
 from typing import IO, TYPE_CHECKING, Any, TextIO, cast
@@ -39,7 +37,7 @@ import pytest
 from _pytest._io import TerminalWriter
 
 if TYPE_CHECKING:
-    import tarfile
+    pass
 
 
 class GuestReporter:
@@ -186,7 +184,7 @@ class GuestReporter:
             return None
         name = os.path.basename(source)
         try:
-            pack_regular_files(source, self.tmp_path_dir, name)
+            load_sibling("pack").pack_regular_files(source, self.tmp_path_dir, name)
         except OSError:
             return None
         return name
@@ -282,113 +280,6 @@ def wait_for_go(line: str, waiting: str) -> None:
         os.close(fd)
 
 
-# A file at least this big with holes in it (a disk image) goes to the host
-# directly, holes skipped; the rest goes into one archive. Measured in UML 6.1:
-# copying 2,000 small files one by one onto hostfs took 12.6 s (a file created
-# over hostfs costs ~6 ms), the same files in one archive 1.7 s with tarfile
-# and 0.3 s with GNU tar (which costs a program start, ~50 ms: worth it from
-# ARCHIVER_MIN_FILES files); a 64 MiB image with 8 MiB written took 0.7 s
-# copied whole (and arrived 64 MiB on the host), 0.03 s by its data extents.
-SPARSE_DIRECT_MIN = 1 << 20
-ARCHIVER_MIN_FILES = 64
-ARCHIVE_SUFFIX = ".tar"
-
-
-def pack_regular_files(source: str, target_dir: str, name: str) -> None:
-    """Hand the directories and regular files under ``source`` (no links,
-    devices, sockets or fifos; nothing on other file systems mounted below) to
-    the host: ``name.tar`` in ``target_dir``, and sparse big files directly
-    under ``target_dir/name``; the host unpacks the archive there
-    (``_transport.unpack_kept``)."""
-    device = os.lstat(source).st_dev
-    direct = os.path.join(target_dir, name)
-    archive = os.path.join(target_dir, name + ARCHIVE_SUFFIX)
-    members: list[tuple[str, os.stat_result]] = []
-    for root, dirs, files in os.walk(source):
-        dirs[:] = [d for d in dirs if _is_dir_on(os.path.join(root, d), device)]
-        relative = os.path.relpath(root, source)
-        members.append((relative, os.lstat(root)))
-        for file_name in files:
-            path = os.path.join(root, file_name)
-            st = os.lstat(path)
-            if not stat.S_ISREG(st.st_mode):
-                continue
-            member = os.path.normpath(os.path.join(relative, file_name))
-            if st.st_size >= SPARSE_DIRECT_MIN and st.st_blocks * 512 < st.st_size:
-                _copy_sparse(path, os.path.join(direct, member), st)
-            else:
-                members.append((member, st))
-    import tarfile  # noqa: PLC0415 (here: the runner's start-up does without it)
-
-    gnu_tar = shutil.which("tar") if len(members) >= ARCHIVER_MIN_FILES else None
-    if gnu_tar is not None and _gnu_tar(gnu_tar, source, archive, [m for m, _ in members]):
-        return
-    with open(archive, "wb", buffering=1 << 20) as out, tarfile.open(fileobj=out, mode="w|") as tar:
-        for member, st in members:
-            if stat.S_ISDIR(st.st_mode):
-                tar.addfile(_tar_info(member, st, tarfile.DIRTYPE))
-                continue
-            with open(os.path.join(source, member), "rb") as f:
-                tar.addfile(_tar_info(member, st, tarfile.REGTYPE), f)
-
-
-def _gnu_tar(tar: str, source: str, archive: str, members: list[str]) -> bool:
-    """Archive ``members`` (relative to ``source``, none recursed into) with GNU tar."""
-    names = b"".join(os.fsencode(os.path.join(".", m)) + b"\0" for m in members)
-    argv = [tar, "-c", "-f", archive, "-C", source, "--no-recursion", "--numeric-owner",
-            "--null", "--verbatim-files-from", "-T", "-"]  # fmt: skip
-    try:
-        proc = subprocess.run(argv, input=names, capture_output=True, check=False)
-    except OSError:
-        return False
-    return proc.returncode == 0
-
-
-def _tar_info(member: str, st: os.stat_result, kind: bytes) -> tarfile.TarInfo:
-    import tarfile  # noqa: PLC0415 (see pack_regular_files)
-
-    # Made here, not by tar.gettarinfo(), which looks up the owner's name in
-    # the user database for every file: syscalls the host does not need.
-    info = tarfile.TarInfo(member)
-    info.type = kind
-    info.mode = stat.S_IMODE(st.st_mode)
-    info.mtime = int(st.st_mtime)
-    info.size = st.st_size if kind == tarfile.REGTYPE else 0
-    return info
-
-
-def _copy_sparse(path: str, target: str, st: os.stat_result) -> None:
-    """Copy ``path`` to ``target`` by its data extents, leaving the holes out."""
-    os.makedirs(os.path.dirname(target), exist_ok=True)
-    src = os.open(path, os.O_RDONLY)
-    try:
-        dst = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, stat.S_IMODE(st.st_mode))
-        try:
-            offset = 0
-            while True:
-                try:
-                    offset = os.lseek(src, offset, os.SEEK_DATA)
-                except OSError:  # ENXIO: no data past offset
-                    break
-                end = os.lseek(src, offset, os.SEEK_HOLE)
-                os.lseek(dst, offset, os.SEEK_SET)  # sendfile writes at dst's position
-                while offset < end:
-                    sent = os.sendfile(dst, src, offset, end - offset)
-                    if sent == 0:  # the file shrank under us
-                        offset = end
-                    offset += sent
-            os.ftruncate(dst, st.st_size)
-        finally:
-            os.close(dst)
-    finally:
-        os.close(src)
-
-
-def _is_dir_on(path: str, device: int) -> bool:
-    st = os.lstat(path)
-    return stat.S_ISDIR(st.st_mode) and st.st_dev == device
-
-
 def _output_offsets() -> dict[str, int]:
     """How far the runner's stdout and stderr files go: the host relays a
     test's output up to there (with -s)."""
@@ -420,10 +311,10 @@ def main(spec_path: str) -> int:
         if spec.get("terminal"):  # the user's, for the debugger or the shell
             if spec.get("debugger"):  # readline reads TERM when pdb first imports it
                 os.environ.setdefault("TERM", spec["terminal"]["term"])
-            terminal = _load_sibling("terminal").Terminal(spec["terminal"], reporter.send)
+            terminal = load_sibling("terminal").Terminal(spec["terminal"], reporter.send)
             reporter.terminal = terminal
             if spec.get("shell"):  # --fakemachine-shell-on-fail
-                shell = _load_sibling("shell").ShellOnFail(spec["shell"], terminal,
+                shell = load_sibling("shell").ShellOnFail(spec["shell"], terminal,
                                                                   reporter.send)  # fmt: skip
                 plugins.append(shell)
         try:
@@ -443,12 +334,13 @@ def _start_coverage(settings: dict[str, Any] | None) -> Callable[[], None] | Non
     """
     if not settings:
         return None
-    module = _load_sibling("coverage")
+    module = load_sibling("coverage")
     cov = module.start(settings)
     return lambda: module.stop(cov)
 
 
-def _load_sibling(name: str) -> Any:
+@functools.cache
+def load_sibling(name: str) -> Any:
     """A standalone guest-side module next to this file, loaded by path (the
     runner is a script: the package itself is not imported in the guest)."""
     path = os.path.join(os.path.dirname(os.path.abspath(__file__)), f"{name}.py")

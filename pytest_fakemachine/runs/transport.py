@@ -258,7 +258,7 @@ def skip_reports(item: pytest.Item, reason: str) -> list[pytest.TestReport]:
 
 def unpack_kept(directory: Path, name: str) -> None:
     """Unpack ``name.tar``, a test's tmp_path as the guest packed it
-    (``_guest.pack_regular_files``), into ``directory/name``, then remove it.
+    (``guest.pack.pack_regular_files``), into ``directory/name``, then remove it.
 
     Only directories and regular files with relative names inside the target
     come out; anything else in the archive is ignored.

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..._errors import FakeMachineError
-from ...image.initramfs import cache_dir
+from ...image.cache import cache_dir
 from .kernel import KernelInfo
 
 __all__ = ["ROUNDS", "WORKLOAD", "Measured", "cached_measure", "forget", "measure", "offer"]

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..._errors import BackendUnavailable, ConfigError, FakeMachineError
-from ...image.initramfs import cache_dir
+from ...image.cache import cache_dir
 
 __all__ = [
     "FEATURES",

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from pytest_fakemachine.guest.runner import (
+from pytest_fakemachine.guest.pack import (
     ARCHIVER_MIN_FILES,
     SPARSE_DIRECT_MIN,
     pack_regular_files,

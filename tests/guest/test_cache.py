@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from pytest_fakemachine import BackendUnavailable, Machine
+from pytest_fakemachine.image import cache as _cache
 from pytest_fakemachine.image import initramfs as _initramfs
 
 NOBODY = 65534
@@ -39,8 +40,8 @@ def fresh_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Pat
     tmp.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(tmp))
     monkeypatch.setattr(_initramfs, "_memo", {})
-    monkeypatch.setattr(_initramfs, "_verified", {}, raising=False)
-    monkeypatch.setattr(_initramfs, "_note", [], raising=False)
+    monkeypatch.setattr(_cache, "_verified", {})
+    monkeypatch.setattr(_cache, "_note", [])
     yield tmp_path / "cache" / "pytest-fakemachine"
 
 
@@ -154,7 +155,7 @@ def test_a_cache_directory_others_could_write_is_not_used(
     assert path.parent == _fallback(tmp_path)
     assert os.listdir(fresh_cache) == []
     assert _fallback(tmp_path).stat().st_mode & 0o777 == 0o700
-    note = _initramfs.cache_note()
+    note = _cache.cache_note()
     assert note is not None and expected in note and str(_fallback(tmp_path)) in note
     assert (
         f"pytest-fakemachine: warning: the cache {fresh_cache} is {expected}"
