@@ -223,24 +223,36 @@ class Volume:
 
 
 def check_volume(host_dir: object, guest_dir: object, read_only: bool, source: str) -> Volume:
+    """The volume ``host_dir`` at ``guest_dir`` (``None``: the path given).
+
+    A host path through a symlink is mounted as the directory it leads to
+    (hostfs cannot mount a link); with ``guest_dir=None`` the guest path stays
+    the one given, and the target is refused where it would be given itself.
+    """
     if not isinstance(host_dir, (str, os.PathLike)):
         raise ConfigError(f"volume {host_dir!r} from {source}: expected a path")
-    host = Path(os.path.abspath(os.fspath(host_dir)))
+    given = os.path.abspath(os.fspath(host_dir))
     try:
-        mode = os.stat(host).st_mode
+        mode = os.stat(given).st_mode
     except FileNotFoundError:
-        raise ConfigError(f"volume {str(host)!r} from {source}: does not exist") from None
+        raise ConfigError(f"volume {given!r} from {source}: does not exist") from None
     except OSError as e:
-        raise ConfigError(f"volume {str(host)!r} from {source}: {e.strerror}") from None
+        raise ConfigError(f"volume {given!r} from {source}: {e.strerror}") from None
     if not stat.S_ISDIR(mode):
-        raise ConfigError(f"volume {str(host)!r} from {source}: not a directory")
-    guest = check_guest_path(str(host) if guest_dir is None else guest_dir, source)
+        raise ConfigError(f"volume {given!r} from {source}: not a directory")
+    host = os.path.realpath(given)
+    name = repr(given) if host == given else f"{given!r} (a symlink to {host!r})"
+    guest = check_guest_path(given if guest_dir is None else guest_dir, source)
+    conflict = _system_conflict(host) if guest_dir is None and host != given else None
+    if conflict is not None:  # the target is refused as it would be given itself
+        raise ConfigError(f"volume {name} from {source}: refused as {host!r} is without "
+                          f"a guest path: {host!r} {conflict}")  # fmt: skip
     if guest == "/":
-        raise ConfigError(f"volume {str(host)!r} from {source}: cannot be mounted over '/'")
+        raise ConfigError(f"volume {name} from {source}: cannot be mounted over '/'")
     conflict = _system_conflict(guest)
     if conflict is not None:
-        raise ConfigError(f"volume {str(host)!r} from {source}: guest path {guest!r} {conflict}")
-    return Volume(host, guest, bool(read_only))
+        raise ConfigError(f"volume {name} from {source}: guest path {guest!r} {conflict}")
+    return Volume(Path(host), guest, bool(read_only))
 
 
 def prepare_image(path: Path, size: int | None, source: str) -> None:

@@ -1,0 +1,67 @@
+"""Symlinks where the host reads or writes: a volume given as a link, a test's
+tmp_path replaced by one, links planted where a kept tmp_path is unpacked, and
+one in place of the cache's lock file or fallback directory."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from pytest_fakemachine import ConfigError
+from pytest_fakemachine import _config as c
+
+SOURCE = "add_volume() of Machine()"
+
+# --------------------------------------------------------------------------------------
+# 1. a volume given as a symlink mounts the directory it leads to
+# --------------------------------------------------------------------------------------
+
+
+def test_a_volume_through_a_link_is_its_target_at_the_path_given(tmp_path: Path) -> None:
+    target = tmp_path / "data"
+    target.mkdir()
+    link = tmp_path / "link"
+    link.symlink_to(target)
+    same_path = c.check_volume(link, None, False, SOURCE)
+    assert (same_path.host, same_path.guest) == (target, str(link))
+    elsewhere = c.check_volume(str(link), "/mnt/l", True, SOURCE)
+    assert (elsewhere.host, elsewhere.guest, elsewhere.read_only) == (target, "/mnt/l", True)
+    (tmp_path / "sub").symlink_to(tmp_path)  # a link on the way, not at the end
+    through = c.check_volume(tmp_path / "sub" / "data", None, False, SOURCE)
+    assert (through.host, through.guest) == (target, str(tmp_path / "sub" / "data"))
+
+
+@pytest.mark.parametrize(("target", "why"), [
+    ("/etc", "'/etc' is a system directory of the guest"),
+    ("/", "'/' is a system directory of the guest"),
+    ("/usr/share", "'/usr/share' is at or under /usr"),
+    ("/var/run", "'/run' is a system directory of the guest"),  # the host's link too
+])  # fmt: skip
+def test_a_link_to_a_system_directory_is_refused_as_its_target_would_be(
+    tmp_path: Path, target: str, why: str
+) -> None:
+    link = tmp_path / "link"
+    link.symlink_to(target)
+    resolved = os.path.realpath(target)
+    with pytest.raises(ConfigError) as info:
+        c.check_volume(link, None, False, SOURCE)
+    message = str(info.value)
+    assert message.startswith(f"volume '{link}' (a symlink to '{resolved}') from {SOURCE}: ")
+    assert why in message
+    with pytest.raises(ConfigError, match=r"system directory|at or under|mounted over"):
+        c.check_volume(target, None, False, SOURCE)  # as given itself
+    # At a guest path of its own, as the target itself may be.
+    assert c.check_volume(link, "/mnt/l", False, SOURCE).host == Path(resolved)
+    assert c.check_volume(resolved, "/mnt/l", False, SOURCE).host == Path(resolved)
+
+
+def test_a_volume_linked_to_a_file_or_nowhere_is_refused_by_its_name(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("")
+    (tmp_path / "to-file").symlink_to(tmp_path / "file")
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
+    with pytest.raises(ConfigError, match=f"volume '{tmp_path}/to-file' from .*: not a dir"):
+        c.check_volume(tmp_path / "to-file", "/mnt/l", False, SOURCE)
+    with pytest.raises(ConfigError, match=f"volume '{tmp_path}/dangling' from .*: does not"):
+        c.check_volume(tmp_path / "dangling", "/mnt/l", False, SOURCE)
