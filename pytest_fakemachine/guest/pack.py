@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 SPARSE_DIRECT_MIN = 1 << 20
 ARCHIVER_MIN_FILES = 64
 ARCHIVE_SUFFIX = ".tar"
+_READ_NOFOLLOW = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 def pack_regular_files(source: str, target_dir: str, name: str) -> None:
@@ -34,8 +35,13 @@ def pack_regular_files(source: str, target_dir: str, name: str) -> None:
     devices, sockets or fifos; nothing on other file systems mounted below) to
     the host: ``name.tar`` in ``target_dir``, and sparse big files directly
     under ``target_dir/name``; the host unpacks the archive there
-    (``_transport.unpack_kept``)."""
-    device = os.lstat(source).st_dev
+    (``_transport.unpack_kept``). A ``source`` that is not a directory itself
+    (a test replaced its tmp_path by a symlink) hands nothing over: a link is
+    not followed, at the top as below."""
+    top = os.lstat(source)
+    if not stat.S_ISDIR(top.st_mode):
+        return
+    device = top.st_dev
     direct = os.path.join(target_dir, name)
     archive = os.path.join(target_dir, name + ARCHIVE_SUFFIX)
     members: list[tuple[str, os.stat_result]] = []
@@ -63,7 +69,11 @@ def pack_regular_files(source: str, target_dir: str, name: str) -> None:
             if stat.S_ISDIR(st.st_mode):
                 tar.addfile(_tar_info(member, st, tarfile.DIRTYPE))
                 continue
-            with open(os.path.join(source, member), "rb") as f:
+            try:  # a file turned into a link since it was listed is left out
+                fd = os.open(os.path.join(source, member), _READ_NOFOLLOW)
+            except OSError:
+                continue
+            with open(fd, "rb") as f:
                 tar.addfile(_tar_info(member, st, tarfile.REGTYPE), f)
 
 
@@ -95,9 +105,10 @@ def _tar_info(member: str, st: os.stat_result, kind: bytes) -> tarfile.TarInfo:
 def _copy_sparse(path: str, target: str, st: os.stat_result) -> None:
     """Copy ``path`` to ``target`` by its data extents, leaving the holes out."""
     os.makedirs(os.path.dirname(target), exist_ok=True)
-    src = os.open(path, os.O_RDONLY)
+    src = os.open(path, _READ_NOFOLLOW)
     try:
-        dst = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, stat.S_IMODE(st.st_mode))
+        mode = stat.S_IMODE(st.st_mode) & 0o777  # no setuid, setgid or sticky bit
+        dst = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
         try:
             offset = 0
             while True:

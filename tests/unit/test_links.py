@@ -5,12 +5,15 @@ one in place of the cache's lock file or fallback directory."""
 from __future__ import annotations
 
 import os
+import tarfile
 from pathlib import Path
 
 import pytest
 
 from pytest_fakemachine import ConfigError
 from pytest_fakemachine import _config as c
+from pytest_fakemachine.guest.pack import pack_regular_files
+from pytest_fakemachine.runs.transport import unpack_kept
 
 SOURCE = "add_volume() of Machine()"
 
@@ -65,3 +68,37 @@ def test_a_volume_linked_to_a_file_or_nowhere_is_refused_by_its_name(tmp_path: P
         c.check_volume(tmp_path / "to-file", "/mnt/l", False, SOURCE)
     with pytest.raises(ConfigError, match=f"volume '{tmp_path}/dangling' from .*: does not"):
         c.check_volume(tmp_path / "dangling", "/mnt/l", False, SOURCE)
+
+
+# --------------------------------------------------------------------------------------
+# 2. the guest packs no link: not even a tmp_path that is one
+# --------------------------------------------------------------------------------------
+
+
+def test_a_tmp_path_replaced_by_a_link_packs_nothing(tmp_path: Path) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    (elsewhere / "etc").mkdir(parents=True)
+    (elsewhere / "etc" / "shadow").write_text("secret")
+    source = tmp_path / "test_x0"
+    source.symlink_to(elsewhere)
+    work = tmp_path / "work"
+    work.mkdir()
+    pack_regular_files(str(source), str(work), "test_x0")
+    assert list(work.iterdir()) == []
+    unpack_kept(work, "test_x0")
+    assert list(work.iterdir()) == []
+
+
+def test_links_below_a_tmp_path_are_not_packed(tmp_path: Path) -> None:
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "secret").write_text("secret")
+    source = tmp_path / "test_x0"
+    (source / "sub").mkdir(parents=True)
+    (source / "sub" / "kept").write_text("kept")
+    (source / "dir-link").symlink_to(tmp_path / "elsewhere")
+    (source / "sub" / "file-link").symlink_to(tmp_path / "elsewhere" / "secret")
+    work = tmp_path / "work"
+    work.mkdir()
+    pack_regular_files(str(source), str(work), "test_x0")
+    with tarfile.open(work / "test_x0.tar") as tar:
+        assert sorted(tar.getnames()) == [".", "sub", "sub/kept"]
