@@ -8,18 +8,23 @@ makes the ones pytest would have made, failing the phase that was under way.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import os
 import shutil
+import stat
 import sys
 import warnings
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import pytest
 from _pytest.runner import CallInfo
+
+if TYPE_CHECKING:
+    import tarfile
 
 __all__ = [
     "EventReader",
@@ -256,41 +261,119 @@ def skip_reports(item: pytest.Item, reason: str) -> list[pytest.TestReport]:
     return [skipped, pytest.TestReport.from_item_and_call(item, teardown)]
 
 
+# Opens a directory, never through a symlink (ELOOP) nor a file (ENOTDIR).
+_DIR_NOFOLLOW = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
 def unpack_kept(directory: Path, name: str) -> None:
     """Unpack ``name.tar``, a test's tmp_path as the guest packed it
     (``guest.pack.pack_regular_files``), into ``directory/name``, then remove it.
 
     Only directories and regular files with relative names inside the target
-    come out; anything else in the archive is ignored.
+    come out; anything else in the archive is ignored. The guest can write in
+    ``directory`` while this runs: nothing is created, written or changed
+    through a symlink (each directory is opened from its parent's descriptor
+    without following one; a member whose place a link holds is left out),
+    and modes lose their setuid, setgid, sticky and group/other write bits,
+    as tarfile's ``data`` filter has them.
     """
+    if not name or "/" in name or name in (".", ".."):  # the guest's word for it
+        return
     archive = directory / f"{name}.tar"
-    if not archive.is_file():
+    try:  # not through a link, and no blocking on a fifo planted in its place
+        fd = os.open(archive, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
         return
     import tarfile  # noqa: PLC0415 (here: the plugin loads in every guest, which needs none)
 
-    target = directory / name
-    target.mkdir(exist_ok=True)
     try:
-        with tarfile.open(archive, "r:") as tar:
-            for member in tar:
-                parts = Path(member.name).parts
-                if Path(member.name).is_absolute() or ".." in parts:
-                    continue
-                path = target.joinpath(*parts) if parts else target
-                if member.isdir():
-                    path.mkdir(parents=True, exist_ok=True)
-                elif member.isreg():
-                    source = tar.extractfile(member)
-                    if source is None:
-                        continue
-                    path.parent.mkdir(parents=True, exist_ok=True)
-                    with source, open(path, "wb") as out:
-                        shutil.copyfileobj(source, out)
-                else:
-                    continue
-                os.chmod(path, member.mode & 0o7777)
-                os.utime(path, (member.mtime, member.mtime))
+        with open(fd, "rb") as f:
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                return
+            with tarfile.open(fileobj=f, mode="r:") as tar:
+                _Unpacker(directory, name).unpack(tar)
     except (OSError, tarfile.TarError):
         pass  # what came out so far is kept; a truncated archive is the guest's dying
     finally:
         archive.unlink(missing_ok=True)
+
+
+def _data_mode(mode: int, directory: bool) -> int:
+    """``mode`` as tarfile's ``data`` filter leaves it (a directory: always the owner's)."""
+    mode &= 0o755
+    if directory:
+        return mode | 0o700
+    if not mode & 0o100:
+        mode &= ~0o111
+    return mode | 0o600
+
+
+class _Unpacker:
+    """Directories and regular files put below one directory, opened by descriptor."""
+
+    def __init__(self, directory: Path, name: str) -> None:
+        parent = os.open(directory, _DIR_NOFOLLOW)
+        try:
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(name, 0o700, dir_fd=parent)
+            self.root = os.open(name, _DIR_NOFOLLOW, dir_fd=parent)
+        finally:
+            os.close(parent)
+        self.dirs: list[tuple[tuple[str, ...], int, int]] = []  # set last: (parts, mode, mtime)
+        self.last: tuple[tuple[str, ...], int] | None = None  # the last file's directory
+
+    def unpack(self, tar: tarfile.TarFile) -> None:
+        try:
+            for member in tar:
+                parts = Path(member.name).parts
+                if Path(member.name).is_absolute() or ".." in parts:
+                    continue
+                with contextlib.suppress(OSError):  # ELOOP, ENOTDIR: a link in the way
+                    if member.isdir():
+                        os.close(self._open_dir(parts))
+                        self.dirs.append((parts, member.mode, int(member.mtime)))
+                    elif member.isreg() and parts:
+                        self._write(tar, member, parts)
+            for parts, mode, mtime in reversed(self.dirs):  # after their contents
+                with contextlib.suppress(OSError):
+                    fd = self._open_dir(parts)
+                    try:
+                        os.chmod(fd, _data_mode(mode, directory=True))
+                        os.utime(fd, (mtime, mtime))
+                    finally:
+                        os.close(fd)
+        finally:
+            self._close_last()
+            os.close(self.root)
+
+    def _close_last(self) -> None:
+        if self.last is not None:
+            os.close(self.last[1])
+            self.last = None
+
+    def _open_dir(self, parts: tuple[str, ...]) -> int:
+        """A new descriptor of the directory ``parts`` below the root, made if missing."""
+        fd = os.dup(self.root)
+        for part in parts:
+            try:
+                with contextlib.suppress(FileExistsError):
+                    os.mkdir(part, 0o700, dir_fd=fd)
+                child = os.open(part, _DIR_NOFOLLOW, dir_fd=fd)
+            finally:
+                os.close(fd)
+            fd = child
+        return fd
+
+    def _write(self, tar: tarfile.TarFile, member: tarfile.TarInfo, parts: tuple[str, ...]) -> None:
+        source = tar.extractfile(member)
+        if source is None:
+            return
+        if self.last is None or self.last[0] != parts[:-1]:
+            self._close_last()
+            self.last = (parts[:-1], self._open_dir(parts[:-1]))
+        fd = os.open(parts[-1], _NEW_FILE, 0o600, dir_fd=self.last[1])
+        with source, open(fd, "wb") as out:
+            shutil.copyfileobj(source, out)
+            os.chmod(fd, _data_mode(member.mode, directory=False))
+            os.utime(fd, (member.mtime, member.mtime))

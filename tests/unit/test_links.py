@@ -4,7 +4,9 @@ one in place of the cache's lock file or fallback directory."""
 
 from __future__ import annotations
 
+import io
 import os
+import stat
 import tarfile
 from pathlib import Path
 
@@ -102,3 +104,92 @@ def test_links_below_a_tmp_path_are_not_packed(tmp_path: Path) -> None:
     pack_regular_files(str(source), str(work), "test_x0")
     with tarfile.open(work / "test_x0.tar") as tar:
         assert sorted(tar.getnames()) == [".", "sub", "sub/kept"]
+
+
+# --------------------------------------------------------------------------------------
+# 3. unpacking on the host: nothing through a link the guest planted
+# --------------------------------------------------------------------------------------
+
+
+def _archive(path: Path, members: list[tuple[str, int]]) -> None:
+    """``path``: a tar of ``(name, mode)``s, a directory where the name ends in "/"."""
+    with tarfile.open(path, "w") as tar:
+        for name, mode in members:
+            info = tarfile.TarInfo(name.rstrip("/"))
+            info.mode = mode
+            if name.endswith("/"):
+                info.type = tarfile.DIRTYPE
+                tar.addfile(info)
+            else:
+                info.size = len(b"from the guest")
+                tar.addfile(info, io.BytesIO(b"from the guest"))
+
+
+@pytest.fixture
+def outside(tmp_path: Path) -> Path:
+    """A directory of the host's, with a file, that no unpacking may touch."""
+    path = tmp_path / "outside"
+    path.mkdir(mode=0o700)
+    (path / "file").write_text("the host's")
+    (path / "file").chmod(0o600)
+    return path
+
+
+def _untouched(outside: Path) -> None:
+    assert sorted(p.name for p in outside.iterdir()) == ["file"]
+    assert (outside / "file").read_text() == "the host's"
+    assert stat.S_IMODE((outside / "file").stat().st_mode) == 0o600
+    assert stat.S_IMODE(outside.stat().st_mode) == 0o700
+
+
+@pytest.mark.parametrize("plant", ["the target", "a directory below", "a file"])
+def test_unpacking_writes_nothing_through_a_planted_link(
+    tmp_path: Path, outside: Path, plant: str
+) -> None:
+    work = tmp_path / "work"
+    (work / "t0").mkdir(parents=True)
+    members = [("./", 0o755), ("kept", 0o644), ("file", 0o4777), ("sub/", 0o777),
+               ("sub/file", 0o777), ("sub/new", 0o644)]  # fmt: skip
+    _archive(work / "t0.tar", members)
+    if plant == "the target":
+        (work / "t0").rmdir()
+        (work / "t0").symlink_to(outside)
+    elif plant == "a directory below":
+        (work / "t0" / "sub").symlink_to(outside)
+    else:
+        (work / "t0" / "file").symlink_to(outside / "file")
+    unpack_kept(work, "t0")
+    _untouched(outside)
+    assert not (work / "t0.tar").exists()
+    if plant != "the target":
+        assert (work / "t0" / "kept").read_text() == "from the guest"
+
+
+def test_unpacking_drops_setuid_setgid_sticky_and_others_write(tmp_path: Path) -> None:
+    _archive(tmp_path / "t0.tar", [("./", 0o1777), ("suid", 0o4755), ("sgid", 0o2775),
+                                   ("plain", 0o666), ("private", 0o400), ("d/", 0o3777),
+                                   ("d/x", 0o6750)])  # fmt: skip
+    unpack_kept(tmp_path, "t0")
+    kept = tmp_path / "t0"
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in [kept, *kept.rglob("*")]}
+    assert modes == {"t0": 0o755, "suid": 0o755, "sgid": 0o755, "plain": 0o644,
+                     "private": 0o600, "d": 0o755, "x": 0o750}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", ["../escaped", "..", "a/b", ""])
+def test_unpacking_refuses_a_name_that_leaves_the_directory(tmp_path: Path, name: str) -> None:
+    work = tmp_path / "work" / "tmp_path"
+    work.mkdir(parents=True)
+    _archive(tmp_path / "work" / "escaped.tar", [("file", 0o644)])
+    _archive(work / "ok.tar", [("file", 0o644)])
+    unpack_kept(work, name)
+    assert sorted(p.name for p in (tmp_path / "work").iterdir()) == ["escaped.tar", "tmp_path"]
+    assert sorted(p.name for p in work.iterdir()) == ["ok.tar"]
+
+
+def test_unpacking_reads_no_archive_through_a_link(tmp_path: Path, outside: Path) -> None:
+    _archive(outside / "real.tar", [("file", 0o644)])
+    (tmp_path / "t0.tar").symlink_to(outside / "real.tar")
+    unpack_kept(tmp_path, "t0")
+    assert not (tmp_path / "t0").exists()
+    assert (outside / "real.tar").is_file()
