@@ -10,6 +10,7 @@ every pytest process of the user shares one.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import stat
@@ -49,6 +50,14 @@ def _not_private(st: os.stat_result, *, directory: bool) -> str | None:
     return next((why for bad, why in checks if bad), None)
 
 
+def _link_target(path: Path) -> str:
+    """`` (to TARGET)`` for the symlink ``path``, empty if unreadable."""
+    try:
+        return f" (to {os.readlink(path)!r})"
+    except OSError:
+        return ""
+
+
 def _unusable(path: Path, *, follow: bool) -> str | None:
     """Why ``path`` cannot be a private cache directory (made if missing); None if it can.
 
@@ -66,6 +75,8 @@ def _unusable(path: Path, *, follow: bool) -> str | None:
         st = os.stat(path) if follow else os.lstat(path)
     except OSError as e:
         return f"unusable: {e.strerror}"
+    if stat.S_ISLNK(st.st_mode):  # another user may have planted it
+        return f"a symlink{_link_target(path)}, which is not a directory: remove the link"
     problem = _not_private(st, directory=True)
     if problem is None and not os.access(path, os.W_OK | os.X_OK):
         problem = "not writable"
@@ -192,6 +203,27 @@ def _write_with_digest(path: Path, data: bytes) -> None:
     _write_atomically(_digest_file(path), f"{len(data)} {digest}\n".encode())
 
 
+def _lock_file(directory: Path) -> Path:
+    """The cache's lock file; a symlink in its place (it holds no data) is
+    removed, never followed, when the directory is this user's alone."""
+    lock = directory / "build.lock"
+    try:
+        st = os.lstat(lock)
+    except FileNotFoundError:
+        return lock
+    if stat.S_ISREG(st.st_mode):
+        return lock
+    link = stat.S_ISLNK(st.st_mode)
+    what = f"a symlink{_link_target(lock)}" if link else "not a regular file"
+    where = f"{lock} is {what}, where the cache's lock file belongs"
+    if link and _not_private(os.stat(directory), directory=True) is None:
+        with contextlib.suppress(FileNotFoundError):  # another process of ours removed it
+            os.unlink(lock)
+        print(f"pytest-fakemachine: warning: {where}; removed it", file=sys.stderr)
+        return lock
+    raise BackendUnavailable(f"cannot lock the cache {directory}: {where}; remove it")
+
+
 def stored(path: Path, make: Callable[[], bytes], pattern: str, name: str) -> None:
     """Make sure ``path`` holds an intact file, writing ``make()`` there if not
     (under the cache's lock); older files matching ``pattern`` unused for a week go."""
@@ -202,7 +234,7 @@ def stored(path: Path, make: Callable[[], bytes], pattern: str, name: str) -> No
     from filelock import FileLock  # noqa: PLC0415
 
     try:
-        with FileLock(str(directory / "build.lock")):
+        with FileLock(str(_lock_file(directory))):
             problem = archive_problem(path)
             if problem is not None:
                 if problem not in ("missing", NO_RECORD):

@@ -8,13 +8,16 @@ import io
 import os
 import stat
 import tarfile
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from pytest_fakemachine import ConfigError
+from pytest_fakemachine import BackendUnavailable, ConfigError
 from pytest_fakemachine import _config as c
 from pytest_fakemachine.guest.pack import pack_regular_files
+from pytest_fakemachine.image import cache as _cache
 from pytest_fakemachine.runs.transport import unpack_kept
 
 SOURCE = "add_volume() of Machine()"
@@ -193,3 +196,83 @@ def test_unpacking_reads_no_archive_through_a_link(tmp_path: Path, outside: Path
     unpack_kept(tmp_path, "t0")
     assert not (tmp_path / "t0").exists()
     assert (outside / "real.tar").is_file()
+
+
+# --------------------------------------------------------------------------------------
+# 4. the cache: a link for its lock file, or for its fallback directory
+# --------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def fresh_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """An empty cache of this test's own, and a temporary directory for the fallback."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    (tmp_path / "tmp").mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    monkeypatch.setattr(_cache, "_verified", {})
+    monkeypatch.setattr(_cache, "_note", [])
+    yield tmp_path / "cache" / "pytest-fakemachine"
+
+
+def _store(directory: Path) -> Path:
+    path = directory / "initramfs-test.cpio"
+    _cache.stored(path, lambda: b"archive", "initramfs-*.cpio", "initramfs")
+    return path
+
+
+def test_a_symlink_for_the_lock_file_is_replaced_not_followed(
+    fresh_cache: Path, outside: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    directory = _cache.cache_dir()
+    assert directory == fresh_cache
+    lock = directory / "build.lock"
+    lock.symlink_to(outside / "file")
+    for _ in range(2):  # this run and every later one
+        path = _store(directory)
+        assert path.read_bytes() == b"archive"
+        path.unlink()
+    assert lock.is_file() and not lock.is_symlink()
+    _untouched(outside)
+    assert capfd.readouterr().err.count(
+        f"pytest-fakemachine: warning: {lock} is a symlink (to '{outside}/file'), where the "
+        "cache's lock file belongs; removed it"
+    ) == 1  # fmt: skip
+
+
+def test_a_lock_file_that_is_no_file_says_what_to_remove(fresh_cache: Path) -> None:
+    directory = _cache.cache_dir()
+    (directory / "build.lock").mkdir()
+    with pytest.raises(BackendUnavailable) as info:
+        _store(directory)
+    assert str(info.value) == (
+        f"cannot lock the cache {directory}: {directory}/build.lock is not a regular file, "
+        "where the cache's lock file belongs; remove it"
+    )
+
+
+def test_a_link_for_the_lock_of_a_shared_directory_is_left_alone(
+    tmp_path: Path, outside: Path
+) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir(mode=0o777)
+    shared.chmod(0o777)  # not the user's alone: whoever planted the link may come back
+    (shared / "build.lock").symlink_to(outside / "file")
+    with pytest.raises(BackendUnavailable, match=r"is a symlink .*; remove it"):
+        _store(shared)
+    assert (shared / "build.lock").is_symlink()
+    _untouched(outside)
+
+
+def test_a_symlinked_fallback_directory_is_reported_as_a_link(
+    fresh_cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", "/dev/null/cache")
+    fallback = tmp_path / "tmp" / f"pytest-fakemachine-{os.geteuid()}"
+    (tmp_path / "elsewhere").mkdir(mode=0o700)
+    fallback.symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(BackendUnavailable) as info:
+        _cache.cache_dir()
+    assert (
+        f"and {fallback} is a symlink (to '{tmp_path}/elsewhere'), which is not a directory: "
+        "remove the link; set XDG_CACHE_HOME"
+    ) in str(info.value)
