@@ -1,15 +1,15 @@
 #!/usr/bin/env python3
-"""Side-by-side benchmark of pytest-fakemachine, a bare UML boot and Debian's fakemachine CLI.
+"""The benchmarks of pytest-fakemachine: ``python benchmarks/bench.py --help``.
 
-The benchmark itself is the package ``fmbench`` beside this file (runner, rows,
-breakdown, report, main); ``python benchmarks/bench.py --help`` says how to run it.
+The benchmark itself is the package ``fmbench`` beside this file; its only
+door into the package's internals is ``fmbench/package.py``.
 """
 
 from __future__ import annotations
 
 import sys
 
-from fmbench.main import main
+from fmbench.cli import main
 from fmbench.runner import sweep
 
 if __name__ == "__main__":

@@ -11,9 +11,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pytest_fakemachine import FakeMachineError, Machine
-from pytest_fakemachine._session import command_body
+from pytest_fakemachine import FakeMachineError
 
+from . import package as fm
 from .rows import ONLY_OURS, PYTEST_TIMEOUT, RUN_TIMEOUT, Context
 from .runner import StepFailed, clean_env, run_step, tail
 
@@ -60,36 +60,22 @@ def _boot_stamps(console: str) -> tuple[float, float, float, float]:
 
 def breakdown_run() -> dict[str, float]:
     """One in-process run("true") with guest timestamps; seconds per segment, and 'total'."""
-    machine = Machine()
-    machine.extra_kernel_args = ["printk.time=1"]
-    body = command_body(BREAKDOWN_COMMAND, "/scratch", {})
-    start = time.monotonic()
     try:
-        with machine.session() as session:  # what Machine.run() and Session.boot() do
-            guest = session.launch(body)
-            try:
-                finished = guest.wait(RUN_TIMEOUT)
-            finally:
-                guest.kill()
-            outcome = session.outcome(guest, finished, RUN_TIMEOUT)
-            stdout = session.read_text("stdout")
-            workdir = session.workdir
+        run = fm.timed_guest_run(BREAKDOWN_COMMAND, ["printk.time=1"], RUN_TIMEOUT)
     except FakeMachineError as e:
         raise StepFailed(str(e)) from None
-    end = time.monotonic()
-    if outcome.status != 0:
-        raise StepFailed(f"the breakdown command exited {outcome.status}")
-    if workdir.exists():
-        raise StepFailed(f"the work directory {workdir} was left behind")
+    if run.status != 0:
+        raise StepFailed(f"the breakdown command exited {run.status}")
+    if run.workdir_left is not None:
+        raise StepFailed(f"the work directory {run.workdir_left} was left behind")
     try:
-        job_start, job_end = (float(x) for x in stdout.split())
+        job_start, job_end = (float(x) for x in run.stdout.split())
     except ValueError:
-        raise StepFailed(f"unexpected output of the uptime command: {stdout!r}") from None
-    console = outcome.console
-    init, systemd, unit, halt = _boot_stamps(console)
-    lifetime = guest.ended_at - guest.started_at
+        raise StepFailed(f"unexpected output of the uptime command: {run.stdout!r}") from None
+    init, systemd, unit, halt = _boot_stamps(run.console)
+    lifetime = run.uml_ended - run.uml_started
     return {
-        "host_before": guest.started_at - start,
+        "host_before": run.uml_started - run.start,
         "uml_outside": lifetime - halt,
         "kernel": init,
         "init": systemd - init,
@@ -97,8 +83,8 @@ def breakdown_run() -> dict[str, float]:
         "unit": job_start - unit,
         "job": job_end - job_start,
         "poweroff": halt - job_end,
-        "host_after": end - guest.ended_at,
-        "total": end - start,
+        "host_after": run.end - run.uml_ended,
+        "total": run.end - run.start,
     }
 
 
@@ -127,19 +113,19 @@ def marked_breakdown_run(ctx: Context) -> dict[str, float]:
     env["PYTEST_DISABLE_PLUGIN_AUTOLOAD"] = "1"
     env["TMPDIR"] = str(ctx.tmp)  # the kept work directory goes with the workspace, always
     argv = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", ONLY_OURS[0],
-            "--fakemachine-keep", ctx.one_test.name]  # fmt: skip
+            fm.KEEP_OPTION, ctx.one_test.name]  # fmt: skip
     start = time.time()
     proc = run_step(argv, ctx.one_test.parent, PYTEST_TIMEOUT, "pytest", env)
     end = time.time()
-    kept = re.findall(r"^(/\S*fakemachine-\S+)$", proc.stdout, re.MULTILINE)
+    kept = fm.KEPT_RE.findall(proc.stdout)
     try:
         if proc.returncode != 0 or len(kept) != 1:
             raise StepFailed(f"pytest exit status {proc.returncode}:\n{tail(proc.stdout, 20)}")
         work = Path(kept[0])
-        console = (work / "console.log").read_text(errors="replace")
-        job_start_wall = (work / "started").stat().st_mtime
-        job_start = float((work / "started").read_text().split()[0])
-        events = [json.loads(line) for line in (work / "events.jsonl").read_text().splitlines()]
+        console = (work / fm.KEPT_CONSOLE).read_text(errors="replace")
+        job_start_wall = (work / fm.KEPT_STARTED).stat().st_mtime
+        job_start = float((work / fm.KEPT_STARTED).read_text().split()[0])
+        events = [json.loads(line) for line in (work / fm.KEPT_EVENTS).read_text().splitlines()]
     except (OSError, ValueError, IndexError) as e:
         raise StepFailed(f"the kept work directory is incomplete: {e}") from None
     finally:

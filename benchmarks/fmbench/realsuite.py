@@ -1,4 +1,4 @@
-"""The real-suite rows: benchmarks/realsuite/ on the host as root, and in guests.
+"""``bench.py realsuite``: benchmarks/realsuite/ on the host as root, and in guests.
 
 One round runs the module (20 realistic root-needing tests) as root on the
 host without the plugin, inside ``unshare -mn --propagation private`` (mounts,
@@ -17,6 +17,7 @@ tree fails is left out of every ratio, and named.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shutil
@@ -28,7 +29,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .runner import REPO, StepFailed, children_cpu, clean_env, run_step, sweep, tail
+from . import package as fm
+from .breakdown import suite_breakdown_lines, suite_probe_parts
+from .report import machine_lines, section_lines, write_markdown
+from .runner import (
+    REPO,
+    Started,
+    Step,
+    StepFailed,
+    children_cpu,
+    clean_env,
+    interleave,
+    private_tree,
+    run_step,
+    tail,
+    workspace,
+)
 
 SUITE_DIR = REPO / "benchmarks" / "realsuite"
 SUITE_FILE = "test_realsuite.py"
@@ -97,10 +113,10 @@ def run_suite(
         argv = ["unshare", "-mn", "--propagation", "private", *argv]
         env.pop("FMBENCH_SCOPE", None)
     else:
-        argv += ["-p", "pytest_fakemachine.plugin"]
+        argv += ["-p", fm.PLUGIN]
         env["FMBENCH_SCOPE"] = scope
         if kernel is not None:
-            argv.append(f"--fakemachine-kernel={kernel}")
+            argv.append(f"{fm.KERNEL_OPTION}={kernel}")
     argv.append(SUITE_FILE)
     start, cpu_start = time.monotonic(), children_cpu()
     proc = run_step(argv, directory, SUITE_TIMEOUT, "the real suite", env)
@@ -275,6 +291,16 @@ def trees_for(ref: str | None, kernels: list[tuple[str, str]]) -> list[Tree]:
     return trees
 
 
+def suite_step(variant: Variant, directory: Path, scope: str | None, tree: Tree | None) -> Step:
+    """One run of the suite for ``variant`` as a step of an interleaved round."""
+
+    def run(round_no: int) -> str:
+        return run_into(variant, directory, scope, tree, round_no)
+
+    label = f"real suite, {variant.label}"
+    return Step(label, run, variant.failures.append, variant.failures.append)
+
+
 def measure(
     tmp: Path,
     runs: int,
@@ -285,20 +311,10 @@ def measure(
     """``runs`` interleaved rounds: host, then each tree's runs of each scope in ``scopes``."""
     directory = prepare(tmp)
     variants = variants_for([(t.key, t.path, t.label) for t in trees])
-    steps: list[tuple[Variant, str | None, Tree | None]] = [(variants["host"], None, None)]
+    steps = [suite_step(variants["host"], directory, None, None)]
     for scope in scopes:
-        steps += [(variants[f"{scope}_{t.key}"], scope, t) for t in trees]
-    for round_no in range(1, runs + 1):
-        for variant, suite_scope, tree in steps:
-            log(f"bench: round {round_no}/{runs}: real suite, {variant.label} ...")
-            try:
-                log(f"bench:   {run_into(variant, directory, suite_scope, tree, round_no)}")
-            except StepFailed as e:
-                variant.failures.append(str(e))
-                log(f"bench:   failed: {str(e).splitlines()[0]}")
-            stray = sweep()
-            if stray:
-                variant.failures.append(f"left running, killed: {', '.join(stray)}")
+        steps += [suite_step(variants[f"{scope}_{t.key}"], directory, scope, t) for t in trees]
+    interleave(steps, runs, log)  # every problem is also in its variant's failures
     return variants, [(t.key, t.label) for t in trees]
 
 
@@ -315,3 +331,34 @@ def run_into(
     variant.runs.append(result)
     return (f"{result.wall:.2f} s whole, {result.span:.2f} s in tests, "
             f"{len(result.passed)}/{len(result.tests)} passed")  # fmt: skip
+
+
+def main(args: argparse.Namespace, log: Callable[[str], None], started: Started) -> int:
+    """The real-suite rows alone: interleaved rounds, the table, the markdown section."""
+    with workspace() as tmp:
+        kernels = [(path, fm.kernel_version(path)) for path in args.kernel]
+        scopes = ("module",) if args.module_only else ("module", "function")
+        ref = None if args.ref is None else str(private_tree(tmp, args.ref, fm.PACKAGE))
+        variants, trees = measure(tmp, args.runs, trees_for(ref, kernels), log, scopes)
+    command = "python benchmarks/bench.py realsuite" + (f" --ref {args.ref}" if args.ref else "")
+    command += "".join(f" --kernel {path}" for path in args.kernel)
+    command += " --module-only" if args.module_only else ""
+    command += f" --runs {args.runs}"
+    info = machine_lines(started)
+    probes = {
+        label: [suite_probe_parts(r.probe) for r in variants[f"module_{key}"].runs if r.probe]
+        for key, label in trees
+    }
+    chart = suite_breakdown_lines(probes)
+    print()
+    print("\n".join(table_lines(variants, trees, markdown=False)))
+    print()
+    print("\n".join(chart))
+    print()
+    print("\n".join(line.removeprefix("- ") for line in info))
+    if args.markdown is not None:
+        table = [*table_lines(variants, trees, markdown=True), ""]
+        section = section_lines(command, args.runs, table, chart, info)
+        write_markdown(args.markdown, section, (MARK_START, MARK_END))
+        log(f"bench: wrote the results into {args.markdown}")
+    return 1 if any(v.failures for v in variants.values()) else 0

@@ -6,15 +6,15 @@ import contextlib
 import os
 import platform
 import re
-import shutil
 import statistics
-import subprocess
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
+from . import package as fm
 from .breakdown import SEGMENTS
+from .runner import Row, Started, fmt_value
 
 MARK_START = "<!-- bench:start -->"
 MARK_END = "<!-- bench:end -->"
@@ -22,34 +22,10 @@ CHART_WIDTH = 50
 
 
 @dataclass
-class Row:
-    key: str
-    label: str
-    unit: str = "s"
-    values: list[float] = field(default_factory=list)
-    failures: list[str] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-
-    @property
-    def median(self) -> float | None:
-        return statistics.median(self.values) if self.values else None
-
-    @property
-    def attempts(self) -> int:
-        return len(self.values) + len(self.failures)
-
-
-@dataclass
 class Verdict:
     ratio: str
     target: str
     result: str
-
-
-def fmt_value(value: float | None, unit: str) -> str:
-    if value is None:
-        return "-"
-    return f"{value:.1f} MiB" if unit == "MiB" else f"{value:.2f} s"
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:
@@ -99,7 +75,7 @@ def verdicts(rows: dict[str, Row], module_tests: int) -> dict[str, Verdict]:
     )
     out["n0"] = Verdict("", "", "")
     r = _ratio(rows["n0"].median, rows["n2"].median)
-    # Issue #15 re-based this row: -n 0 boots ahead on the idle CPU, so -n 2
+    # The target was re-based: -n 0 boots ahead on the idle CPU, so -n 2
     # has only to keep up with it (it was 1.6x the throughput of -n 0).
     out["n2"] = Verdict(
         "-" if r is None else f"{r:.2f}x the throughput of -n 0",
@@ -199,32 +175,32 @@ def chart_lines(
     return lines
 
 
-def machine_lines(
-    started: float, load_start: tuple[float, ...], others: int, floor: str
-) -> list[str]:
+def machine_lines(started: Started, floor: str | None = None) -> list[str]:
+    """The machine, the date, the load, and the floor's command line if there is one."""
     cpu = "unknown"
     with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
         for line in f:
             if line.startswith("model name"):
                 cpu = line.partition(":")[2].strip()
                 break
-    uml = subprocess.run(
-        [shutil.which("linux.uml") or "linux.uml", "--version"],
-        capture_output=True,
-        text=True,
-        check=False,
-        stdin=subprocess.DEVNULL,
-    ).stdout.strip()
+    try:
+        uml = f"{fm.kernel_version(fm.default_kernel())} ({fm.default_kernel()})"
+    except (fm.FakeMachineError, OSError):
+        uml = ""
     load_end = os.getloadavg()
-    return [
+    lines = [
         f"- machine: {len(os.sched_getaffinity(0))} CPUs ({cpu}), host kernel "
-        f"{platform.release()}, UML kernel {uml or 'unknown'}, Python {platform.python_version()}",
-        f"- date: {time.strftime('%Y-%m-%d %H:%M %Z', time.localtime(started))}; "
-        f"took {(time.time() - started) / 60:.1f} min",
-        f"- load average (1 min) at start {load_start[0]:.2f}, at end {load_end[0]:.2f}; "
-        f"{others} linux.uml processes not started by the benchmark were running at the start",
-        f"- floor kernel command line: `{floor}`",
+        f"{platform.release()}, default UML kernel {uml or 'unknown'}, "
+        f"Python {platform.python_version()}",
+        f"- date: {time.strftime('%Y-%m-%d %H:%M %Z', time.localtime(started.time))}; "
+        f"took {(time.time() - started.time) / 60:.1f} min",
+        f"- load average (1 min) at start {started.load[0]:.2f}, at end {load_end[0]:.2f}; "
+        f"{started.others} linux.uml processes not started by the benchmark were running "
+        "at the start",
     ]
+    if floor is not None:
+        lines.append(f"- floor kernel command line: `{floor}`")
+    return lines
 
 
 def section_lines(

@@ -17,13 +17,9 @@ from pathlib import Path
 from typing import Literal
 
 from pytest_fakemachine import FakeMachineError, Machine
-from pytest_fakemachine._session import FAST_BOOT_ARGS, SKIP_RAID_BENCHMARKS
-from pytest_fakemachine.backend.uml.process import GuestProcess, leftovers
-from pytest_fakemachine.image.cpio import CpioWriter
-from pytest_fakemachine.image.initramfs import _collect_inputs, write_base
 
+from . import package as fm
 from .runner import (
-    REPO,
     StepFailed,
     children_cpu,
     clean_env,
@@ -45,29 +41,33 @@ FLOOR_INIT = """\
 #!/bin/busybox sh
 exec /bin/busybox poweroff -f
 """
-ONE_TEST = """\
+# The one trivial test module every pytest row runs: n tests, one guest each
+# (scope="function") or one guest for all (scope="module").
+TRIVIAL_MODULE = """\
 import pytest
 
-
-@pytest.mark.fakemachine
-def test_trivial():
-    pass
-"""
-MODULE_HEADER = """\
-import pytest
-
-pytestmark = pytest.mark.fakemachine(scope="module")
-"""
-FUNCTION_HEADER = """\
-import pytest
-
-pytestmark = pytest.mark.fakemachine
-"""
+pytestmark = pytest.mark.fakemachine(scope="{scope}")
+{tests}"""
 TRIVIAL_TEST = """
 
 def test_trivial_{n}():
     pass
 """
+
+
+def trivial_module(tests: int, scope: str = "function") -> str:
+    """The text of a test module of ``tests`` trivial marked tests."""
+    body = "".join(TRIVIAL_TEST.format(n=n) for n in range(tests))
+    return TRIVIAL_MODULE.format(scope=scope, tests=body)
+
+
+def write_trivial_module(directory: Path, tests: int, scope: str = "function") -> Path:
+    """``directory``/test_trivial.py, beside an empty pytest.ini (keeps any config away)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "pytest.ini").write_text("")
+    path = directory / "test_trivial.py"
+    path.write_text(trivial_module(tests, scope))
+    return path
 
 
 @dataclass
@@ -78,7 +78,7 @@ class Context:
     floor_args: list[str]
     module_tests: int
     xdist_tests: int
-    one_test: Path = field(init=False)
+    one_test: Path = field(init=False)  # each a test_trivial.py in a directory of its own
     module_file: Path = field(init=False)
     function_file: Path = field(init=False)
     fakemachine_cli: str | None = None
@@ -98,27 +98,11 @@ def prepare_context(
         module_tests=module_tests,
         xdist_tests=xdist_tests,
     )
-    build_floor_initramfs(ctx.initrd)
-    module = MODULE_HEADER + "".join(TRIVIAL_TEST.format(n=n) for n in range(module_tests))
-    function = FUNCTION_HEADER + "".join(TRIVIAL_TEST.format(n=n) for n in range(xdist_tests))
-    for name, text in (("one", ONE_TEST), ("module", module), ("function", function)):
-        directory = tmp / name
-        directory.mkdir()
-        (directory / "pytest.ini").write_text("")  # keeps the repository's config away
-        (directory / f"test_{name}.py").write_text(text)
-    ctx.one_test = tmp / "one" / "test_one.py"
-    ctx.module_file = tmp / "module" / "test_module.py"
-    ctx.function_file = tmp / "function" / "test_function.py"
+    fm.write_busybox_initramfs(ctx.initrd, FLOOR_INIT)
+    ctx.one_test = write_trivial_module(tmp / "one", 1)
+    ctx.module_file = write_trivial_module(tmp / "module", module_tests, "module")
+    ctx.function_file = write_trivial_module(tmp / "function", xdist_tests)
     return ctx
-
-
-def build_floor_initramfs(path: Path) -> None:
-    """busybox, its libraries and an /init that powers off at once, in a newc archive."""
-    with open(path, "wb") as out:
-        cpio = CpioWriter(out)
-        write_base(cpio, _collect_inputs().files, ["dev", "proc", "sys", "usr"])
-        cpio.add_file("init", FLOOR_INIT.encode(), 0o755)
-        cpio.close()
 
 
 def floor_args(initrd: Path) -> list[str]:
@@ -127,9 +111,7 @@ def floor_args(initrd: Path) -> list[str]:
     Taken from ``Session.kernel_args()`` itself, so the floor keeps up with the
     console wiring and boot-time skips (initcall_blacklist...) the Session uses.
     """
-    with Machine().session() as session:
-        work = str(session.workdir)
-        args = session.kernel_args()
+    args, work = fm.session_kernel_args()
     drop = re.compile(r"(initrd|systemd\.[\w.]+|ubd\d+|vec\d+)=")
     return [f"initrd={initrd}", *(a for a in args if work not in a and not drop.match(a))]
 
@@ -146,13 +128,13 @@ def floor_variant(args: list[str], skips: Skips) -> list[str]:
     """
     if skips == "ours":
         return list(args)
-    fast = {a.partition("=")[0] for a in FAST_BOOT_ARGS if not a.startswith("printk.")}
+    fast = {a.partition("=")[0] for a in fm.FAST_BOOT_ARGS if not a.startswith("printk.")}
     kept = [
         a for a in args
         if not a.startswith("initcall_blacklist=") and a.partition("=")[0] not in fast
     ]  # fmt: skip
     if skips == "issue":
-        kept.append("initcall_blacklist=" + ",".join(SKIP_RAID_BENCHMARKS))
+        kept.append("initcall_blacklist=" + ",".join(fm.SKIP_RAID_BENCHMARKS))
     return kept
 
 
@@ -164,26 +146,24 @@ def floor_boot(ctx: Context, *, skips: Skips) -> float:
     """
     args = floor_variant(ctx.floor_args, skips)
     uml_dir = Path(tempfile.mkdtemp(prefix="uml-", dir=ctx.tmp))
-    guest = GuestProcess(ctx.kernel, [*args, f"uml_dir={uml_dir}"], workdir=uml_dir, network=False)
     try:
-        guest.start()
-        finished = guest.wait(FLOOR_TIMEOUT)
+        boot = fm.bare_boot(ctx.kernel, [*args, f"uml_dir={uml_dir}"], uml_dir, FLOOR_TIMEOUT)
     finally:
-        guest.kill()
         shutil.rmtree(uml_dir, ignore_errors=True)
-    console = guest.console()
-    if not finished:
+    console = boot.console
+    if not boot.finished:
         raise StepFailed(f"the bare guest did not power off within {FLOOR_TIMEOUT:g} s")
     if "Run /init as init process" not in console or "Kernel panic" in console:
         raise StepFailed(f"the bare guest did not run /init:\n{tail(console)}")
-    return guest.ended_at - guest.started_at
+    return boot.lifetime
 
 
 def machine_process(ctx: Context) -> float:
     """A whole `python -c "...Machine().run('true')"` process, interpreter start included."""
     code = "from pytest_fakemachine import Machine; Machine().run('true', check=True)"
     start = time.monotonic()
-    proc = run_step([sys.executable, "-c", code], REPO, RUN_TIMEOUT, "Machine().run('true')")
+    # Not in a checkout: `python -c` imports the package from its working directory first.
+    proc = run_step([sys.executable, "-c", code], ctx.tmp, RUN_TIMEOUT, "Machine().run('true')")
     elapsed = time.monotonic() - start
     if proc.returncode != 0:
         raise StepFailed(f"exit status {proc.returncode}: {python_error(proc.stderr)}")
@@ -244,7 +224,7 @@ def remove_cli_dirs(ctx: Context) -> list[str]:
     return removed
 
 
-ONLY_OURS = ("pytest_fakemachine.plugin",)
+ONLY_OURS = (fm.PLUGIN,)
 WITH_XDIST = (*ONLY_OURS, "xdist.plugin")
 
 
@@ -347,7 +327,7 @@ def peak_memory(*, network: bool) -> float:
         nonlocal peak, exact
         due = time.monotonic()
         while not stop.is_set():
-            total, known = guest_memory_kib(leftovers(owner))
+            total, known = guest_memory_kib(fm.leftovers(owner))
             peak = max(peak, total)
             exact = exact and known
             due += SAMPLE_SECONDS
@@ -365,8 +345,9 @@ def peak_memory(*, network: bool) -> float:
         sampler.join()
     if result.returncode != 0:
         raise StepFailed(f"sleep 3 exited {result.returncode}: {result.stderr.strip()}")
-    if machine.last_workdir is not None and machine.last_workdir.exists():
-        raise StepFailed(f"the work directory {machine.last_workdir} was left behind")
+    workdir = fm.last_workdir(machine)
+    if workdir is not None and workdir.exists():
+        raise StepFailed(f"the work directory {workdir} was left behind")
     if not peak:
         raise StepFailed("no guest process was found to sample")
     if not exact:

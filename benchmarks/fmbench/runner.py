@@ -1,4 +1,11 @@
-"""Processes: find, kill and reap only what the benchmark started; run a step."""
+"""The one place for how every subcommand measures.
+
+Interleaved rounds (:func:`interleave`: one of each step per round, so a
+burst of load from elsewhere hits every row alike), medians
+(:func:`median`, :class:`Row`), the CPU time of what a step started
+(:func:`children_cpu`, :func:`timed`), and processes: find, kill and reap
+only what the benchmark started, run a step in its own session.
+"""
 
 from __future__ import annotations
 
@@ -9,11 +16,12 @@ import re
 import resource
 import shutil
 import signal
+import statistics
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent.parent
@@ -138,8 +146,8 @@ def clean_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k not in _NOT_PASSED_ON}
 
 
-def private_tree(tmp: Path, tree: str) -> Path:
-    """A copy of ``tree``'s package under ``tmp``, for PYTHONPATH, named after ``tree``.
+def private_tree(tmp: Path, tree: str, package: str) -> Path:
+    """A copy of ``tree``'s ``package`` under ``tmp``, for PYTHONPATH, named after ``tree``.
 
     With bytecode caches on (see clean_env), Python writes ``__pycache__``
     beside the sources it imports: into the copy, never into ``tree`` (a
@@ -149,8 +157,8 @@ def private_tree(tmp: Path, tree: str) -> Path:
     copy = tmp / "trees" / source.name
     if not copy.exists():
         shutil.copytree(
-            source / "pytest_fakemachine",
-            copy / "pytest_fakemachine",
+            source / package,
+            copy / package,
             ignore=shutil.ignore_patterns("__pycache__"),
         )
     return copy
@@ -212,3 +220,114 @@ def workspace() -> Iterator[Path]:
     finally:
         sweep(grace=0)  # first, so no guest still writes there
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def timed(fn: Callable[[], object]) -> tuple[float, float]:
+    """Wall seconds of ``fn()``, and the CPU seconds of the children it reaped."""
+    start, cpu = time.monotonic(), children_cpu()
+    fn()
+    return time.monotonic() - start, children_cpu() - cpu
+
+
+def median(values: Iterable[float]) -> float | None:
+    found = list(values)
+    return statistics.median(found) if found else None
+
+
+@dataclass
+class Row:
+    """One measurement's values over the rounds, and why a round gave none."""
+
+    key: str
+    label: str
+    unit: str = "s"
+    values: list[float] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def median(self) -> float | None:
+        return median(self.values)
+
+    @property
+    def attempts(self) -> int:
+        return len(self.values) + len(self.failures)
+
+
+def fmt_value(value: float | None, unit: str) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.1f} MiB" if unit == "MiB" else f"{value:.2f} s"
+
+
+@dataclass
+class Step:
+    """One measurement of a round: ``run`` records it and says what it took."""
+
+    label: str
+    run: Callable[[int], str]  # the round number -> a line for the log
+    failed: Callable[[str], None]  # records why it produced nothing
+    left: Callable[[str], None] | None = None  # records what it left running (and was killed)
+
+
+def row_step(row: Row, fn: Callable[[], float]) -> Step:
+    """A step that appends ``fn()`` to ``row``."""
+
+    def run(round_no: int) -> str:
+        row.values.append(fn())
+        return fmt_value(row.values[-1], row.unit)
+
+    return Step(row.label, run, row.failures.append)
+
+
+def interleave(
+    steps: list[Step],
+    runs: int,
+    log: Callable[[str], None],
+    after: Callable[[Step, int], None] | None = None,
+) -> list[str]:
+    """``runs`` rounds of every step in order; the problems, one line each.
+
+    A step that raises StepFailed is recorded (``step.failed``) and the round
+    goes on. After each step whatever it left running is killed and named.
+    ``after(step, round_no)``: called after each step and its sweep. Every
+    problem is returned; a caller that tolerates some drops them.
+    """
+    problems: list[str] = []
+    for round_no in range(1, runs + 1):
+        for step in steps:
+            log(f"bench: round {round_no}/{runs}: {step.label} ...")
+            try:
+                log(f"bench:   {step.run(round_no)}")
+            except StepFailed as e:
+                step.failed(str(e))
+                problems.append(f"{step.label}: {str(e).splitlines()[0]}")
+                log(f"bench:   failed: {str(e).splitlines()[0]}")
+            stray = sweep()
+            if stray:
+                message = f"round {round_no} left running, killed: {', '.join(stray)}"
+                problems.append(f"{step.label}: {message}")
+                log(f"bench:   {message}")
+                if step.left is not None:
+                    step.left(message)
+            if after is not None:
+                after(step, round_no)
+    return problems
+
+
+def other_guests() -> int:
+    """linux.uml processes running now (at the start, none of them is ours)."""
+    return sum(1 for p in processes().values() if p.comm == "linux.uml")
+
+
+@dataclass(frozen=True)
+class Started:
+    """When the benchmark started, the load then, and the guests others ran."""
+
+    time: float
+    load: tuple[float, float, float]
+    others: int
+
+    @classmethod
+    def now(cls) -> Started:
+        return cls(time.time(), os.getloadavg(), other_guests())

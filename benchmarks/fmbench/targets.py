@@ -1,6 +1,6 @@
-"""Issue #15's targets: every row of its table, from one interleaved run.
+"""The speed targets: every row of the targets table, from one interleaved run.
 
-    python benchmarks/bench.py --targets --ref TREE [--kernel K]... [--runs N]
+    python benchmarks/bench.py targets --ref TREE [--kernel K]... [--runs N]
 
 Each round takes every measurement once, in the same order: the floor,
 ``run('true')``, one marked test, 30 module-scoped tests, 10 function-scoped
@@ -10,7 +10,7 @@ host, in one guest (``scope="module"``) from TREE with its default kernel and
 from this tree with each kernel, and with ``scope="function"`` from this tree
 with the first kernel (every kernel with ``--function-every-kernel``). The
 measurements are the functions of rows.py and realsuite.py; this module
-only orders them and judges them against the issue's targets.
+only orders them and judges them against the targets.
 """
 
 from __future__ import annotations
@@ -22,14 +22,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pytest_fakemachine import FakeMachineError, Machine
-from pytest_fakemachine.backend.uml.host import find_kernel
-from pytest_fakemachine.backend.uml.kernel import kernel_info, seccomp_used
-from pytest_fakemachine.backend.uml.process import leftovers
 
+from . import package as fm
 from . import realsuite
 from .breakdown import suite_breakdown_lines, suite_probe_parts
-from .realsuite import Tree, Variant
-from .report import Row, fmt_value, machine_lines, section_lines, table_lines, write_markdown
+from .realsuite import Tree, Variant, suite_step
+from .report import machine_lines, section_lines, table_lines, write_markdown
 from .rows import (
     RUN_TIMEOUT,
     WITH_XDIST,
@@ -40,11 +38,24 @@ from .rows import (
     prepare_context,
     pytest_run,
 )
-from .runner import StepFailed, cpus, private_tree, processes, sweep, workspace
+from .runner import (
+    Row,
+    Started,
+    Step,
+    StepFailed,
+    cpus,
+    fmt_value,
+    interleave,
+    private_tree,
+    processes,
+    row_step,
+    sweep,
+    workspace,
+)
 
 MARK_START = "<!-- targets:start -->"
 MARK_END = "<!-- targets:end -->"
-TRIVIAL_TESTS = 10  # rows 2 and 5 of the issue name 10 tests: --quick keeps them
+TRIVIAL_TESTS = 10  # rows 2 and 5 name 10 tests: --quick keeps them
 MODULE_TESTS = 30
 
 
@@ -62,13 +73,13 @@ class Kernel:
 def probe_kernel(path: str, number: int) -> Kernel:
     """Boot ``path`` once (untimed: it warms its initramfs cache); how its guests run."""
     try:
-        version = kernel_info(Path(path)).version
+        version = fm.kernel_version(path)
     except (FakeMachineError, OSError) as e:
         return Kernel(path, "?", "-", Tree(f"k{number}", None, path, path), str(e))
     broken = None
     try:
         result = Machine(kernel=path).run("true", timeout=RUN_TIMEOUT)
-        used = seccomp_used(result.console)
+        used = fm.seccomp_used(result.console)
         mode = {None: "no seccomp mode", True: "seccomp on"}.get(used, "seccomp off")
         if result.returncode != 0:
             broken = f"run('true') exited {result.returncode}"
@@ -76,30 +87,6 @@ def probe_kernel(path: str, number: int) -> Kernel:
         mode, broken = "-", str(e).splitlines()[0]
     label = f"this tree, Linux {version} ({mode})"
     return Kernel(path, version, mode, Tree(f"k{number}", None, label, path), broken)
-
-
-@dataclass
-class Step:
-    """One measurement of a round: ``run`` records it and says what it took."""
-
-    label: str
-    run: Callable[[int], str]  # the round number -> a line for the log
-    failed: Callable[[str], None]  # records why it produced nothing
-
-
-def row_step(row: Row, fn: Callable[[], float]) -> Step:
-    def run(round_no: int) -> str:
-        row.values.append(fn())
-        return fmt_value(row.values[-1], row.unit)
-
-    return Step(row.label, run, row.failures.append)
-
-
-def suite_step(variant: Variant, directory: Path, scope: str | None, tree: Tree | None) -> Step:
-    def run(round_no: int) -> str:
-        return realsuite.run_into(variant, directory, scope, tree, round_no)
-
-    return Step(f"real suite, {variant.label}", run, variant.failures.append)
 
 
 def trivial_rows(ctx: Context, ref: Path) -> dict[str, Row]:
@@ -283,22 +270,16 @@ def render(lines: list[Line], *, markdown: bool) -> list[str]:
     return out
 
 
-def targets_main(
-    args: argparse.Namespace,
-    log: Callable[[str], None],
-    started: float,
-    load_start: tuple[float, float, float],
-    others: int,
-) -> int:
-    """Every row of issue #15's targets from one interleaved run; 1 if a measurement failed."""
-    paths = args.kernel or [str(find_kernel(None))]
-    default_kernel = f"{find_kernel(None)} (Linux {kernel_info(find_kernel(None)).version})"
+def main(args: argparse.Namespace, log: Callable[[str], None], started: Started) -> int:
+    """Every row of the targets from one interleaved run; 1 if a measurement failed."""
+    default = fm.default_kernel()
+    paths = args.kernel or [str(default)]
+    default_kernel = f"{default} (Linux {fm.kernel_version(default)})"
     problems: list[str] = []
     with workspace() as tmp:
-        ref = private_tree(tmp, args.ref)
+        ref = private_tree(tmp, args.ref, fm.PACKAGE)
         ref_label = ref.name
-        ctx = prepare_context(tmp, find_kernel(None), xdist_tests=TRIVIAL_TESTS,
-                              module_tests=MODULE_TESTS)  # fmt: skip
+        ctx = prepare_context(tmp, default, xdist_tests=TRIVIAL_TESTS, module_tests=MODULE_TESTS)
         log(f"bench: warming up {ref_label} and this tree (bytecode caches, initramfs caches)")
         for tree in (ref, None):
             try:
@@ -322,22 +303,10 @@ def targets_main(
         functions = runnable if args.function_every_kernel else runnable[:1]
         steps += [suite_step(variants[f"function_{k.tree.key}"], directory, "function", k.tree)
                   for k in functions]  # fmt: skip
-        for round_no in range(1, args.runs + 1):
-            for step in steps:
-                log(f"bench: round {round_no}/{args.runs}: {step.label} ...")
-                try:
-                    log(f"bench:   {step.run(round_no)}")
-                except StepFailed as e:
-                    step.failed(str(e))
-                    problems.append(f"{step.label}: {str(e).splitlines()[0]}")
-                    log(f"bench:   failed: {str(e).splitlines()[0]}")
-                stray = sweep()
-                if stray:
-                    problems.append(f"{step.label}: left running, killed: {', '.join(stray)}")
-                    log(f"bench:   {problems[-1]}")
+        problems += interleave(steps, args.runs, log)
         floor = " ".join([*ctx.floor_args, "uml_dir=<tmp>"]).replace(str(tmp), "<tmp>")
 
-    mine = leftovers(os.getpid())
+    mine = fm.leftovers(os.getpid())
     if mine:
         problems.append(f"guest processes still running at the end: {mine}")
     row2, row4, row5 = trivial_lines(rows, ref_label)
@@ -350,13 +319,13 @@ def targets_main(
     chart = suite_breakdown_lines(probes)
     tree_keys = [(t.key, t.label) for t in trees]
     others_end = sum(1 for p in processes().values() if p.comm == "linux.uml")
-    info = machine_lines(started, load_start, others, floor)
+    info = machine_lines(started, floor)
     info.insert(1, "- kernels: " + "; ".join(
         f"{k.path}: Linux {k.version}, {k.broken or k.mode}" for k in kernels
     ) + f"; {ref_label} ran with its default, {default_kernel}")  # fmt: skip
     info.append(f"- {others_end} linux.uml processes not started by the benchmark "
                 "were running at the end")  # fmt: skip
-    command = f"python benchmarks/bench.py --targets --ref {args.ref}"
+    command = f"python benchmarks/bench.py targets --ref {args.ref}"
     command += "".join(f" --kernel {path}" for path in args.kernel)
     command += " --function-every-kernel" if args.function_every_kernel else ""
     command += f" --runs {args.runs}"

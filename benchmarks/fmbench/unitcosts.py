@@ -1,43 +1,40 @@
-"""What one system call, page fault, hostfs lookup and program start cost, per UML kernel.
-
-    python benchmarks/unit_costs.py [--rounds 3] [--kernel K]... [--counts-from SUITE_DIR]
+"""``bench.py unit-costs``: what one system call, page fault, hostfs lookup and program
+start cost, on the host and in a guest of each kernel.
 
 Each round runs one small Python script on the host and in one guest per
-kernel (default: linux.uml on PATH), kernels taking turns; medians:
+kernel, kernels taking turns; medians:
 
 - a system call: ``os.getppid()`` in a loop, minus the empty loop;
 - a page fault: one write per 4 KiB page of a fresh 64 MiB anonymous mapping;
 - a hostfs lookup: the first ``os.stat`` of each of 1,500 files under
   ``/usr/share`` (in a guest ``/usr`` is the host's over hostfs), and the
-  second (the guest's cache);
+  second;
 - a program start: ``posix_spawn`` of ``/bin/true`` and its wait.
 
 ``--counts-from DIR`` also counts, with ``strace -f`` on the host as root (in
 ``unshare -mn --propagation private``), the system calls and path lookups of
-the pytest suite in DIR (``python -m pytest -q -p no:cacheprovider DIR``):
-the same programs make the same calls in a guest. Times them by each kernel's
-unit costs, so the table shows what the floor of a suite is on each kernel:
-``calls x cost``. Page faults are the guest's to count (the realsuite probe,
-docs/performance.md): they are given per 10,000.
+the pytest suite in DIR: the same programs make the same calls in a guest.
+Priced by each kernel's unit costs, the second table is the floor of that
+suite on each kernel. Page faults are the guest's to count (the realsuite
+probe): they are given per 10,000.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import re
-import shutil
-import statistics
 import subprocess
-import sys
 import tempfile
-import time
+from collections.abc import Callable
 from pathlib import Path
 
-from fmbench.runner import clean_env  # beside this script, on sys.path when it runs
+from pytest_fakemachine import FakeMachineError, Machine
 
-from pytest_fakemachine import Machine
+from . import package as fm
+from .runner import Started, Step, StepFailed, clean_env, interleave, median, tail
 
 SCRIPT = r"""
 import json, mmap, os, time
@@ -94,35 +91,45 @@ UNITS = (
 )
 
 
+SCRIPT_PYTHON = "/usr/bin/python3"  # the host's, which a guest runs too (its /usr is the host's)
+
+
 def host_costs() -> dict[str, float]:
-    # Drop the dentry cache's hold on nothing: on the host the first stat is a cached one
-    # too (the files were read before); the row shows the host's floor for each.
-    proc = subprocess.run(["/usr/bin/python3", "-c", SCRIPT], capture_output=True, text=True,
-                          check=True)  # fmt: skip
-    return json.loads(proc.stdout)
+    proc = subprocess.run([SCRIPT_PYTHON, "-c", SCRIPT], capture_output=True, text=True,
+                          check=False, stdin=subprocess.DEVNULL, env=clean_env())  # fmt: skip
+    if proc.returncode != 0:
+        raise StepFailed(f"the host's script exited {proc.returncode}: {tail(proc.stderr)}")
+    values: dict[str, float] = json.loads(proc.stdout)
+    return values
 
 
 def guest_costs(kernel: str) -> dict[str, float]:
-    result = Machine(kernel=kernel, timeout=300).run(["/usr/bin/python3", "-c", SCRIPT], check=True)
-    return json.loads(result.stdout)
+    try:
+        result = Machine(kernel=kernel, timeout=300).run([SCRIPT_PYTHON, "-c", SCRIPT])
+    except FakeMachineError as e:
+        raise StepFailed(str(e)) from None
+    if result.returncode != 0:
+        raise StepFailed(f"the guest's script exited {result.returncode}: {tail(result.stderr)}")
+    values: dict[str, float] = json.loads(result.stdout)
+    return values
 
 
 _FILE_CALLS = re.compile(r'^\d+\s+(\w+)\((?:AT_FDCWD, )?"([^"]*)"')
 _LOCAL = ("/proc", "/sys", "/dev", "/tmp", "/run", "/etc", "/var/tmp")
 
 
-def suite_counts(suite: Path, python: str) -> dict[str, int]:
+def suite_counts(suite: Path, python: str, log: Callable[[str], None]) -> dict[str, int]:
     """System calls, and path lookups a guest would make over hostfs, of one run of ``suite``."""
     with tempfile.TemporaryDirectory(prefix="fm-counts-") as tmp:
-        log = Path(tmp) / "trace"
+        trace = Path(tmp) / "trace"
         argv = ["unshare", "-mn", "--propagation", "private", "strace", "-f", "-qq", "-o",
-                str(log), python, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p",
-                "no:fakemachine", str(suite.resolve())]  # fmt: skip
-        env = clean_env()
-        proc = subprocess.run(argv, capture_output=True, text=True, check=False, env=env, cwd=tmp)
+                str(trace), python, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p",
+                f"no:{fm.ENTRY_POINT}", str(suite.resolve())]  # fmt: skip
+        proc = subprocess.run(argv, capture_output=True, text=True, check=False, env=clean_env(),
+                              cwd=tmp, stdin=subprocess.DEVNULL)  # fmt: skip
         summary = (proc.stdout.strip().splitlines() or ["no output"])[-1]
         calls = lookups = 0
-        with open(log, errors="replace") as f:
+        with open(trace, errors="replace") as f:
             for line in f:
                 if "resumed>" in line or "+++" in line or "---" in line:
                     continue
@@ -130,34 +137,30 @@ def suite_counts(suite: Path, python: str) -> dict[str, int]:
                 m = _FILE_CALLS.match(line)
                 if m and not m.group(2).startswith(_LOCAL):
                     lookups += 1  # outside the guest's own trees, or relative: hostfs
-    print(f"counted: {summary}", file=sys.stderr)
+    log(f"bench: counted: {summary}")
     return {"calls": calls, "lookups": lookups}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--kernel", action="append", default=[])
-    parser.add_argument("--counts-from", type=Path, help="a pytest suite to count calls of")
-    parser.add_argument("--python", default=sys.executable, help="runs --counts-from's suite")
-    args = parser.parse_args()
-    kernels = args.kernel or [shutil.which("linux.uml") or "linux.uml"]
-    started, load = time.monotonic(), [os.getloadavg()[0]]
+def main(args: argparse.Namespace, log: Callable[[str], None], started: Started) -> int:
+    kernels = args.kernel or [str(fm.default_kernel())]
     samples: dict[str, list[dict[str, float]]] = {"host": [], **{k: [] for k in kernels}}
-    for _ in range(args.rounds):
-        samples["host"].append(host_costs())
-        for kernel in kernels:
-            samples[kernel].append(guest_costs(kernel))
-            print(".", end="", file=sys.stderr, flush=True)
-    counts = suite_counts(args.counts_from, args.python) if args.counts_from else None
-    load.append(os.getloadavg()[0])
-    print(file=sys.stderr)
-    med = {name: {u: statistics.median(s[u] for s in runs) for u, *_ in UNITS}
-           for name, runs in samples.items()}  # fmt: skip
-    names = list(samples)
-    print(f"{args.rounds} rounds; load average {load[0]:.2f} -> {load[1]:.2f}; "
-          f"{time.monotonic() - started:.0f} s\n")  # fmt: skip
-    print("| medians | " + " | ".join(names) + " |")
+    failures: list[str] = []
+
+    def step(name: str, measure: Callable[[], dict[str, float]]) -> Step:
+        def run(round_no: int) -> str:
+            samples[name].append(measure())
+            return f"a system call {samples[name][-1]['syscall'] * 1e6:.2f} us"
+
+        return Step(name, run, failures.append)
+
+    steps = [step("host", host_costs)]
+    steps += [step(k, functools.partial(guest_costs, k)) for k in kernels]
+    problems = interleave(steps, args.runs, log)
+    counts = suite_counts(args.counts_from, args.python, log) if args.counts_from else None
+    names = [n for n in samples if samples[n]]
+    med = {n: {u: median(s[u] for s in samples[n]) or 0.0 for u, *_ in UNITS} for n in names}
+    print(f"\n{args.runs} rounds, interleaved, medians\n")
+    print("| one... | " + " | ".join(names) + " |")
     print("|---|" + "---|" * len(names))
     for unit, label, scale, suffix in UNITS:
         cells = " | ".join(f"{med[n][unit] * scale:.2f} {suffix}" for n in names)
@@ -173,7 +176,5 @@ def main() -> None:
                 ("10,000 page faults", "fault", 10000))  # fmt: skip
         for label, unit, n in rows:
             print(f"| {label} | " + " | ".join(f"{n * med[x][unit]:.2f} s" for x in names) + " |")
-
-
-if __name__ == "__main__":
-    main()
+    print(f"\nload average (1 min) {started.load[0]:.2f} -> {os.getloadavg()[0]:.2f}")
+    return 1 if problems else 0
