@@ -10,8 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_fakemachine import _session
-from pytest_fakemachine.backend.uml.process import leftovers
+from pytest_fakemachine.backend import leftovers, uml
 from pytest_fakemachine.runs.dispatch import state_key
 
 pytest_plugins = ["pytester"]
@@ -84,7 +83,7 @@ def no_guest(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
         def __init__(self, *args: object, **kwargs: object) -> None:
             pytest.fail("a guest process was constructed", pytrace=False)
 
-    monkeypatch.setattr(_session, "GuestProcess", ForbiddenGuest)
+    monkeypatch.setattr(uml, "GuestProcess", ForbiddenGuest)
     yield
 
 

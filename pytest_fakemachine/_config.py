@@ -226,7 +226,7 @@ def check_volume(host_dir: object, guest_dir: object, read_only: bool, source: s
     """The volume ``host_dir`` at ``guest_dir`` (``None``: the path given).
 
     A host path through a symlink is mounted as the directory it leads to
-    (hostfs cannot mount a link); with ``guest_dir=None`` the guest path stays
+    (a guest cannot mount a host's link); with ``guest_dir=None`` the guest path stays
     the one given, and the target is refused where it would be given itself.
     """
     if not isinstance(host_dir, (str, os.PathLike)):

@@ -9,19 +9,16 @@ from pathlib import Path
 from typing import Any, Union, final
 
 from . import _config as c
+from . import backend as backends
 from ._errors import ConfigError
-from ._session import CWD_MISSING, Session, command_body
-from .backend.uml.host import find_kernel, find_slirp, module_dir, modules_mountpoint
-from .backend.uml.kernel import boot_args
+from ._session import Session
 from .image.initramfs import initramfs
 from .image.templates import LABEL_DIR
+from .image.workdir import CWD_MISSING, command_body
 
 __all__ = ["Machine", "RunResult"]
 
 Command = Union[str, Sequence[str]]
-BACKENDS = ("auto", "uml")
-MAX_DISKS = 16  # UML's ubd driver has 16 devices
-_CONSOLE_TAIL_LINES = 30
 
 
 @final
@@ -94,8 +91,12 @@ class Machine:
         label = c.check_label(f"fakedisk-{index}" if label is None else label, source)
         if any(i.label == label for i in self._images):
             raise ConfigError(f"label={label!r} from {source}: already used by another image")
-        if index >= MAX_DISKS:
-            raise ConfigError(f"image {label!r} from {source}: UML has only {MAX_DISKS} disks")
+        backend = backends.get(self.backend, self.source)
+        if index >= backend.max_disks():
+            raise ConfigError(
+                f"image {label!r} from {source}: a {backend.name} guest has only "
+                f"{backend.max_disks()} disks"
+            )
         nbytes = None if size is None else c.parse_size(size, source)
         image = Path(os.path.abspath(os.fspath(path)))
         if any(i.path == image for i in self._images):
@@ -139,7 +140,7 @@ class Machine:
         body = command_body(argv, guest_cwd, merged_env)
         with self.session() as session:
             self.last_workdir = session.workdir
-            outcome = session.boot(body, limit)
+            outcome = session.run(body, limit)
             if (session.workdir / CWD_MISSING).exists():
                 raise ConfigError(f"cwd={cwd!r} from {source}: no such directory in the guest")
             stdout = session.read_text("stdout")
@@ -151,19 +152,14 @@ class Machine:
 
     def check_backend(self) -> None:
         """Raise :class:`BackendUnavailable` if no guest can boot here; boots nothing."""
-        module_dir(find_kernel(self.kernel))
-        modules_mountpoint()
-        initramfs()
-        if self.network:
-            find_slirp()
+        backend = backends.get(self.backend, self.source)
+        backend.prepare(self.kernel, self.network, self.extra_kernel_args)
+        initramfs(backend.layout)
 
     def session(self) -> Session:
         """Validate everything and prepare a work directory; the caller boots it."""
         source = self.source
-        if self.backend not in BACKENDS:
-            raise ConfigError(
-                f"backend={self.backend!r} from {source}: expected one of {', '.join(BACKENDS)}"
-            )
+        backend = backends.get(self.backend, source)
         memory = c.parse_memory(
             c.DEFAULT_MEMORY_MIB if self.memory is None else self.memory, source
         )
@@ -173,19 +169,15 @@ class Machine:
             raise ConfigError(f"network={self.network!r} from {source}: expected True or False")
         boot_timeout = c.parse_timeout(self.boot_timeout, source, "boot_timeout")
         disks = len(self._images) + (scratch is not None)
-        if disks > MAX_DISKS:
+        if disks > backend.max_disks():
             raise ConfigError(
-                f"{len(self._images)} images and a scratch disk from {source}: UML has only "
-                f"{MAX_DISKS} disks"
+                f"{len(self._images)} images and a scratch disk from {source}: a {backend.name} "
+                f"guest has only {backend.max_disks()} disks"
             )
-        kernel = find_kernel(self.kernel)
-        modules = module_dir(kernel)
-        modules_mountpoint()
-        if self.network:
-            find_slirp()
+        prepared = backend.prepare(self.kernel, self.network, self.extra_kernel_args)
         return Session(
-            kernel=kernel,
-            modules=modules,
+            backend=backend,
+            prepared=prepared,
             memory_mib=memory,
             scratch_bytes=scratch,
             network=self.network,
@@ -194,7 +186,6 @@ class Machine:
             keep=self._keep,
             echo=self._echo,
             extra_kernel_args=tuple(self.extra_kernel_args),
-            kernel_own_args=boot_args(kernel, self.extra_kernel_args),
             raid_benchmarks=bool(self.raid_benchmarks),
             boot_timeout=boot_timeout,
         )

@@ -4,7 +4,7 @@ for everything interactive in a guest: ``pytest-fakemachine``'s root shell,
 ``--trace``, ``breakpoint()``), which so gets a real terminal in the guest
 (readline's line editing and completion, window size).
 
-Nothing here knows about UML: the guest side is file descriptors (pipes
+Nothing here knows about a backend: the guest side is file descriptors (pipes
 whose other ends the guest kernel holds as serial lines). Threads copy
 bytes; the caller's thread keeps waiting on the guest, so signal handlers
 still run.
@@ -32,9 +32,13 @@ import time
 import tty
 from collections.abc import Callable
 from types import FrameType, TracebackType
-from typing import Any, final
+from typing import TYPE_CHECKING, Any, final
 
-from .image import templates as t
+from .backend.base import TERMINAL_LINE, WINCH_LINE, Layout
+from .backend.lines import Wiring
+
+if TYPE_CHECKING:
+    from .guest.protocol import TerminalSpec
 
 __all__ = [
     "GuestTerminal",
@@ -165,41 +169,22 @@ def open_terminal() -> int | None:
 
 
 class GuestTerminal:
-    """The pipes of one guest's terminal lines; closed with :meth:`close`."""
+    """One guest's terminal: two serial lines on host pipes (the terminal both
+    ways, and window sizes); closed with :meth:`close`."""
 
     def __init__(self) -> None:
-        self._to_guest_r, self._to_guest_w = os.pipe()
-        self._from_guest_r, self._from_guest_w = os.pipe()
-        self._winch_r, self._winch_w = os.pipe()
+        self.wiring = Wiring()
+        self._to_guest_w, self._from_guest_r = self.wiring.both_ways(TERMINAL_LINE)
+        self._winch_w = self.wiring.into_guest(WINCH_LINE)
         os.set_blocking(self._winch_w, False)  # written from a signal handler
-        self._guest_ends = [self._to_guest_r, self._from_guest_w, self._winch_r]
 
-    @property
-    def pass_fds(self) -> tuple[int, ...]:
-        return tuple(self._guest_ends)
-
-    def kernel_args(self) -> list[str]:
-        return [
-            f"ssl1=fd:{self._to_guest_r},fd:{self._from_guest_w}",
-            f"ssl4=fd:{self._winch_r},null",
-        ]
-
-    def spec(self) -> dict[str, Any]:
+    def spec(self, layout: Layout) -> TerminalSpec:
         """What the guest side needs to open the terminal."""
-        return {"line": t.CLI_STDOUT_LINE, "winch": t.CLI_WINCH_LINE,
+        return {"line": layout.line_device(TERMINAL_LINE), "winch": layout.line_device(WINCH_LINE),
                 "term": os.environ.get("TERM", "vt220")}  # fmt: skip
 
-    def launched(self) -> None:
-        """The UML process holds its ends now: ours go."""
-        for fd in self._guest_ends:
-            os.close(fd)
-        self._guest_ends.clear()
-
     def close(self) -> None:
-        for fd in (*self._guest_ends, self._to_guest_w, self._from_guest_r, self._winch_w):
-            with contextlib.suppress(OSError):
-                os.close(fd)
-        self._guest_ends.clear()
+        self.wiring.close()
 
     def _resize(self, rows: int, cols: int) -> None:
         # A full pipe (the guest is not reading) drops this size; the next one will do.

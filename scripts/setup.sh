@@ -261,7 +261,8 @@ import sys
 from pathlib import Path
 from pytest_fakemachine._errors import FakeMachineError
 from pytest_fakemachine.backend.uml.kernel import installed_kernels, kernel_info
-from pytest_fakemachine.backend.uml.choice import ROUNDS, cached_measure, forget, offer
+from pytest_fakemachine import Machine
+from pytest_fakemachine.backend.uml.choice import ROUNDS, cached_measure, forget, guest_cpu, offer
 for path in sys.argv[1:]:
     info = kernel_info(Path(path))
     print(f"setup: unpacked {info.path}: {info.summary()}")
@@ -276,7 +277,8 @@ for path in installed_kernels(shutil.which("linux.uml")):
         print(f"setup: {e}")
 print(f"setup: measuring the {len(kernels)} UML kernels here, {ROUNDS} guests each ...")
 forget()  # measured afresh, and kept: the doctor shows this measurement
-measured, _ = cached_measure(kernels)
+boot = lambda kernel, command: Machine(kernel=kernel, timeout=120).run(command, check=True)
+measured, _ = cached_measure(kernels, guest_cpu(boot))
 for m in measured:
     print(f"setup: {m.info.path}: {m.label()}: "
           + (f"{m.cpu:.2f} s of CPU per guest" if m.cpu is not None else f"failed: {m.error}"))

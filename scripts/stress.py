@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 from pytest_fakemachine import BootError, FakeMachineError, Machine
-from pytest_fakemachine.backend.uml.process import leftovers
+from pytest_fakemachine.backend import leftovers
 
 
 def boots(count: int) -> int:

@@ -14,12 +14,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pytest_fakemachine import FakeMachineError, Machine
-from pytest_fakemachine._session import FAST_BOOT_ARGS, SKIP_RAID_BENCHMARKS, command_body
+from pytest_fakemachine import backend as _backends
+from pytest_fakemachine.backend import leftovers
+from pytest_fakemachine.backend.uml import boot as _uml_boot
+from pytest_fakemachine.backend.uml.boot import FAST_BOOT_ARGS, SKIP_RAID_BENCHMARKS
 from pytest_fakemachine.backend.uml.host import find_kernel
 from pytest_fakemachine.backend.uml.kernel import SECCOMP_ENV, kernel_info, seccomp_used
-from pytest_fakemachine.backend.uml.process import GuestProcess, leftovers
+from pytest_fakemachine.backend.uml.process import GuestProcess
 from pytest_fakemachine.image.cpio import CpioWriter
-from pytest_fakemachine.image.initramfs import _collect_inputs, write_base
+from pytest_fakemachine.image.initramfs import _collect_inputs, initramfs, write_base
+from pytest_fakemachine.image.templates import UNIT_NAME
+from pytest_fakemachine.image.workdir import command_body
 
 __all__ = [
     "ENTRY_POINT",
@@ -81,14 +86,18 @@ def last_workdir(machine: Machine) -> Path | None:
 def session_kernel_args() -> tuple[list[str], str]:
     """A default Machine()'s kernel command line, and its work directory's path."""
     with Machine().session() as session:
-        return session.kernel_args(), str(session.workdir)
+        layout = session.backend.layout
+        args = _uml_boot.kernel_args(session.prepared, session.boot_spec(), initramfs(layout),
+                                     UNIT_NAME)  # fmt: skip
+        return args, str(session.workdir)
 
 
 def write_busybox_initramfs(path: Path, init: str) -> None:
     """busybox, its libraries and ``init`` as /init, in a newc archive at ``path``."""
     with open(path, "wb") as out:
         cpio = CpioWriter(out)
-        write_base(cpio, _collect_inputs().files, ["dev", "proc", "sys", "usr"])
+        files = _collect_inputs(_backends.get("auto", "the benchmark").layout).files
+        write_base(cpio, files, ["dev", "proc", "sys", "usr"])
         cpio.add_file("init", init.encode(), 0o755)
         cpio.close()
 

@@ -12,7 +12,17 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import final
 
-__all__ = ["Reaper", "claim_cpu", "make_private", "pin_group", "release_cpu"]
+__all__ = [
+    "OWNER_ENV",
+    "Reaper",
+    "claim_cpu",
+    "leftovers",
+    "make_private",
+    "pin_group",
+    "release_cpu",
+]
+
+OWNER_ENV = "PYTEST_FAKEMACHINE_OWNER"  # pid of the Python process that started a guest
 
 
 @final
@@ -113,3 +123,29 @@ def make_private(*paths: Path) -> bool:
     except OSError:  # not worth failing a run over: the work directory is 0700
         return True
     return True
+
+
+def leftovers(owner: int | None, names: Sequence[str]) -> list[int]:
+    """Pids of processes named one of ``names`` (a backend's) started by process ``owner``.
+
+    With ``owner=None``: those whose starting process no longer exists (orphans).
+    """
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/comm", "rb") as f:
+                if f.read().strip().decode(errors="replace") not in names:
+                    continue
+            with open(f"/proc/{entry}/environ", "rb") as f:
+                variables = f.read().split(b"\0")
+        except OSError:  # gone meanwhile, or not ours to read
+            continue
+        tags = [v.partition(b"=")[2] for v in variables if v.startswith(OWNER_ENV.encode() + b"=")]
+        if not tags:
+            continue
+        started_by = int(tags[0])
+        if started_by == owner or (owner is None and not os.path.exists(f"/proc/{started_by}")):
+            found.append(int(entry))
+    return found

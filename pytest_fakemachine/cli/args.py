@@ -9,7 +9,7 @@ import argparse
 import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from .. import _config as c
 from .._errors import ConfigError
@@ -144,6 +144,44 @@ class _After(argparse.Action):
             items[-1].label = values
 
 
+# The flags, as (names, add_argument's keywords): Debian fakemachine's, then ours.
+_FLAGS: tuple[tuple[tuple[str, ...], dict[str, Any]], ...] = (
+    (("-b", "--backend"), {"choices": ("auto", "uml", "kvm", "qemu"), "default": "auto",
+                           "help": "kvm and qemu run on UML here, with a warning"}),
+    (("-v", "--volume"), {"dest": "volumes", "metavar": "HOST[:GUEST]", "type": _volume,
+                          "action": "append", "default": [],
+                          "help": "mount a host directory (repeatable)"}),
+    (("--read-only",), {"dest": "read_only", "nargs": 0, "action": _After,
+                        "help": "the volume before this flag is mounted read-only"}),
+    (("-i", "--image"), {"dest": "images", "metavar": "PATH[:SIZE]", "type": _image,
+                         "action": "append", "default": [],
+                         "help": "attach a disk image, created or grown sparsely to SIZE "
+                                 "(repeatable); in the guest: "
+                                 "/dev/disk/by-fakemachine-label/LABEL"}),
+    (("--label",), {"dest": "label", "metavar": "NAME", "action": _After,
+                    "help": "label of the image before this flag (default fakedisk-N)"}),
+    (("-e", "--environ-var"), {"dest": "env", "metavar": "VAR:VALUE", "type": _environ,
+                               "action": "append", "default": [],
+                               "help": "an environment variable of the command (repeatable)"}),
+    (("-m", "--memory"), {"metavar": "SIZE",
+                          "help": "guest memory: a bare number is MiB (default 2048)"}),
+    (("-s", "--scratchsize"), {"dest": "scratch", "metavar": "SIZE",
+                               "help": "an ext4 disk of SIZE at /scratch (default: tmpfs)"}),
+    (("-c", "--cpus"), {"type": _cpus, "metavar": "N",
+                        "help": "accepted; UML guests have one CPU"}),
+    (("--show-boot",), {"action": "store_true", "help": "copy the guest console to stderr"}),
+    (("-q", "--quiet"), {"action": "store_true", "help": "no warnings of ours"}),
+    (("--network",), {"action": "store_true", "help": "an ethernet link through libslirp-helper"}),
+    (("--timeout",), {"type": _seconds, "metavar": "SECONDS",
+                      "help": "kill the guest after SECONDS"}),
+    (("--boot-timeout",), {"type": _seconds, "metavar": "SECONDS", "default": 120.0,
+                           "help": "give up when the command has not started after SECONDS "
+                                   "(default 120)"}),
+    (("--kernel",), {"metavar": "PATH",
+                     "help": "UML kernel to boot (default: linux.uml on PATH)"}),
+)  # fmt: skip
+
+
 def parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog=PROG,
@@ -156,82 +194,10 @@ def parser() -> argparse.ArgumentParser:
         "else the shell reads its commands from stdin. Exit status: the command's; 2 for a "
         "usage error, 124 when --timeout elapsed, 125 when the guest could not run it.",
     )
-    a = p.add_argument
-    a(
-        "-b",
-        "--backend",
-        choices=("auto", "uml", "kvm", "qemu"),
-        default="auto",
-        help="kvm and qemu run on UML here, with a warning",
-    )
-    a(
-        "-v",
-        "--volume",
-        dest="volumes",
-        metavar="HOST[:GUEST]",
-        type=_volume,
-        action="append",
-        default=[],
-        help="mount a host directory (repeatable)",
-    )
-    a(
-        "--read-only",
-        dest="read_only",
-        nargs=0,
-        action=_After,
-        help="the volume before this flag is mounted read-only",
-    )
-    a(
-        "-i",
-        "--image",
-        dest="images",
-        metavar="PATH[:SIZE]",
-        type=_image,
-        action="append",
-        default=[],
-        help="attach a disk image, created or grown sparsely to SIZE (repeatable); "
-        "in the guest: /dev/disk/by-fakemachine-label/LABEL",
-    )
-    a(
-        "--label",
-        dest="label",
-        metavar="NAME",
-        action=_After,
-        help="label of the image before this flag (default fakedisk-N)",
-    )
-    a(
-        "-e",
-        "--environ-var",
-        dest="env",
-        metavar="VAR:VALUE",
-        type=_environ,
-        action="append",
-        default=[],
-        help="an environment variable of the command (repeatable)",
-    )
-    a("-m", "--memory", metavar="SIZE", help="guest memory: a bare number is MiB (default 2048)")
-    a(
-        "-s",
-        "--scratchsize",
-        dest="scratch",
-        metavar="SIZE",
-        help="an ext4 disk of SIZE at /scratch (default: tmpfs)",
-    )
-    a("-c", "--cpus", type=_cpus, metavar="N", help="accepted; UML guests have one CPU")
-    a("--show-boot", action="store_true", help="copy the guest console to stderr")
-    a("-q", "--quiet", action="store_true", help="no warnings of ours")
-    a("--network", action="store_true", help="an ethernet link through libslirp-helper")
-    a("--timeout", type=_seconds, metavar="SECONDS", help="kill the guest after SECONDS")
-    a(
-        "--boot-timeout",
-        type=_seconds,
-        metavar="SECONDS",
-        default=120.0,
-        help="give up when the command has not started after SECONDS (default 120)",
-    )
-    a("--kernel", metavar="PATH", help="UML kernel to boot (default: linux.uml on PATH)")
-    a("words", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
-    return p  # fmt: skip
+    for names, keywords in _FLAGS:
+        p.add_argument(*names, **keywords)
+    p.add_argument("words", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+    return p
 
 
 def parse(argv: Sequence[str]) -> Options:

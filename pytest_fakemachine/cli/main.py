@@ -4,8 +4,8 @@
 as root in a guest, with its exit status, its stdout and stderr apart and
 live, and stdin passed through; with no command, a root shell. ``doctor`` is
 the other verb. The guest's streams are serial lines wired to host pipes
-(see ``_templates.CLI_*``); the copying is ``_streams``' and ``_terminal``'s, the parsing
-``_cli_args``'s.
+(see ``image.templates.CLI_*``); the copying is ``cli.streams``' and
+``_terminal``'s, the parsing ``cli.args``'.
 """
 
 from __future__ import annotations
@@ -16,18 +16,19 @@ import shutil
 import signal
 import stat
 import sys
-import time
+import threading
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from types import FrameType
 
 from .. import _config as c
-from .._errors import BootError, ConfigError, FakeMachineError, GuestTimeout
+from .._errors import ConfigError, FakeMachineError, GuestTimeout
 from .._machine import Machine
-from .._session import Session, command_body, console_tail
+from .._session import Session
 from .._terminal import TerminalRelay, start_thread, window_size
-from ..backend.uml.process import GuestProcess
+from ..backend.base import STDERR_LINE, STDIN_LINE, TERMINAL_LINE, WINCH_LINE, Guest
+from ..backend.lines import Wiring
 from ..image import templates as t
+from ..image.workdir import command_body
 from .args import PROG, Options, UsageError, parse, parser
 from .doctor import run_doctor
 from .streams import copy_out, spool_stdin
@@ -54,9 +55,8 @@ class _Signalled(Exception):
 
 def build_machine(opts: Options) -> Machine:
     """A :class:`Machine` from the options; :class:`ConfigError` names a bad value."""
-    # boot_timeout=None: the boot limit is --boot-timeout's, watched by _BootWatch
-    # (its message names the flag); the session's default 120 s would cut a
-    # longer one short.
+    # boot_timeout=None: the boot limit is --boot-timeout's alone (see run); the
+    # session's default 120 s would cut a longer one short.
     machine = Machine(opts.backend, network=opts.network, timeout=opts.timeout,
                       kernel=opts.kernel, env={**COMPAT_ENV, **opts.env},
                       boot_timeout=None)  # fmt: skip
@@ -97,39 +97,6 @@ def _shell() -> str:
     return "bash" if shutil.which("bash", path="/usr/bin:/bin") else "sh"
 
 
-@dataclass
-class _Wiring:
-    """Host pipes for the guest's serial lines; the guest's ends close here once
-    the UML process holds them, ours at the end of the run."""
-
-    guest_fds: list[int] = field(default_factory=list)  # closed here once UML holds them
-    host_fds: list[int] = field(default_factory=list)
-
-    def pipe(self) -> tuple[int, int]:
-        r, w = os.pipe()
-        self.host_fds += (r, w)
-        return r, w
-
-    def close_guest_ends(self) -> None:
-        for fd in self.guest_fds:
-            os.close(fd)
-            self.host_fds.remove(fd)
-        self.guest_fds.clear()
-
-    def close(self) -> None:
-        for fd in self.host_fds:
-            os.close(fd)
-        self.host_fds.clear()
-        self.guest_fds.clear()
-
-
-def _line(n: int, guest_in: int | None, guest_out: int | None) -> str:
-    """UML's kernel argument that wires serial line ``n`` (/dev/ttySn)."""
-    chan_in = "null" if guest_in is None else f"fd:{guest_in}"
-    chan_out = "null" if guest_out is None else f"fd:{guest_out}"
-    return f"ssl{n}={chan_in},{chan_out}"
-
-
 def run(opts: Options) -> int:
     """Boot a guest for ``opts`` and return the command's exit status."""
     for warning in opts.warnings:
@@ -145,11 +112,14 @@ def run(opts: Options) -> int:
         argv, env = ["sh"], {}
     else:
         argv, env = (opts.command[0] if len(opts.command) == 1 else opts.command), {}
-    wiring = _Wiring()
+    wiring = Wiring()
     try:
-        if interactive:
-            return _run_interactive(machine, wiring, argv, env, opts.boot_timeout)
-        return _run_streams(machine, wiring, argv, passes_stdin, opts.boot_timeout)
+        with machine.session() as session:
+            # The boot's limit is the flag's (unset: none), named in its message.
+            session.boot_timeout, session.boot_timeout_name = opts.boot_timeout, "--boot-timeout"
+            if interactive:
+                return _run_interactive(machine, session, wiring, argv, env)
+            return _run_streams(machine, session, wiring, argv, passes_stdin)
     finally:
         wiring.close()
 
@@ -163,73 +133,52 @@ def _body(machine: Machine, prelude: str, argv: list[str] | str, env: dict[str, 
 
 
 def _run_streams(
-    machine: Machine,
-    w: _Wiring,
-    argv: list[str] | str,
-    passes_stdin: bool,
-    boot_timeout: float | None,
+    machine: Machine, session: Session, w: Wiring, argv: list[str] | str, passes_stdin: bool
 ) -> int:
-    out_r, out_w = w.pipe()
-    err_r, err_w = w.pipe()
-    w.guest_fds += (out_w, err_w)
-    args = [_line(1, None, out_w), _line(2, None, err_w)]
-    prelude = t.CLI_STREAMS.format(stdout=t.CLI_STDOUT_LINE, stderr=t.CLI_STDERR_LINE)
-    in_w = -1
+    layout = session.backend.layout
+    out_r = w.out_of_guest(TERMINAL_LINE)
+    err_r = w.out_of_guest(STDERR_LINE)
+    prelude = t.CLI_STREAMS.format(stdout=layout.line_device(TERMINAL_LINE),
+                                   stderr=layout.line_device(STDERR_LINE))  # fmt: skip
+    in_w = w.into_guest(STDIN_LINE) if passes_stdin else -1
     if passes_stdin:
-        in_r, in_w = w.pipe()
-        w.guest_fds.append(in_r)
-        args.append(_line(3, in_r, None))
-        prelude += "\n" + t.CLI_STDIN.format(
-            line=t.CLI_STDIN_LINE, work=t.GUEST_WORK, spool=f"{t.GUEST_WORK}/{STDIN_SPOOL}"
-        )
-    machine.extra_kernel_args = [*machine.extra_kernel_args, *args]
-    body = _body(machine, prelude, argv, {})
-    with machine.session() as session:
-        session.pass_fds = tuple(w.guest_fds)
-        guest = session.launch(body)
-        try:
-            w.close_guest_ends()
-            copiers = [
-                start_thread(lambda: copy_out(out_r, 1), "fakemachine-stdout"),
-                start_thread(lambda: copy_out(err_r, 2), "fakemachine-stderr"),
-            ]
-            if passes_stdin:
-                ready = session.workdir / "stdin-ready"
-                spool = session.workdir / STDIN_SPOOL
-                spool.mkdir()
-                start_thread(
-                    lambda: spool_stdin(0, spool, in_w, ready.exists, guest.exited),
-                    "fakemachine-stdin",
-                )
-            finished = guest.wait(machine.timeout, _BootWatch(session, guest, boot_timeout))
-        finally:
-            guest.kill()
-        for copier in copiers:  # UML is dead: its ends are closed, the copies end
+        prelude += "\n" + t.CLI_STDIN.format(line=layout.line_device(STDIN_LINE),
+                                            work=t.GUEST_WORK,
+                                            spool=f"{t.GUEST_WORK}/{STDIN_SPOOL}")  # fmt: skip
+    session.lines += w.lines
+    copiers: list[threading.Thread] = []
+
+    def launched(guest: Guest) -> None:
+        w.launched()
+        copiers.append(start_thread(lambda: copy_out(out_r, 1), "fakemachine-stdout"))
+        copiers.append(start_thread(lambda: copy_out(err_r, 2), "fakemachine-stderr"))
+        if passes_stdin:
+            ready = session.workdir / "stdin-ready"
+            spool = session.workdir / STDIN_SPOOL
+            spool.mkdir()
+            start_thread(lambda: spool_stdin(0, spool, in_w, ready.exists, guest.exited),
+                         "fakemachine-stdin")  # fmt: skip
+
+    try:
+        return session.run(_body(machine, prelude, argv, {}), machine.timeout,
+                           launched=launched).status  # fmt: skip
+    finally:
+        for copier in copiers:  # the guest is dead: its ends are closed, the copies end
             copier.join(timeout=10)
-        return session.outcome(guest, finished, machine.timeout).status
 
 
 def _run_interactive(
-    machine: Machine,
-    w: _Wiring,
-    argv: list[str] | str,
-    env: dict[str, str],
-    boot_timeout: float | None,
+    machine: Machine, session: Session, w: Wiring, argv: list[str] | str, env: dict[str, str]
 ) -> int:
-    to_guest_r, to_guest_w = w.pipe()
-    from_guest_r, from_guest_w = w.pipe()
-    winch_r, winch_w = w.pipe()
-    w.guest_fds += (to_guest_r, from_guest_w, winch_r)
+    layout = session.backend.layout
+    to_guest_w, from_guest_r = w.both_ways(TERMINAL_LINE)
+    winch_w = w.into_guest(WINCH_LINE)
     os.set_blocking(winch_w, False)  # written from a signal handler
-    machine.extra_kernel_args = [
-        *machine.extra_kernel_args,
-        _line(1, to_guest_r, from_guest_w),
-        _line(4, winch_r, None),
-    ]
+    session.lines += w.lines
     rows, cols = window_size(1 if os.isatty(1) else 0)
-    prelude = t.CLI_TERMINAL.format(
-        line=t.CLI_STDOUT_LINE, winch=t.CLI_WINCH_LINE, rows=rows, cols=cols
-    )
+    prelude = t.CLI_TERMINAL.format(line=layout.line_device(TERMINAL_LINE),
+                                    winch=layout.line_device(WINCH_LINE), rows=rows,
+                                    cols=cols)  # fmt: skip
     body = _body(machine, prelude, argv, env)
 
     def resize(rows: int, cols: int) -> None:
@@ -237,39 +186,13 @@ def _run_interactive(
         with contextlib.suppress(OSError):
             os.write(winch_w, b"%d %d\n" % (rows, cols))
 
-    with machine.session() as session:
-        session.pass_fds = tuple(w.guest_fds)
-        guest = session.launch(body)
-        try:
-            w.close_guest_ends()
-            with TerminalRelay(0, 1, to_guest_w, from_guest_r, resize):
-                finished = guest.wait(machine.timeout, _BootWatch(session, guest, boot_timeout))
-        finally:
-            guest.kill()
-        return session.outcome(guest, finished, machine.timeout).status
+    with contextlib.ExitStack() as relay:
 
+        def launched(guest: Guest) -> None:
+            w.launched()
+            relay.enter_context(TerminalRelay(0, 1, to_guest_w, from_guest_r, resize))
 
-class _BootWatch:
-    """Raises :class:`BootError` when the command has not started in time."""
-
-    def __init__(self, session: Session, guest: GuestProcess, limit: float | None) -> None:
-        self._started = session.workdir / "started"
-        self._guest = guest
-        self._deadline = None if limit is None else time.monotonic() + limit
-        self._limit = limit or 0.0
-
-    def __call__(self) -> None:
-        if self._deadline is None or time.monotonic() < self._deadline:
-            return
-        if self._started.exists():
-            self._deadline = None
-            return
-        console = self._guest.console()
-        raise BootError(
-            f"the guest did not reach the command in {self._limit:g} s (--boot-timeout); "
-            f"last console lines:\n{console_tail(console)}",
-            console,
-        )
+        return session.run(body, machine.timeout, launched=launched).status
 
 
 def _on_signal(signum: int, frame: FrameType | None) -> None:

@@ -2,13 +2,13 @@
 and piped stdin in (``pytest-fakemachine`` with a command, or with no command
 and stdin not a terminal).
 
-Nothing here knows about UML: the guest side is file descriptors (pipes
-whose other ends the guest kernel holds as serial lines) and a directory the
-guest sees over hostfs. Threads copy; the caller's thread waits on the guest.
+Nothing here knows about a backend: the guest side is file descriptors (pipes
+whose other ends the guest kernel holds as serial lines) and the work
+directory the guest shares. Threads copy; the caller's thread waits on the guest.
 
 - :func:`copy_out` copies guest output to a host descriptor as it arrives.
 - :func:`spool_stdin` sends a byte stream to the guest as chunk files in the
-  spool directory (hostfs moves megabytes per second; a serial line moves a
+  spool directory (a shared directory moves megabytes per second; a serial line moves a
   byte per interrupt, well under one) and, for each, its length as a line on
   a serial line, ``0`` at the end: the guest is woken per chunk, not polled,
   and a tty can carry no end of file. The guest (``_templates.CLI_STDIN``)

@@ -2,15 +2,12 @@
 
 The archive holds busybox with the dynamic linker and libraries it needs, the
 ``/init`` script, the guest's ``/etc`` (made from the host's, see
-``_guest_system``) and symlinks into the run's work directory. Everything
-else the guest runs comes from the host's ``/usr`` over hostfs. The archive
-is cached in the user's cache directory under a name derived from its inputs
-(the host's /etc entries included), so it is built once and shared (under a
-file lock) by every pytest process of the user. Its size and SHA-256 are
-recorded next to it when it is written and checked before it is used: a
-damaged archive is rebuilt, not booted. A cache directory that is not the user's alone (another
-user's, or writable by others: they could plant the guest's init) is not
-used; a private one in the temporary directory takes its place.
+``image.system``) and symlinks into the run's work directory. Everything
+else the guest runs comes from the host's ``/usr``, mounted as the backend's
+layout says. The archive is cached in the user's cache directory under a
+name derived from its inputs (the host's /etc entries included), so it is
+built once and shared (under a file lock) by every pytest process of the
+user; ``image.cache`` keeps it whole and private.
 """
 
 from __future__ import annotations
@@ -27,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .._errors import BackendUnavailable
+from ..backend.base import Layout
 from . import system as gs
 from . import templates as t
 from .cache import cache_dir, stored
@@ -64,10 +62,12 @@ class _Inputs:
     udev_rules: tuple[str, ...]  # names of the host's udev rules
     # The host's /etc entries the guest gets: (path, mode, size, mtime_ns).
     etc: tuple[tuple[str, int, int, int], ...] = ()
+    # The backend's fstab lines for the work directory and for /usr (see Layout).
+    mounts: tuple[str, str] = ("", "")
 
     def fingerprint(self) -> str:
         digest = hashlib.sha256(_FORMAT.encode())
-        digest.update(repr((_DIRS, _generated_files(), _links(self))).encode())
+        digest.update(repr((_DIRS, _generated_files(self), _links(self))).encode())
         for path in self.files:
             st = os.lstat(path)
             digest.update(f"{path}:{st.st_mode}:{st.st_size}:{st.st_mtime_ns}\0".encode())
@@ -126,7 +126,7 @@ def _with_links(path: str) -> list[str]:
     return chain
 
 
-def _collect_inputs() -> _Inputs:
+def _collect_inputs(layout: Layout) -> _Inputs:
     unmerged = [
         "/" + top for top, target in _MERGED_USR.items()
         if os.path.exists("/" + top) and not os.path.islink("/" + top)
@@ -153,7 +153,10 @@ def _collect_inputs() -> _Inputs:
     for path in [_BUSYBOX, *_library_paths(_BUSYBOX, version)]:
         files += [p for p in _with_links(path) if p not in files]
     etc = tuple((path, st.st_mode, st.st_size, st.st_mtime_ns) for path, st in gs.etc_entries())
-    return _Inputs(tuple(files), _names_in(_UDEV_RULE_DIRS), etc)
+    usr = layout.share("/usr", "/usr", read_only=True)
+    usr_line = t.FSTAB_LINE.format(source=usr.source, guest="/usr", fstype=usr.fstype,
+                                   options=usr.options)  # fmt: skip
+    return _Inputs(tuple(files), _names_in(_UDEV_RULE_DIRS), etc, (layout.work_mount(), usr_line))
 
 
 def _names_in(directories: tuple[str, ...]) -> tuple[str, ...]:
@@ -181,9 +184,11 @@ def write_base(cpio: CpioWriter, files: Iterable[str], dirs: Iterable[str]) -> N
             cpio.add_file(path, Path(path).read_bytes(), os.stat(path).st_mode & 0o777)
 
 
-def _generated_files() -> dict[str, tuple[bytes, int]]:
+def _generated_files(inputs: _Inputs) -> dict[str, tuple[bytes, int]]:
     """The archive's files written from templates: path -> (content, mode)."""
+    work_mount, usr_line = inputs.mounts
     init = t.INIT.format(
+        work_mount=work_mount,
         unit_path=UNIT_PATH,
         no_generators=NO_GENERATORS,
         static_nodes="/" + STATIC_NODES_ARCHIVE,
@@ -191,7 +196,7 @@ def _generated_files() -> dict[str, tuple[bytes, int]]:
     )
     return {
         "init": (init.encode(), 0o755),
-        **gs.generated_etc(),
+        **gs.generated_etc(usr_line),
         "etc/systemd/system/mount.d/fakemachine.conf": (t.MOUNT_DROPIN.encode(), 0o644),
         STATIC_NODES_ARCHIVE: (_static_nodes(), 0o644),
     }
@@ -253,7 +258,7 @@ def _archive(inputs: _Inputs) -> bytes:
     buf = io.BytesIO()
     cpio = CpioWriter(buf)
     write_base(cpio, inputs.files, _DIRS)
-    generated = _generated_files()
+    generated = _generated_files(inputs)
     links = _links(inputs)
     _write_etc(cpio, inputs, {*generated, *(path for path, _ in links), *_DIRS})
     for name, (content, mode) in generated.items():
@@ -267,9 +272,10 @@ def _archive(inputs: _Inputs) -> bytes:
 _memo: dict[str, Path] = {}
 
 
-def initramfs() -> Path:
-    """The path of the cached initramfs for this host, checked, and built if needed."""
-    inputs = _collect_inputs()
+def initramfs(layout: Layout) -> Path:
+    """The path of the cached initramfs for this host and a backend's ``layout``,
+    checked, and built if needed."""
+    inputs = _collect_inputs(layout)
     key = inputs.fingerprint()
     path = _memo.get(key) or cache_dir() / f"initramfs-{key}.cpio"
     stored(path, lambda: _archive(inputs), "initramfs-*.cpio", "initramfs")

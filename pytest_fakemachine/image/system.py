@@ -11,8 +11,8 @@ account locked, its own fstab, hosts, hostname) is generated here.
 
 Measured on a Debian 12 host: the host's /etc is ~1,300 entries, 3 MiB; copying
 it into the initramfs costs ~10 ms of host time per cache check (lstat of each
-entry) and ~40 ms of guest boot (unpacking), and replaces four hostfs mounts
-of /etc subdirectories that cost about as much.
+entry) and ~40 ms of guest boot (unpacking), and replaces four mounts of host
+/etc subdirectories that cost about as much.
 """
 
 from __future__ import annotations
@@ -283,8 +283,9 @@ def _gshadow(group: str) -> str:
     return "".join(lines)
 
 
-def generated_etc(root: str = HOST_ETC) -> dict[str, tuple[bytes, int]]:
-    """The guest's /etc files made here: archive path -> (content, mode)."""
+def generated_etc(usr_line: str, root: str = HOST_ETC) -> dict[str, tuple[bytes, int]]:
+    """The guest's /etc files made here: archive path -> (content, mode). ``usr_line``:
+    the fstab line that mounts the host's /usr (the backend's way)."""
     passwd = _read(os.path.join(root, "passwd")) or t.PASSWD
     group = _read(os.path.join(root, "group")) or t.GROUP
     return {
@@ -295,7 +296,7 @@ def generated_etc(root: str = HOST_ETC) -> dict[str, tuple[bytes, int]]:
         "etc/hosts": (t.HOSTS.encode(), 0o644),
         "etc/hostname": (t.HOSTNAME.encode(), 0o644),
         "etc/machine-id": (b"", 0o644),
-        "etc/fstab": (t.FSTAB.encode(), 0o644),
+        "etc/fstab": (t.FSTAB.format(usr=usr_line).encode(), 0o644),
         "etc/resolv.conf": (b"", 0o644),
         **{f"etc/systemd/system/{name}": (text.encode(), 0o644)
            for name, text in UNIT_DROPINS.items()},

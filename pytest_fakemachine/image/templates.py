@@ -2,8 +2,10 @@
 
 Static files (``INIT``, ``FSTAB``, ``PASSWD``...) go into the cached initramfs.
 Per-run files (``SETUP``, fstab lines, ``UNIT``, ``JOB``, udev rules) go to the run's
-work directory, which the guest mounts over hostfs at ``GUEST_WORK``; the
+work directory, which the guest mounts from the host at ``GUEST_WORK``; the
 initramfs holds symlinks from the places systemd and udev look to them.
+Where a backend's guest differs (how it mounts host directories, names its
+disks, network device and serial lines), the backend's layout fills the blank.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ LABEL_DIR = "/dev/disk/by-fakemachine-label"
 INIT = """\
 #!/bin/busybox sh
 # pytest-fakemachine guest init: mount everything, then hand over to systemd.
-echo "none /run/fakemachine hostfs $FAKEMACHINE_WORK 0 0" >>/etc/fstab
+echo "{work_mount}" >>/etc/fstab
 /bin/busybox mount -a || exec /bin/busybox sh -c 'echo "fakemachine: mount -a failed" >/dev/console; /bin/busybox poweroff -f'
 echo "SRC=none TARGET=/run/fakemachine ROOT=/ OPTS=x-initrd.mount" >/run/mount/utab
 cd /dev && /bin/busybox cpio -idmu <{static_nodes} 2>/dev/null; cd /
@@ -65,8 +67,7 @@ proc /proc proc nosuid,nodev,noexec 0 0
 sysfs /sys sysfs nosuid,nodev,noexec 0 0
 devtmpfs /dev devtmpfs mode=0755,nosuid 0 0
 /run /run none bind 0 0
-none /usr hostfs ro,/usr 0 0
-"""
+{usr}"""
 
 PASSWD = (
     "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n"
@@ -184,8 +185,8 @@ PRELUDE_UDEV = """\
 udevadm trigger --subsystem-match=block --action=add --settle"""
 
 PRELUDE_NETWORK = """\
-ip link set vec0 up
-busybox udhcpc -i vec0 -q -f -n -t 10 -T 1 -s "$fm/udhcpc.sh" >/dev/console 2>&1"""
+ip link set {device} up
+busybox udhcpc -i {device} -q -f -n -t 10 -T 1 -s "$fm/udhcpc.sh" >/dev/console 2>&1"""
 
 # busybox udhcpc calls this with the lease in its environment.
 UDHCPC_SCRIPT = """\
@@ -213,10 +214,6 @@ UDEV_RULE_DISK = (
 # The command line's streams (pytest-fakemachine run): serial lines of the
 # guest, wired by kernel arguments to pipes of the host. Raw mode passes every
 # byte unchanged. Each snippet runs at the start of the job's body.
-CLI_STDOUT_LINE = "/dev/ttyS1"
-CLI_STDERR_LINE = "/dev/ttyS2"
-CLI_STDIN_LINE = "/dev/ttyS3"
-CLI_WINCH_LINE = "/dev/ttyS4"
 CLI_STREAMS = """\
 busybox stty -F {stdout} raw -echo && busybox stty -F {stderr} raw -echo || exit 125
 exec >{stdout} 2>{stderr}"""

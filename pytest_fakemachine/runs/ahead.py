@@ -26,7 +26,6 @@ test that failed without a guest) is killed and its files removed.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import time
@@ -39,13 +38,10 @@ import pytest
 
 from .._config import DEFAULT_BOOT_TIMEOUT
 from .._machine import Machine
-from ..image.templates import GUEST_WORK
 from .run import GuestRun
 
-__all__ = ["Ahead", "BootAhead", "GoLine", "cpu_share", "fingerprint"]
+__all__ = ["Ahead", "BootAhead", "cpu_share", "fingerprint"]
 
-GO_LINE = "/dev/ttyS6"  # past the command line's and the shell's lines (ttyS1-4)
-WAITING = "waiting"  # in the work dir: the runner waits on its line
 _MAX_MISSES = 3  # guests booted ahead in vain (a configure hook...) before it stops
 _LOOKAHEAD_ITEMS = 8  # how far past the current test to look for tests to boot ahead for
 
@@ -56,56 +52,6 @@ def cpu_share() -> int:
     cpus = len(os.sched_getaffinity(0))
     workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT", "")
     return max(1, cpus // int(workers)) if workers.isdigit() and int(workers) else cpus
-
-
-class GoLine:
-    """The host's end of the serial line a guest booted ahead waits on."""
-
-    def __init__(self) -> None:
-        self._read, self._write = os.pipe()
-        self._guest_ends = [self._read]
-        self._waiting: Path | None = None
-        self.wanted = False  # the test's turn has come
-        self.sent = False
-
-    @property
-    def pass_fds(self) -> tuple[int, ...]:
-        return tuple(self._guest_ends)
-
-    def kernel_args(self) -> list[str]:
-        return [f"ssl{GO_LINE.removeprefix('/dev/ttyS')}=fd:{self._read},null"]
-
-    def spec(self) -> dict[str, str]:
-        return {"line": GO_LINE, "waiting": f"{GUEST_WORK}/{WAITING}"}
-
-    def launched(self, workdir: Path) -> None:
-        """The UML process holds its end now: ours goes."""
-        for fd in self._guest_ends:
-            os.close(fd)
-        self._guest_ends.clear()
-        self._waiting = workdir / WAITING
-
-    def waiting(self) -> bool:
-        return self._waiting is not None and self._waiting.exists()
-
-    def release(self) -> None:
-        """Let the runner go on, now or as soon as it waits."""
-        self.wanted = True
-        self.poll()
-
-    def poll(self) -> None:
-        # Not before the guest reads the line: a byte written earlier would
-        # wait unnoticed (the guest kernel is told of new data, not of old).
-        if self.wanted and not self.sent and self.waiting():
-            with contextlib.suppress(OSError):  # a guest that died: the run says why
-                os.write(self._write, b"go\n")
-            self.sent = True
-
-    def close(self) -> None:
-        for fd in (*self._guest_ends, self._write):
-            with contextlib.suppress(OSError):
-                os.close(fd)
-        self._guest_ends.clear()
 
 
 def fingerprint(machine: Machine, image_dir: Path) -> tuple[Any, ...]:
@@ -227,8 +173,7 @@ class BootAhead:
         except Exception:  # the test's own turn reports what is wrong
             self.given_up.add(item.nodeid)
             return
-        run.on_outcome = lambda _: None  # a guest that ran no test has no result
-        run.go = GoLine()
+        run.boot_ahead()  # a guest that ran no test has no result
         try:
             if any(image.path.parent != run.image_dir for image in run.machine.images):
                 raise _UsersImage  # another test may hold or change it until the turn
@@ -269,14 +214,7 @@ class BootAhead:
         self.hits += 1
         new.keep_image_dir = True  # it is the image directory of ``run``
         new.close(graceful=False)  # nothing started: its wiring (the shell's pipes) goes
-        # The machine the hooks saw is the one the test runs in: it gets what
-        # starting the run added (the Python environment's volumes...).
-        machine, booted = new.machine, run.machine
-        for volume in booted.volumes[len(machine.volumes) :]:
-            machine.add_volume(volume.host, volume.guest, read_only=volume.read_only)
-        machine.extra_kernel_args += booted.extra_kernel_args[len(machine.extra_kernel_args) :]
-        run.machine, run.on_outcome, run.tick = machine, new.on_outcome, new.tick
-        run.begin()
+        run.take_over(new)
         return run
 
     def discard(self, nodeid: str) -> None:

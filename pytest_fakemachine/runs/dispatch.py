@@ -138,7 +138,7 @@ def group_of(state: State, item: pytest.Item, mark: MarkedTest) -> list[pytest.I
     """``item`` and the tests after it that share its guest, in run order."""
     if mark.scope == "function":
         return [item]
-    from .run import xdist_queue  # noqa: PLC0415 (host only, see the docstring)
+    from .hostio import xdist_queue  # noqa: PLC0415 (host only, see the docstring)
 
     items = item.session.items
     queued = xdist_queue(item.config)
@@ -236,7 +236,7 @@ def booster_of(state: State, config: pytest.Config) -> BootAhead | None:
     if not state.ahead_checked:
         state.ahead_checked = True
         from .ahead import BootAhead, cpu_share  # noqa: PLC0415 (host only, see the docstring)
-        from .run import wants_terminal  # noqa: PLC0415
+        from .hostio import wants_terminal  # noqa: PLC0415
 
         slots = cpu_share()
         if (state.settings.boot_ahead and slots > 1 and not wants_terminal(config)
@@ -248,7 +248,7 @@ def booster_of(state: State, config: pytest.Config) -> BootAhead | None:
 def look_ahead(state: State, item: pytest.Item, *, marked: bool) -> None:
     """At ``item``'s start: which tests to boot ahead for (and, for a host
     test, which has no deliver loop to boot them, boot them now)."""
-    from .run import xdist_queue  # noqa: PLC0415 (host only, see the docstring)
+    from .hostio import xdist_queue  # noqa: PLC0415 (host only, see the docstring)
 
     booster = booster_of(state, item.config) if marked else state.ahead
     if booster is not None:

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from typing import Any
 
 import pytest
 
 from .._terminal import GuestTerminal, open_terminal
+from ..guest.protocol import ShellSpec
 
 __all__ = ["interact", "shell_spec", "why_off"]
 
@@ -33,7 +33,7 @@ def why_off(config: pytest.Config) -> str | None:
     return None
 
 
-def shell_spec() -> dict[str, Any]:
+def shell_spec() -> ShellSpec:
     """What the guest-side runner needs to start the shell (the terminal aside)."""
     return {"ps1": PS1}
 

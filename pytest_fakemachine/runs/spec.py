@@ -9,11 +9,12 @@ import os
 import sys
 from collections.abc import Iterable
 from types import ModuleType
-from typing import Any
 
 import pytest
 
 from ..guest import runner as _guest
+from ..guest.protocol import CoverageSpec, Spec
+from ..image.templates import GUEST_WORK
 
 __all__ = ["coverage_settings", "guest_spec", "import_finder_paths", "python_mounts"]
 
@@ -34,7 +35,7 @@ HOST_ONLY_OPTIONS = frozenset({
 })  # fmt: skip
 
 
-def coverage_settings() -> dict[str, Any] | None:
+def coverage_settings() -> CoverageSpec | None:
     """How the host session measures coverage (pytest-cov or ``coverage run``),
     for the guest to measure its code the same way; None if it does not."""
     module = sys.modules.get("coverage")  # never imported here for this
@@ -119,12 +120,50 @@ def import_finder_paths() -> list[str]:
 def guest_spec(
     config: pytest.Config,
     items: list[pytest.Item],
-    events: str,
     *,
+    coverage: CoverageSpec | None = None,
+    interactive: bool = False,
     one_attempt: bool = False,
     prior_attempts: dict[str, int] | None = None,
-) -> dict[str, Any]:
-    """What the guest-side runner needs: its pytest args, options, node ids."""
+) -> Spec:
+    """What the guest-side runner needs: its pytest args, options, node ids, and
+    where its files go in the work directory. ``interactive``: the user's
+    terminal reaches the guest's debugger (--pdb and --trace go there)."""
+    args = _pytest_args(config)
+    plugins = _plugin_modules(config, args)
+    paths = list(dict.fromkeys(str(item.path) for item in items))
+    options = {
+        name: value
+        for name, value in vars(config.option).items()
+        if name not in HOST_ONLY_OPTIONS and not name.startswith("fakemachine") and _json_ok(value)
+    }
+    if interactive:
+        option = config.option
+        debug = (("--pdb", option.usepdb), ("--trace", option.trace))
+        args[:0] = [flag for flag, wanted in debug if wanted]
+    spec: Spec = {
+        "args": args + paths,
+        "plugins": plugins,
+        "nodeids": [item.nodeid for item in items],
+        "options": options,
+        "sys_path": [p for p in sys.path if p],
+        "invocation_dir": str(config.invocation_params.dir),
+        "events": f"{GUEST_WORK}/events.jsonl",
+        "markup": config.get_terminal_writer().hasmarkup,
+        "one_attempt": one_attempt,
+        "prior_attempts": prior_attempts or {},
+        "coverage": coverage,
+        "terminal_log": f"{GUEST_WORK}/terminal",
+        "tmp_path_dir": f"{GUEST_WORK}/tmp_path",
+        "tmp_path_policy": config.getini("tmp_path_retention_policy"),
+    }
+    if interactive:
+        spec["debugger"] = True
+    return spec
+
+
+def _pytest_args(config: pytest.Config) -> list[str]:
+    """The guest pytest's arguments that repeat the host session's."""
     args = ["-p", "no:cacheprovider", "-p", "no:stepwise",
             f"--rootdir={config.rootpath}", f"--capture={config.option.capture}",
             "-o", "addopts=", "-q"]  # fmt: skip
@@ -140,6 +179,12 @@ def guest_spec(
         args += ["-o", override]
     for warning in config.known_args_namespace.pythonwarnings or ():
         args += ["-W", warning]
+    return args
+
+
+def _plugin_modules(config: pytest.Config, args: list[str]) -> list[str]:
+    """The modules of the host's plugins, for the guest to register; their
+    ``-p no:NAME`` go into ``args``."""
     manager = config.pluginmanager
     # The host's plugins (from entry points or -p) go to the guest as module
     # names it imports and registers itself: `-p NAME` would make pytest scan
@@ -154,24 +199,7 @@ def guest_spec(
     for name in config.option.plugins or ():
         if name.startswith("no:") and name[3:] not in HOST_ONLY_PLUGINS:
             args += ["-p", name]
-    paths = list(dict.fromkeys(str(item.path) for item in items))
-    options = {
-        name: value
-        for name, value in vars(config.option).items()
-        if name not in HOST_ONLY_OPTIONS and not name.startswith("fakemachine") and _json_ok(value)
-    }
-    return {
-        "args": args + paths,
-        "plugins": list(dict.fromkeys(modules.values())),
-        "nodeids": [item.nodeid for item in items],
-        "options": options,
-        "sys_path": [p for p in sys.path if p],
-        "invocation_dir": str(config.invocation_params.dir),
-        "events": events,
-        "markup": config.get_terminal_writer().hasmarkup,
-        "one_attempt": one_attempt,
-        "prior_attempts": prior_attempts or {},
-    }
+    return list(dict.fromkeys(modules.values()))
 
 
 def _json_ok(value: object) -> bool:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import importlib
-import json
 import os
 import shutil
 import stat
@@ -27,8 +26,6 @@ if TYPE_CHECKING:
     import tarfile
 
 __all__ = [
-    "EventReader",
-    "OutputRelay",
     "covers",
     "failure_reports",
     "rebuild",
@@ -42,80 +39,6 @@ __all__ = [
 
 CONSOLE_SECTION = "fakemachine console"
 _STDERR_TAIL = 2000
-
-
-class FileTail:
-    """The bytes appended to a file since the last read (the guest writes it over hostfs)."""
-
-    def __init__(self, path: Path) -> None:
-        self._path = path
-        self._offset = 0
-
-    def read(self) -> bytes:
-        try:
-            with open(self._path, "rb") as f:
-                f.seek(self._offset)
-                data = f.read()
-        except FileNotFoundError:
-            return b""
-        self._offset += len(data)
-        return data
-
-
-class OutputRelay:
-    """Copies the guest runner's stdout and stderr to the host's as they grow
-    (``-s``, ``--capture=tee-sys``: the test's output shows live, as locally).
-
-    :meth:`read` before reading the events, :meth:`write` after: a test's
-    "finish" event names where its output ends in each file, and bytes read
-    before an event was written cannot belong to a later test.
-    """
-
-    def __init__(self, workdir: Path, write: Callable[[str, bytes], None]) -> None:
-        self._tails = {name: FileTail(workdir / name) for name in ("stdout", "stderr")}
-        self._pending = {name: b"" for name in self._tails}
-        self._written = dict.fromkeys(self._tails, 0)  # file offsets
-        self._write = write
-
-    def read(self) -> None:
-        for name, tail in self._tails.items():
-            self._pending[name] += tail.read()
-
-    def write(self, upto: dict[str, int] | None = None) -> None:
-        """Write what was read, up to the file offsets ``upto`` (all if None)."""
-        for name, pending in self._pending.items():
-            count = len(pending)
-            if upto is not None and name in upto:
-                count = max(0, min(count, upto[name] - self._written[name]))
-            if count:
-                self._write(name, pending[:count])
-                self._pending[name] = pending[count:]
-                self._written[name] += count
-
-
-class EventReader:
-    """Reads the JSON-lines event file incrementally as the guest appends to it."""
-
-    def __init__(self, path: Path) -> None:
-        self._path = path
-        self._offset = 0
-        self._partial = b""
-
-    def read(self) -> list[dict[str, Any]]:
-        try:
-            with open(self._path, "rb") as f:
-                f.seek(self._offset)
-                data = f.read()
-        except FileNotFoundError:
-            return []
-        self._offset += len(data)
-        lines = (self._partial + data).split(b"\n")
-        self._partial = lines.pop()  # an unterminated line is still being written
-        events = []
-        for line in lines:
-            if line.strip():
-                events.append(json.loads(line))
-        return events
 
 
 def rebuild(config: pytest.Config, data: dict[str, Any]) -> pytest.TestReport:

@@ -133,7 +133,7 @@ def test_the_configure_hook_runs_at_the_turn_and_its_machine_is_the_tests(
 COUNT_GUESTS = """
 import os, tempfile
 from pytest_fakemachine import in_fakemachine
-from pytest_fakemachine.backend.uml.process import leftovers
+from pytest_fakemachine.backend import leftovers
 
 def pytest_sessionfinish(session):
     if not in_fakemachine():
@@ -160,10 +160,13 @@ def test_a_session_ended_early_leaves_no_guest_booted_ahead(
             "@pytest.mark.fakemachine\ndef test_a():\n    pass\n\n"
             "def test_interrupt():\n"
             "    import signal, time\n"
-            "    from pytest_fakemachine.backend.uml.process import leftovers\n"
+            "    from pytest_fakemachine.backend import leftovers\n"
             "    deadline = time.monotonic() + 120\n"
             "    while not leftovers(os.getpid()) and time.monotonic() < deadline:\n"
             "        time.sleep(0.05)\n"
+            # As a shell's background job (`&`) would have it, SIGINT may be
+            # inherited ignored: the interrupt relies on Python's handler.
+            "    signal.signal(signal.SIGINT, signal.default_int_handler)\n"
             "    os.kill(os.getpid(), signal.SIGINT)\n"
         )
     pytester.makepyfile(

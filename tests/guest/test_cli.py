@@ -83,7 +83,7 @@ def test_sizes_are_binary_and_memory_bare_numbers_are_mib(tmp_path: Path) -> Non
 
 def test_boot_timeout_is_the_flags_alone() -> None:
     # The session's own boot limit (Machine's default 120 s) would kill a
-    # guest before a longer --boot-timeout; the command's watch is the only one.
+    # guest before a longer --boot-timeout; the flag's limit, set by run(), is the only one.
     assert build_machine(parse(["--boot-timeout", "300"])).session().boot_timeout is None
 
 
@@ -258,7 +258,7 @@ def test_quiet_timeout_and_boot_timeout() -> None:
     # No guest reaches its command in 10 ms.
     booting = cli("--boot-timeout", "0.01", "--", "true")
     assert booting.returncode == 125
-    assert "did not reach the command in 0.01 s (--boot-timeout)" in booting.stderr.decode()
+    assert "did not reach the command within --boot-timeout=0.01 s" in booting.stderr.decode()
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL])

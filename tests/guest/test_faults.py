@@ -19,9 +19,9 @@ import pytest
 
 from conftest import wait_for_no_leftovers
 from pytest_fakemachine import BackendUnavailable, BootError, FakeMachineError, Machine
+from pytest_fakemachine.backend import leftovers
 from pytest_fakemachine.backend.uml import host as _uml_host
 from pytest_fakemachine.backend.uml import kernel as _kernel
-from pytest_fakemachine.backend.uml import process as _uml
 from pytest_fakemachine.cli.doctor import run_doctor
 
 RUN_ECHO = "from pytest_fakemachine import Machine; print(Machine().run('echo hi').stdout, end='')"
@@ -90,7 +90,7 @@ def test_signal_to_pytest_during_a_guest_run_leaves_nothing(
         while not started.exists() and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.1)
         assert started.exists(), "the marked test never started in the guest"
-        assert _uml.leftovers(proc.pid), "no guest is running for the test"
+        assert leftovers(proc.pid), "no guest is running for the test"
         proc.send_signal(sig)
         output, _ = proc.communicate(timeout=30)
     finally:
@@ -241,9 +241,9 @@ def test_the_same_image_in_two_guests_at_once_is_refused(tmp_path: Path) -> None
     thread.start()
     try:
         deadline = time.monotonic() + 60
-        while not _uml.leftovers(os.getpid()) and time.monotonic() < deadline:
+        while not leftovers(os.getpid()) and time.monotonic() < deadline:
             time.sleep(0.05)  # once its kernel runs, the first guest holds the image
-        assert _uml.leftovers(os.getpid()), "the first guest did not start"
+        assert leftovers(os.getpid()), "the first guest did not start"
         with pytest.raises(FakeMachineError, match="attached to another running guest"):
             second.run("true")
     finally:

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from pytest_fakemachine import ConfigError, Machine, _config
-from pytest_fakemachine._session import command_body
+from pytest_fakemachine.image.workdir import command_body
 
 UNDECODABLE = os.fsdecode(b"caf\xe9")  # 'caf\udce9': a Latin-1 file name seen on a UTF-8 host
 

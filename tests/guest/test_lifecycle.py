@@ -17,6 +17,7 @@ import pytest
 
 from conftest import wait_for_no_leftovers
 from pytest_fakemachine import BootError, FakeMachineError, GuestTimeout, Machine
+from pytest_fakemachine.backend import leftovers
 from pytest_fakemachine.backend.uml import process as _uml
 
 # systemd cannot find this unit: it drops to a rescue shell that waits for a
@@ -224,7 +225,7 @@ def test_guests_started_from_threads_run_on_different_cpus() -> None:
 
         def cpus_of_guests() -> dict[int, frozenset[int]]:
             groups: dict[int, frozenset[int]] = {}
-            for pid in _uml.leftovers(os.getpid()):
+            for pid in leftovers(os.getpid()):
                 with contextlib.suppress(OSError):  # gone meanwhile
                     groups[os.getpgid(pid)] = frozenset(os.sched_getaffinity(pid))
             return groups
@@ -267,7 +268,7 @@ def test_linux_uml_killed_from_outside_says_by_which_signal(fakemachine: Machine
     try:
         assert _wait_for(lambda: fakemachine.last_workdir is not None
                          and (fakemachine.last_workdir / "started").exists(), 60)  # fmt: skip
-        (main,) = [p for p in _uml.leftovers(os.getpid()) if _leads_its_group(p)]
+        (main,) = [p for p in leftovers(os.getpid()) if _leads_its_group(p)]
         os.kill(main, signal.SIGKILL)
     finally:
         thread.join()

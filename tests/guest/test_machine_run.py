@@ -23,7 +23,7 @@ import pytest
 
 import pytest_fakemachine
 from pytest_fakemachine import FakeMachineError, GuestTimeout, Machine, RunResult, in_fakemachine
-from pytest_fakemachine.backend.uml.process import leftovers
+from pytest_fakemachine.backend import leftovers
 
 _USR_PROBE = "/usr/.fakemachine-write-probe"
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from pytest_fakemachine import ConfigError, FakeMachineError, Machine
-from pytest_fakemachine.backend.uml.process import leftovers
+from pytest_fakemachine.backend import leftovers
 
 MiB = 1 << 20
 LABEL_DIR = "/dev/disk/by-fakemachine-label"

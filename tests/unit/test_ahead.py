@@ -11,7 +11,10 @@ import pytest
 
 from pytest_fakemachine import Machine
 from pytest_fakemachine._settings import settings_key
-from pytest_fakemachine.runs.ahead import Ahead, BootAhead, GoLine, cpu_share, fingerprint
+from pytest_fakemachine.backend.base import GO_LINE
+from pytest_fakemachine.backend.uml import UmlBackend
+from pytest_fakemachine.runs.ahead import Ahead, BootAhead, cpu_share, fingerprint
+from pytest_fakemachine.runs.go import GoLine
 
 
 @pytest.mark.parametrize(("workers", "share"), [(None, 4), ("1", 4), ("2", 2), ("3", 1), ("8", 1)])
@@ -59,9 +62,11 @@ def test_machines_that_boot_alike_have_one_fingerprint(tmp_path: Path) -> None:
 def test_the_go_line_is_a_serial_line_on_a_pipe() -> None:
     line = GoLine()
     try:
-        (fd,) = line.pass_fds
-        assert line.kernel_args() == [f"ssl6=fd:{fd},null"]
-        assert line.spec() == {"line": "/dev/ttyS6", "waiting": "/run/fakemachine/waiting"}
+        (wired,) = line.lines
+        assert (wired.number, wired.from_guest) == (GO_LINE, None)
+        assert os.fstat(wired.to_guest or -1).st_mode & 0o170000 == 0o010000  # a pipe
+        spec = line.spec(UmlBackend.layout)
+        assert spec == {"line": "/dev/ttyS6", "waiting": "/run/fakemachine/waiting"}
         line.release()  # no guest waits yet: nothing is sent
         assert line.wanted and not line.sent
     finally:
@@ -108,7 +113,7 @@ def test_while_a_guest_finishes_booting_at_its_turn_the_next_ones_boot_ahead(
     booted = Machine()
     run = SimpleNamespace(
         guest=_BootingGuest(), go=SimpleNamespace(waiting=lambda: len(ticks) >= 3),
-        machine=booted, image_dir=tmp_path, begin=lambda: None,
+        machine=booted, image_dir=tmp_path, take_over=lambda new: None,
     )  # fmt: skip
     new = SimpleNamespace(
         machine=Machine(), image_dir=tmp_path, tick=lambda: ticks.append(1),

@@ -10,7 +10,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 
-from fmbench import cli, realsuite, rows, runner
+from fmbench import cli, realsuite, rows, runner, thirdparty
 
 
 def test_each_kernel_is_one_more_tree_after_the_reference() -> None:
@@ -56,7 +56,7 @@ def test_targets_needs_a_reference_and_a_round(capsys: pytest.CaptureFixture[str
 
 
 def test_every_recipe_is_listed() -> None:
-    assert {"python-iptables", "btrfsutil"} <= set(cli.thirdparty.recipes())
+    assert {"python-iptables", "btrfsutil"} <= set(thirdparty.recipes())
 
 
 @pytest.mark.parametrize(("tests", "scope"), [(1, "function"), (30, "module")])

@@ -15,6 +15,7 @@ import pytest
 
 from pytest_fakemachine import BackendUnavailable, BootError, ConfigError
 from pytest_fakemachine.backend.uml import choice as _kernel_choice
+from pytest_fakemachine.backend.uml import doctor as _uml_doctor
 from pytest_fakemachine.backend.uml import kernel as _kernel
 from pytest_fakemachine.backend.uml.kernel import (
     FEATURES,
@@ -25,7 +26,6 @@ from pytest_fakemachine.backend.uml.kernel import (
     modules_for,
     seccomp_arg,
 )
-from pytest_fakemachine.cli import doctor as _doctor
 
 FULL_CONFIG = {option: "m" for feature in FEATURES for option in feature.options} | {
     "CONFIG_MODULES": "y"
@@ -252,6 +252,10 @@ def full_config_text() -> str:
     return "".join(f"{option}={value}\n" for option, value in FULL_CONFIG.items())
 
 
+def _no_boot(kernel: Path, command: str) -> object:
+    raise AssertionError("a unit test must not boot a guest")
+
+
 def _measured_as(monkeypatch: pytest.MonkeyPatch, cpu: dict[str, float]) -> list[str]:
     """Guests "measured" by version, without booting; the versions asked, in order."""
     asked: list[str] = []
@@ -260,7 +264,8 @@ def _measured_as(monkeypatch: pytest.MonkeyPatch, cpu: dict[str, float]) -> list
         asked.append(info.version)
         return cpu[info.version]
 
-    monkeypatch.setattr(_kernel_choice, "_guest_cpu", guest_cpu)
+    monkeypatch.setattr(_kernel_choice, "guest_cpu", lambda boot: guest_cpu)
+    monkeypatch.setattr(_uml_doctor, "guest_cpu", lambda boot: guest_cpu)
     return asked
 
 
@@ -282,7 +287,7 @@ def test_doctor_offers_the_kernel_measured_fastest_that_keeps_every_row(
     in_use = make_kernel(tmp_path / "k" / "linux.uml", "6.1.176", full_config_text())
     asked = _measured_as(monkeypatch, {"6.1.176": 1.5, "6.12.1": 1.1, "7.2.7": 0.8})
     said: list[str] = []
-    checks = _doctor._kernel_choice(kernel_info(in_use), said.append)
+    checks = _uml_doctor._kernel_choice(kernel_info(in_use), said.append, _no_boot)
     assert asked == ["6.1.176", "6.12.1", "7.2.7"] * _kernel_choice.ROUNDS  # taking turns
     assert said == [
         f"fakemachine doctor: measured 3 UML kernels, {_kernel_choice.ROUNDS} guests each"
@@ -313,16 +318,16 @@ def test_kernel_measurements_are_kept_while_the_kernel_files_stay_the_same(
     old = kernel_info(make_kernel(tmp_path / "a" / "linux.uml", "6.1.176", full_config_text()))
     new = kernel_info(make_kernel(tmp_path / "b" / "linux.uml", "6.12.1", full_config_text()))
     asked = _measured_as(monkeypatch, {"6.1.176": 1.5, "6.12.1": 1.1})
-    first, when = _kernel_choice.cached_measure([old, new])
+    first, when = _kernel_choice.cached_measure([old, new], _kernel_choice.guest_cpu(_no_boot))
     assert when is None and [m.cpu for m in first] == [1.5, 1.1]
-    again, when = _kernel_choice.cached_measure([old, new])
+    again, when = _kernel_choice.cached_measure([old, new], _kernel_choice.guest_cpu(_no_boot))
     assert when is not None and [m.cpu for m in again] == [1.5, 1.1]
     assert len(asked) == 2 * _kernel_choice.ROUNDS  # the second call measured nothing
     os.utime(new.path, (1, 1))  # a kernel file replaced: measured again
-    _kernel_choice.cached_measure([old, new])
+    _kernel_choice.cached_measure([old, new], _kernel_choice.guest_cpu(_no_boot))
     assert len(asked) == 4 * _kernel_choice.ROUNDS
     _kernel_choice.forget()
-    _kernel_choice.cached_measure([old, new])
+    _kernel_choice.cached_measure([old, new], _kernel_choice.guest_cpu(_no_boot))
     assert len(asked) == 6 * _kernel_choice.ROUNDS
 
 
@@ -340,12 +345,12 @@ def test_a_kernel_whose_guest_fails_is_measured_no_further_and_not_kept(
             raise BootError("the guest did not boot\nconsole tail...")
         return 1.0
 
-    measured, _ = _kernel_choice.cached_measure([good, bad], guest_cpu=guest_cpu)
+    measured, _ = _kernel_choice.cached_measure([good, bad], guest_cpu)
     assert asked.count("7.2.7") == 1 and asked.count("6.1.176") == _kernel_choice.ROUNDS
     assert measured[1].cpu is None
     assert measured[1].error == "BootError: the guest did not boot"
     assert _kernel_choice.offer(measured) == (measured[0], None)
-    _kernel_choice.cached_measure([good, bad], guest_cpu=guest_cpu)
+    _kernel_choice.cached_measure([good, bad], guest_cpu)
     assert asked.count("7.2.7") == 2  # a failed measurement is not kept
 
 
@@ -356,7 +361,7 @@ def test_doctor_says_what_the_kernel_in_use_lacks(
     monkeypatch.setenv("PATH", str(tmp_path / "bin"))
     config = full_config_text().replace("CONFIG_IP_NF_FILTER=m\n", "")
     in_use = make_kernel(tmp_path / "k" / "linux.uml", "7.2.7", config, seccomp=True)
-    checks = _doctor._kernel_choice(kernel_info(in_use), print)
+    checks = _uml_doctor._kernel_choice(kernel_info(in_use), print, _no_boot)
     assert [(c.name, c.problem) for c in checks] == [
         (
             "guest features",

@@ -1,6 +1,6 @@
 """Unit tests of Machine's configuration and of the command body; no guest boots.
 
-Every test that goes through ``Machine.run()`` replaces ``_session.GuestProcess``
+Every test that goes through ``Machine.run()`` replaces the UML backend's ``GuestProcess``
 with a class that fails the test when it is constructed (the ``no_guest``
 fixture), so a ConfigError that came too late cannot pass unnoticed.
 """
@@ -16,8 +16,10 @@ from typing import Any
 
 import pytest
 
-from pytest_fakemachine import ConfigError, Machine, RunResult, _machine, _session, in_fakemachine
-from pytest_fakemachine._session import GUEST_PATH, command_body
+from pytest_fakemachine import ConfigError, Machine, RunResult, _session, in_fakemachine
+from pytest_fakemachine.backend import uml
+from pytest_fakemachine.backend.base import Prepared
+from pytest_fakemachine.image.workdir import GUEST_PATH, command_body
 
 LABEL_DIR = "/dev/disk/by-fakemachine-label"
 M = 1 << 20
@@ -38,28 +40,23 @@ class _GuestReached(Exception):
 
 
 def test_guard_is_wired(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """Positive control: a valid configuration does reach _session.GuestProcess."""
+    """Positive control: a valid configuration does reach the backend's GuestProcess."""
     kernel = tmp_path / "linux.uml"
     kernel.write_text("")
 
-    def fake_find_kernel(kernel_arg: object) -> Path:
-        return kernel
+    def fake_prepare(self: object, kernel_arg: object, network: bool, extra: object) -> Prepared:
+        return Prepared(kernel, tmp_path, Path("/usr/lib/modules"), ("seccomp=auto",))
 
-    def fake_module_dir(kernel_arg: Path) -> Path:
-        return tmp_path
-
-    def fake_initramfs() -> Path:
+    def fake_initramfs(layout: object) -> Path:
         return tmp_path / "initramfs.cpio"
 
     class ReachedGuest:
         def __init__(self, kernel: Path, args: list[str], *, workdir: Path, **kw: object) -> None:
             raise _GuestReached((workdir / "job.sh").read_text(), args)
 
-    monkeypatch.setattr(_machine, "find_kernel", fake_find_kernel)
-    monkeypatch.setattr(_machine, "module_dir", fake_module_dir)
-    monkeypatch.setattr(_machine, "boot_args", lambda kernel, extra: ("seccomp=auto",))
+    monkeypatch.setattr(uml.UmlBackend, "prepare", fake_prepare)
     monkeypatch.setattr(_session, "initramfs", fake_initramfs)
-    monkeypatch.setattr(_session, "GuestProcess", ReachedGuest)
+    monkeypatch.setattr(uml, "GuestProcess", ReachedGuest)
     machine = Machine(memory="1G", env={"A": "1"})
     with pytest.raises(_GuestReached) as excinfo:
         machine.run(["echo", "a b"], env={"B": "2"}, cwd="/tmp")

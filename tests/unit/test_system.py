@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from pytest_fakemachine.backend.uml import UmlBackend
 from pytest_fakemachine.image import initramfs as _initramfs
 from pytest_fakemachine.image import system as gs
 
@@ -62,7 +63,7 @@ def test_etc_copy_leaves_out_secrets_and_what_others_cannot_read(tmp_path: Path)
 
 
 def test_generated_shadow_locks_every_account() -> None:
-    files = gs.generated_etc()
+    files = gs.generated_etc("none /usr hostfs ro,/usr 0 0\n")
     shadow = files["etc/shadow"][0].decode().splitlines()
     assert shadow[0].startswith("root:!*:")
     assert all(line.split(":")[1] == "!*" for line in shadow)
@@ -71,7 +72,7 @@ def test_generated_shadow_locks_every_account() -> None:
 
 
 def test_initramfs_of_this_host_holds_no_secret() -> None:
-    inputs = _initramfs._collect_inputs()
+    inputs = _initramfs._collect_inputs(UmlBackend.layout)
     copied = {path for path, *_ in inputs.etc}
     assert "/etc/nsswitch.conf" in copied
     for path, mode, *_ in inputs.etc:

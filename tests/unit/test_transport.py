@@ -17,7 +17,8 @@ from pytest_fakemachine.guest.pack import (
     SPARSE_DIRECT_MIN,
     pack_regular_files,
 )
-from pytest_fakemachine.runs.transport import EventReader, rebuild, unpack_kept
+from pytest_fakemachine.runs.events import EventReader
+from pytest_fakemachine.runs.transport import rebuild, unpack_kept
 
 
 @pytest.fixture(autouse=True)

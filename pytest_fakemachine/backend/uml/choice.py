@@ -35,14 +35,26 @@ from ..._errors import FakeMachineError
 from ...image.cache import cache_dir
 from .kernel import KernelInfo
 
-__all__ = ["ROUNDS", "WORKLOAD", "Measured", "cached_measure", "forget", "measure", "offer"]
+__all__ = [
+    "ROUNDS",
+    "WORKLOAD",
+    "Boot",
+    "Measured",
+    "cached_measure",
+    "forget",
+    "guest_cpu",
+    "measure",
+    "offer",
+]
 
 ROUNDS = 3
 _PYTHON = "/usr/bin/python3"  # the host's own /usr is the guest's
 _STARTS = "i=0; while [ $i -lt 40 ]; do /bin/true; i=$((i+1)); done"
 _IMPORTS = f"{_PYTHON} -c 'import json, subprocess, pathlib, email.parser, unittest'"
 WORKLOAD = f"{_STARTS}; {_IMPORTS}" if os.access(_PYTHON, os.X_OK) else _STARTS
-_LIMIT = 120.0  # seconds for one guest: far more than a boot needs
+# Boots a guest of the kernel at the path and runs the command in it; raises
+# FakeMachineError or CalledProcessError when either fails.
+Boot = Callable[[Path, str], object]
 
 
 @dataclass(frozen=True)
@@ -60,25 +72,24 @@ class Measured:
         return f"Linux {self.info.version}{seccomp}{lacks}"
 
 
-def _guest_cpu(info: KernelInfo) -> float:
-    """Boot one guest with ``info``'s kernel, run the workload; its CPU seconds."""
-    from ..._machine import Machine  # noqa: PLC0415 (it imports this module's neighbours)
+def guest_cpu(boot: Boot) -> Callable[[KernelInfo], float]:
+    """The CPU seconds of one guest of a kernel running :data:`WORKLOAD`, booted by ``boot``."""
 
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    Machine(kernel=info.path, timeout=_LIMIT).run(WORKLOAD, check=True)
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
+    def cpu(info: KernelInfo) -> float:
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        boot(info.path, WORKLOAD)
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
+
+    return cpu
 
 
 def measure(
-    kernels: Sequence[KernelInfo],
-    rounds: int = ROUNDS,
-    guest_cpu: Callable[[KernelInfo], float] | None = None,
+    kernels: Sequence[KernelInfo], guest_cpu: Callable[[KernelInfo], float], rounds: int = ROUNDS
 ) -> list[Measured]:
     """Each kernel's median guest CPU over ``rounds`` guests, the kernels taking
     turns (a burst of load elsewhere hits them alike); a kernel whose guest
     fails is measured no further and says why."""
-    guest_cpu = guest_cpu or _guest_cpu
     samples: dict[int, list[float]] = {i: [] for i in range(len(kernels))}
     errors: dict[int, str] = {}
     for _ in range(rounds):
@@ -120,8 +131,7 @@ def _cache_path(kernels: Sequence[KernelInfo]) -> Path | None:
 
 
 def cached_measure(
-    kernels: Sequence[KernelInfo],
-    guest_cpu: Callable[[KernelInfo], float] | None = None,
+    kernels: Sequence[KernelInfo], guest_cpu: Callable[[KernelInfo], float]
 ) -> tuple[list[Measured], float | None]:
     """:func:`measure`, or the kept measurement of these very kernel files;
     with the time it was taken when kept (None: measured now)."""
@@ -132,7 +142,7 @@ def cached_measure(
             cpus = [float(c) for c in data["cpu"]]
             if len(cpus) == len(kernels):
                 return [Measured(k, c) for k, c in zip(kernels, cpus)], float(data["when"])
-    measured = measure(kernels, guest_cpu=guest_cpu)
+    measured = measure(kernels, guest_cpu)
     if path is not None and all(m.cpu is not None for m in measured):
         with contextlib.suppress(OSError):  # unkept: measured again next time, nothing more
             fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".kernel-times-")

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -26,14 +27,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, final
 
-from ..watchdog import Reaper, claim_cpu, make_private, pin_group, release_cpu
-from .host import SHM, find_slirp
+from ..watchdog import OWNER_ENV, Reaper, claim_cpu, make_private, pin_group, release_cpu
+from .host import SHM, find_slirp, memory_file_full
 
-__all__ = ["OWNER_ENV", "GuestProcess", "Reaper", "leftovers"]
+__all__ = ["GuestProcess"]
 
 _PR_SET_PDEATHSIG = 1
 _POLL_SECONDS = 0.02
-OWNER_ENV = "PYTEST_FAKEMACHINE_OWNER"  # pid of the Python process that started a guest
 # What UML's console says when the guest reboots: UML then re-executes itself,
 # and the guest would boot (and run its job) again. An emergency restart
 # (sysrq b) says nothing; then the second start of UML itself tells.
@@ -103,12 +103,16 @@ class GuestProcess:
         started_file: Path | None = None,
         reaper: Reaper | None = None,
         pass_fds: Sequence[int] = (),
+        boot_timeout_name: str = "boot_timeout",
+        memory_mib: int = 0,
     ) -> None:
         self._kernel = kernel
         self._pass_fds = tuple(pass_fds)  # host fds the kernel args name (ssl1=fd:N...)
         # The boot ends when started_file appears; past boot_timeout without it,
         # the guest is killed (and ended_why says so).
         self._boot_timeout = boot_timeout
+        self._boot_timeout_name = boot_timeout_name
+        self._memory_mib = memory_mib
         self._started_file = started_file
         self._watcher: threading.Thread | None = None
         self._stop_watching = threading.Event()
@@ -217,7 +221,7 @@ class GuestProcess:
                 booted = self._started_file.exists()
                 if not booted and deadline is not None and time.monotonic() >= deadline:
                     self._end(
-                        f"the guest did not reach the command within boot_timeout="
+                        f"the guest did not reach the command within {self._boot_timeout_name}="
                         f"{self._boot_timeout:g} s and was killed"
                     )
                     return
@@ -320,6 +324,35 @@ class GuestProcess:
         """The exit status of linux.uml, once kill() has reaped it."""
         return None if self._uml is None else self._uml.returncode
 
+    def failure(self, started: bool) -> str:
+        """Why the guest ended without an exit status (after :meth:`kill`)."""
+        killed = -(self.returncode or 0)
+        if self.ended_why is not None:
+            what = self.ended_why
+        elif not self._workdir.is_dir():
+            what = f"the work directory {self._workdir} disappeared during the run"
+        elif killed > 0 and killed != signal.SIGABRT:  # UML aborts on a kernel panic
+            what = (
+                f"the UML process (linux.uml) was killed by signal "
+                f"{signal.Signals(killed).name} from outside "
+                + ("during the command" if started else "before the command")
+            )
+        elif started:
+            what = "the guest powered off during the command"
+        else:
+            what = "the guest did not boot to the command"
+        if memory_file_full(self.console()):
+            try:
+                size = f"{shutil.disk_usage(self.memory_dir).total >> 20} MiB"
+            except OSError:
+                size = "its"
+            what += (
+                f": UML keeps the guest's memory (memory={self._memory_mib}M) in a file in "
+                f"{self.memory_dir}, and that {size} file system filled up; give it room (in "
+                "Docker: --shm-size), point TMPDIR at one with room, or lower memory="
+            )
+        return f"{what} (linux.uml exit status {self.returncode})"
+
     def console(self) -> str:
         if self._reader is not None and self.exited():
             self._reader.join(timeout=5)
@@ -357,29 +390,3 @@ class GuestProcess:
             self._console.pipe.close()
             if self._console.log is not None:
                 self._console.log.close()
-
-
-def leftovers(owner: int | None) -> list[int]:
-    """Pids of linux.uml and libslirp-helper processes started by process ``owner``.
-
-    With ``owner=None``: those whose starting process no longer exists (orphans).
-    """
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/comm", "rb") as f:
-                if f.read().strip() not in (b"linux.uml", b"libslirp-helper"):
-                    continue
-            with open(f"/proc/{entry}/environ", "rb") as f:
-                variables = f.read().split(b"\0")
-        except OSError:  # gone meanwhile, or not ours to read
-            continue
-        tags = [v.partition(b"=")[2] for v in variables if v.startswith(OWNER_ENV.encode() + b"=")]
-        if not tags:
-            continue
-        started_by = int(tags[0])
-        if started_by == owner or (owner is None and not os.path.exists(f"/proc/{started_by}")):
-            found.append(int(entry))
-    return found
