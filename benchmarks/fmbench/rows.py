@@ -158,12 +158,17 @@ def floor_boot(ctx: Context, *, skips: Skips) -> float:
     return boot.lifetime
 
 
-def machine_process(ctx: Context) -> float:
-    """A whole `python -c "...Machine().run('true')"` process, interpreter start included."""
+def machine_process(ctx: Context, tree: Path | None = None) -> float:
+    """A whole `python -c "...Machine().run('true')"` process, interpreter start included;
+    ``tree``: the package comes from there (PYTHONPATH), e.g. a reference checkout's copy."""
     code = "from pytest_fakemachine import Machine; Machine().run('true', check=True)"
+    env = clean_env()
+    if tree is not None:
+        env["PYTHONPATH"] = str(tree)
     start = time.monotonic()
     # Not in a checkout: `python -c` imports the package from its working directory first.
-    proc = run_step([sys.executable, "-c", code], ctx.tmp, RUN_TIMEOUT, "Machine().run('true')")
+    proc = run_step([sys.executable, "-c", code], ctx.tmp, RUN_TIMEOUT, "Machine().run('true')",
+                    env)  # fmt: skip
     elapsed = time.monotonic() - start
     if proc.returncode != 0:
         raise StepFailed(f"exit status {proc.returncode}: {python_error(proc.stderr)}")

@@ -100,6 +100,15 @@ def trivial_rows(ctx: Context, ref: Path) -> dict[str, Row]:
             ("n0_ref", f"pytest -n 0: {ctx.xdist_tests} marked tests, {ref.name}", "s"),
             ("n0", f"pytest -n 0: {ctx.xdist_tests} marked tests, this tree", "s"),
             ("n2", f"pytest -n 2: {ctx.xdist_tests} marked tests, this tree", "s"),
+            # The same trivial rows from the reference tree: before and after, interleaved.
+            ("run_ref", f"python -c \"Machine().run('true')\", {ref.name}", "s"),
+            ("one_ref", f"pytest: 1 marked test, scope=function, {ref.name}", "s"),
+            (
+                "module_ref",
+                f"pytest: {ctx.module_tests} marked tests, scope=module, {ref.name}",
+                "s",
+            ),
+            ("n2_ref", f"pytest -n 2: {ctx.xdist_tests} marked tests, {ref.name}", "s"),
             ("n0_cpu", "  its CPU time (pytest, guests): -n 0, this tree", "s"),
             ("n2_cpu", "  its CPU time (pytest, workers, guests): -n 2, this tree", "s"),
             ("mem", "peak memory of one guest (PSS), defaults", "MiB"),
@@ -118,6 +127,10 @@ def trivial_steps(rows: dict[str, Row], ctx: Context, ref: Path) -> list[Step]:
         "n0_ref": lambda: pytest_run(f, n, ("-n", "0"), WITH_XDIST, tree=ref),
         "n0": lambda: pytest_run(f, n, ("-n", "0"), WITH_XDIST, cpu=rows["n0_cpu"].values),
         "n2": lambda: pytest_run(f, n, ("-n", "2"), WITH_XDIST, cpu=rows["n2_cpu"].values),
+        "run_ref": lambda: machine_process(ctx, tree=ref),
+        "one_ref": lambda: pytest_run(ctx.one_test, 1, tree=ref),
+        "module_ref": lambda: pytest_run(ctx.module_file, ctx.module_tests, tree=ref),
+        "n2_ref": lambda: pytest_run(f, n, ("-n", "2"), WITH_XDIST, tree=ref),
         "mem": lambda: peak_memory(network=False),
         "mem_net": lambda: peak_memory(network=True),
     }
