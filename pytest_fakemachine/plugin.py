@@ -9,6 +9,7 @@ guests are ``runs.host.HostSession``'s, registered here on the host alone.
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
@@ -49,7 +50,7 @@ def pytest_configure(config: pytest.Config) -> None:
         from .runs.host import HostSession  # noqa: PLC0415
 
         config.stash[state_key] = State(settings)
-        config.pluginmanager.register(HostSession(), "fakemachine-host")
+        config.pluginmanager.register(HostSession(config), "fakemachine-host")
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -79,7 +80,12 @@ def fakemachine(request: pytest.FixtureRequest) -> Iterator[Machine]:
     """
     if in_fakemachine():
         pytest.fail("the fakemachine fixture cannot boot a guest inside a guest", pytrace=False)
-    from .runs.dispatch import new_machine, state_key, why_unavailable  # noqa: PLC0415 (host only)
+    from .runs.dispatch import (  # noqa: PLC0415 (host only)
+        add_default_images,
+        new_machine,
+        state_key,
+        why_unavailable,
+    )
 
     config = request.config
     state = config.stash[state_key]
@@ -90,7 +96,12 @@ def fakemachine(request: pytest.FixtureRequest) -> Iterator[Machine]:
         # The message says what to install; the fixture's source would only bury it.
         pytest.fail(f"{BackendUnavailable.__name__}: {unavailable}", pytrace=False)
     machine = new_machine(config, f"the fakemachine fixture of {request.node.nodeid}")
-    config.hook.pytest_fakemachine_configure(machine=machine, item=request.node)
-    yield machine
-    if machine._keep and machine.last_workdir is not None:
-        state.kept.append(machine.last_workdir)
+    image_dir = add_default_images(machine, state.settings)
+    try:
+        config.hook.pytest_fakemachine_configure(machine=machine, item=request.node)
+        yield machine
+        if machine._keep and machine.last_workdir is not None:
+            state.kept.append(machine.last_workdir)
+    finally:
+        if image_dir is not None:
+            shutil.rmtree(image_dir, ignore_errors=True)

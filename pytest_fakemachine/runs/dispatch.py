@@ -12,6 +12,7 @@ its host-side machinery (``_machine``, ``_runs``, ``_markers``, ``_ahead``,
 from __future__ import annotations
 
 import shutil
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,11 +35,13 @@ if TYPE_CHECKING:
 
 __all__ = [
     "State",
+    "add_default_images",
     "close_run",
     "console_echo",
     "look_ahead",
     "marker_of",
     "new_machine",
+    "own_guest_group",
     "start_run",
     "state_key",
     "why_shell_off",
@@ -63,6 +66,8 @@ class State:
     summarizing: bool = False  # the terminal summary has begun
     ahead: BootAhead | None = None  # guests booted ahead (function scope), once set up
     ahead_checked: bool = False
+    # Function-scoped tests' own guests by module and machine: {nodeid: seconds}.
+    own_guests: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
 state_key = pytest.StashKey[State]()
@@ -88,12 +93,28 @@ def new_machine(config: pytest.Config, source: str) -> Machine:
 
     settings = config.stash[settings_key]
     machine = Machine(settings.backend, memory=settings.memory, timeout=settings.timeout,
-                      boot_timeout=settings.boot_timeout, kernel=settings.kernel)  # fmt: skip
+                      boot_timeout=settings.boot_timeout, kernel=settings.kernel,
+                      scratch=settings.scratch, network=settings.network)  # fmt: skip
     machine.source = source
     machine.env.update(_settings.passenv_env(settings.passenv))
     machine._echo = console_echo(config)
     machine._keep = settings.keep
     return machine
+
+
+def add_default_images(machine: Machine, settings: Settings) -> Path | None:
+    """The images of fakemachine_defaults attached to a fixture's ``machine``, in
+    a new directory (returned, for the caller to remove); None if there are none."""
+    if not settings.images:
+        return None
+    image_dir = Path(tempfile.mkdtemp(prefix="fakemachine-images-"))
+    try:
+        for index, (label, size) in enumerate(settings.images):
+            machine.add_image(image_dir / f"{index}.img", size, label=label)
+    except BaseException:
+        shutil.rmtree(image_dir, ignore_errors=True)
+        raise
+    return image_dir
 
 
 def why_shell_off(config: pytest.Config) -> str | None:
@@ -117,6 +138,16 @@ def why_unavailable(state: State, config: pytest.Config) -> str | None:
         except Exception as e:
             state.unavailable = f"{type(e).__name__}: {e}"
     return state.unavailable
+
+
+def own_guest_group(state: State, nodeid: str) -> str | None:
+    """The module and machine of the function-scoped guest test ``nodeid`` is
+    running in (the guest it would share under module scope), or None."""
+    run = state.runs.get(nodeid)
+    mark = state.marks.get(nodeid)
+    if run is None or not run.function_scope or mark is None or isinstance(mark, Exception):
+        return None
+    return mark.module_key
 
 
 def marker_of(state: State, item: pytest.Item) -> MarkedTest | None:

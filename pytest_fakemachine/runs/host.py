@@ -25,6 +25,7 @@ from .dispatch import (
     close_run,
     look_ahead,
     marker_of,
+    own_guest_group,
     start_run,
     state_key,
     why_shell_off,
@@ -37,6 +38,9 @@ __all__ = ["HostSession"]
 
 class HostSession:
     """The plugin's host-side hooks (registered as ``fakemachine-host``)."""
+
+    def __init__(self, config: pytest.Config) -> None:
+        self.config = config
 
     def pytest_report_header(self, config: pytest.Config) -> str | None:
         settings = config.stash[settings_key]
@@ -136,6 +140,25 @@ class HostSession:
             word = f"{word} (guest boot {boot:.1f} s)"
         return category, letter, word
 
+    @pytest.hookimpl(tryfirst=True)  # before xdist's worker sends the report on
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        """Count the time of function-scoped guests that could have been shared.
+
+        The group rides on the report, so that under xdist the controller,
+        which writes the summary, counts its workers' guests too.
+        """
+        state = self.config.stash.get(state_key, None)
+        if state is None:
+            return
+        group = getattr(report, "fakemachine_own_guest", None)
+        if group is None:
+            group = own_guest_group(state, report.nodeid)
+            if group is None:
+                return
+            report.fakemachine_own_guest = group  # type: ignore[attr-defined]
+        seconds = state.own_guests.setdefault(str(group), {})
+        seconds[report.nodeid] = seconds.get(report.nodeid, 0.0) + report.duration
+
     @pytest.hookimpl(tryfirst=True, optionalhook=True)
     def pytest_timeout_set_timer(self, item: pytest.Item, settings: object) -> bool | None:
         """pytest-timeout: a marked test's limit applies in its guest to the test's
@@ -170,6 +193,26 @@ class HostSession:
             terminalreporter.section("fakemachine: kept work directories")
             for path in state.kept:
                 terminalreporter.write_line(str(path))
+        note = None if state is None else _unshared_note(state)
+        if note is not None and terminalreporter.verbosity >= 0:
+            terminalreporter.write_line(note)
+
+
+def _unshared_note(state: State) -> str | None:
+    """One line on the modules whose function-scoped tests each booted a guest
+    of the same machine, where one module-scoped guest would have done."""
+    groups = {key: tests for key, tests in state.own_guests.items() if len(tests) >= 2}
+    if not groups:
+        return None
+    count = sum(len(tests) for tests in groups.values())
+    seconds = sum(sum(tests.values()) for tests in groups.values())
+    modules = len({key.split("\0")[0] for key in groups})  # module path, then machine
+    where = "one module" if modules == 1 else f"{modules} modules"
+    return (
+        f"fakemachine: {count} tests in {where} booted a guest each ({seconds:.1f} s in all) "
+        'for the same machine; scope="module" on their marker (or fakemachine_defaults = '
+        "scope=module) shares one guest per module"
+    )
 
 
 def _report_known_collect_error(state: State, item: pytest.Item) -> bool:

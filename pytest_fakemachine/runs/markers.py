@@ -37,6 +37,8 @@ class MarkedTest:
     scope: str
     key: str
     source: str
+    # The module and the machine: the guest this test would share under module scope.
+    module_key: str = ""
 
 
 def marked_test(item: pytest.Item, settings: Settings) -> MarkedTest | None:
@@ -65,14 +67,17 @@ def marked_test(item: pytest.Item, settings: Settings) -> MarkedTest | None:
     scope = kwargs.pop("scope", settings.scope)
     if scope not in SCOPES:
         raise ConfigError(f"scope={scope!r} from {source}: expected one of {', '.join(SCOPES)}")
+    if "images" not in kwargs and settings.images:  # a marker's images replace the defaults'
+        kwargs["images"] = dict(settings.images)
     recipe = json.dumps(kwargs, sort_keys=True, default=_describe)
+    module_key = f"module {item.path}\0{recipe}"
     if scope == "function":
         key = item.nodeid
     elif scope == "module":
-        key = f"module {item.path}\0{recipe}"
+        key = module_key
     else:
         key = f"session\0{recipe}"
-    return MarkedTest(kwargs, scope, key, source)
+    return MarkedTest(kwargs, scope, key, source, module_key)
 
 
 def _describe(value: object) -> object:
@@ -84,13 +89,15 @@ def _describe(value: object) -> object:
 
 
 def apply_marker(machine: Machine, marked: MarkedTest, image_dir: Path) -> None:
-    """Set the marker's keywords on ``machine``, which carries the options' defaults."""
+    """Set the marker's keywords on ``machine``, which carries the options' defaults
+    (and fakemachine_defaults'; its images are in ``marked.kwargs`` already)."""
     kw, source = marked.kwargs, marked.source
     for name in ("memory", "timeout", "boot_timeout"):  # None keeps the option's default
         if kw.get(name) is not None:
             setattr(machine, name, kw[name])
-    machine.scratch = kw.get("scratch")
-    machine.network = kw.get("network", False)
+    for name in ("scratch", "network"):  # absent: fakemachine_defaults' (on ``machine``)
+        if name in kw:
+            setattr(machine, name, kw[name])
     passenv = kw.get("passenv") or ()
     if isinstance(passenv, str):
         passenv = passenv.split()

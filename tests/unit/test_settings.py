@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
+import shutil
 import tempfile
 from pathlib import Path
 
 import pytest
 
+from pytest_fakemachine import ConfigError
 from pytest_fakemachine import _config as c
-from pytest_fakemachine._settings import settings_key
+from pytest_fakemachine._settings import parse_defaults, settings_key
 from pytest_fakemachine.backend.uml import host as _uml_host
+from pytest_fakemachine.runs.dispatch import add_default_images, new_machine
+from pytest_fakemachine.runs.markers import apply_marker, marked_test
 
 
 @pytest.fixture(autouse=True)
@@ -188,3 +193,179 @@ def test_ubuntu_is_told_where_user_mode_linux_comes_from(
 )
 def test_memory_file_full_is_read_off_the_console(console_line: str, full: bool) -> None:
     assert _uml_host.memory_file_full(f"Run /init as init process\n{console_line}\n") is full
+
+
+# --------------------------------------------------------------------------------------
+# fakemachine_defaults: the marker's default keywords, parsed and merged
+# --------------------------------------------------------------------------------------
+
+
+def test_defaults_parse_every_keyword() -> None:
+    text = """scope=module scratch=64M network=yes memory=1G timeout=600
+              boot_timeout=30 images=data:64M,log:1K backend=uml cpus=1"""
+    assert parse_defaults(text, "here") == {
+        "scope": "module",
+        "scratch": 64 << 20,
+        "network": True,
+        "memory": 1024,
+        "timeout": 600.0,
+        "boot_timeout": 30.0,
+        "images": (("data", 64 << 20), ("log", 1024)),
+        "backend": "uml",
+        "cpus": 1,
+    }
+    for word, value in {"true": True, "1": True, "No": False, "FALSE": False, "0": False}.items():
+        assert parse_defaults(f"network={word}", "here") == {"network": value}
+    assert parse_defaults("timeout=9 scratch=1M timeout=none scratch=None", "here") == {
+        "timeout": None,  # a later keyword wins; none unsets
+        "scratch": None,
+    }
+    assert parse_defaults("", "here") == {}
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("scrach=64M", "here: unknown keyword 'scrach' in 'scrach=64M' (known: scope, *"),
+        ("env=A", "here: unknown keyword 'env' in 'env=A'*"),
+        ("network", "here: 'network' is not keyword=value"),
+        ("=1", "here: '=1' is not keyword=value"),
+        ("network=maybe", "network='maybe' from here: expected true/false/yes/no/1/0"),
+        ("scope=class", "scope='class' from here: expected one of function, module, session"),
+        ("memory=lots", "memory='lots' from here: not a size*"),
+        ("scratch=-1M", "scratch='-1M' from here: not a size*"),
+        ("timeout=0", "timeout='0' from here: must be more than zero"),
+        ("boot_timeout=none", "boot_timeout='none' from here: expected seconds"),
+        ("images=data", "images='data' from here: 'data' is not LABEL:SIZE"),
+        ("images=a:1M,a:2M", "images='a:1M,a:2M' from here: label 'a' given twice"),
+        ("images=a/b:1M", "label='a/b' from here: only letters*"),
+        ("images=data:big", "images?'data'?='big' from here: not a size*"),
+        ("backend=kvm", "backend='kvm' from here: that backend is not available in this version*"),
+        ("backend=docker", "backend='docker' from here: expected auto or uml"),
+        ("cpus=2", "cpus='2' from here: UML guests have one CPU"),
+        ("cpus=0", "cpus='0' from here: expected a positive number"),
+        ("cpus=two", "cpus='two' from here: expected a positive number"),
+    ],
+)  # fmt: skip
+def test_bad_defaults_name_the_word_and_where_it_came_from(text: str, expected: str) -> None:
+    with pytest.raises(ConfigError) as excinfo:
+        parse_defaults(text, "here")
+    assert fnmatch.fnmatchcase(str(excinfo.value), expected), str(excinfo.value)
+
+
+def test_defaults_merge_keyword_by_keyword(pytester: pytest.Pytester) -> None:
+    pytester.makeini(
+        """
+        [pytest]
+        fakemachine_memory = 512M
+        fakemachine_timeout = 30
+        fakemachine_scope = session
+        fakemachine_defaults =
+            memory=768M scratch=16M
+            network=true images=data:64M
+        """
+    )
+    settings = pytester.parseconfigure().stash[settings_key]
+    # Within the ini, its fakemachine_defaults wins over the dedicated options.
+    assert (settings.memory, settings.timeout, settings.scope) == (768, 30.0, "session")
+    assert (settings.scratch, settings.network) == (16 << 20, True)
+    assert settings.images == (("data", 64 << 20),)
+    # The command line wins over the ini; on it, --fakemachine-defaults over the option.
+    settings = pytester.parseconfigure(
+        "--fakemachine-memory=1G", "--fakemachine-timeout=5",
+        "--fakemachine-defaults", "timeout=6 network=no", "--fakemachine-defaults=scope=module",
+    ).stash[settings_key]  # fmt: skip
+    assert (settings.memory, settings.timeout, settings.scope) == (1024, 6.0, "module")
+    assert (settings.scratch, settings.network) == (16 << 20, False)  # the ini's scratch stays
+
+
+def test_default_settings_have_no_defaults_keywords(pytester: pytest.Pytester) -> None:
+    settings = pytester.parseconfigure().stash[settings_key]
+    assert (settings.scope, settings.scratch, settings.network, settings.images) == (
+        "function", None, False, ())  # fmt: skip
+    assert settings.cpus == 1
+
+
+@pytest.mark.parametrize(
+    ("ini", "args", "expected"),
+    [
+        ("fakemachine_defaults = scope=module scrach=64M", [],
+         "ERROR: ini option fakemachine_defaults in */tox.ini: unknown keyword 'scrach' in "
+         "'scrach=64M'*"),
+        ("", ["--fakemachine-defaults=network=perhaps"],
+         "ERROR: network='perhaps' from --fakemachine-defaults: expected true/false/yes/no/1/0"),
+    ],
+)  # fmt: skip
+def test_bad_defaults_are_usage_errors(
+    pytester: pytest.Pytester, ini: str, args: list[str], expected: str
+) -> None:
+    pytester.makeini(f"[pytest]\n{ini}\n")
+    pytester.makepyfile("def test_ok(): pass")
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", *args)
+    _usage_error(result)
+    result.stderr.fnmatch_lines([expected])
+
+
+MARKED = """
+import pytest
+
+def test_plain():
+    pass
+
+@pytest.mark.fakemachine(images={"own": "1M"}, scratch=None, network=False, scope="function")
+def test_own():
+    pass
+
+@pytest.mark.fakemachine(memory="256M")
+def test_memory():
+    pass
+"""
+
+
+def test_marker_keywords_win_over_the_defaults(pytester: pytest.Pytester, tmp_path: Path) -> None:
+    pytester.makeini(
+        "[pytest]\nfakemachine_defaults = scope=module scratch=8M network=true memory=1G "
+        "images=data:2M\n"
+    )
+    plain, own, memory = pytester.getitems(MARKED)
+    config = plain.config
+    settings = config.stash[settings_key]
+    assert marked_test(plain, settings) is None  # not marked, no --fakemachine-all
+    all_tests = dataclasses.replace(settings, all_tests=True)
+    marked = marked_test(plain, all_tests)
+    assert marked is not None and marked.scope == "module"
+    assert marked.kwargs == {"images": {"data": 2 << 20}}
+    machines = []
+    for item in (plain, own, memory):
+        mark = marked_test(item, all_tests)
+        assert mark is not None
+        machine = new_machine(config, mark.source)
+        (tmp_path / item.name).mkdir()
+        apply_marker(machine, mark, tmp_path / item.name)
+        machines.append(machine)
+    defaults, marker, memory_only = machines
+    assert (defaults.scratch, defaults.network, defaults.memory) == (8 << 20, True, 1024)
+    assert [i.label for i in defaults.images] == ["data"]
+    # A marker's images replace the defaults'; its scratch=None and network=False count.
+    assert (marker.scratch, marker.network) == (None, False)
+    assert [i.label for i in marker.images] == ["own"]
+    assert (memory_only.memory, memory_only.scratch, memory_only.network) == ("256M", 8 << 20, True)
+    assert marked_test(own, all_tests).scope == "function"  # type: ignore[union-attr]
+
+
+def test_the_fixtures_machine_gets_the_defaults(pytester: pytest.Pytester) -> None:
+    config = pytester.parseconfigure(
+        "--fakemachine-defaults=scratch=4M network=1 images=a:1M,b:2M timeout=60"
+    )
+    settings = config.stash[settings_key]
+    machine = new_machine(config, "the fixture")
+    assert (machine.scratch, machine.network, machine.timeout) == (4 << 20, True, 60.0)
+    image_dir = add_default_images(machine, settings)
+    assert image_dir is not None
+    try:
+        assert [(i.label, i.path.stat().st_size) for i in machine.images] == [
+            ("a", 1 << 20), ("b", 2 << 20)]  # fmt: skip
+    finally:
+        shutil.rmtree(image_dir)
+    plain = pytester.parseconfigure()
+    assert add_default_images(new_machine(plain, "x"), plain.stash[settings_key]) is None
