@@ -25,10 +25,15 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    # The host-side machinery loads on first use: inside a guest, tests import
-    # this package (for in_fakemachine) and every import costs there.
+    # The host-side machinery (and importlib.metadata) loads on first use: inside
+    # a guest, tests import this package (for in_fakemachine) and every import
+    # costs there.
     if name in ("Machine", "RunResult"):
         from . import _machine  # noqa: PLC0415
 
         return getattr(_machine, name)
+    if name == "__version__":  # pyproject.toml's, as installed
+        from importlib.metadata import version  # noqa: PLC0415
+
+        return version("pytest-fakemachine")
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import importlib.metadata
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -14,9 +15,14 @@ from typing import Any, TypeVar
 from .. import _config as c
 from .._errors import ConfigError
 
-__all__ = ["PROG", "Options", "UsageError", "parse", "parser"]
+__all__ = ["PROG", "Options", "UsageError", "package_version", "parse", "parser"]
 
-PROG = "pytest-fakemachine"
+PROG = "pytest-fakemachine"  # also the distribution's name
+
+
+def package_version() -> str:
+    """The installed distribution's version (pyproject.toml's, the one place it is)."""
+    return importlib.metadata.version(PROG)
 
 
 class UsageError(Exception):
@@ -196,6 +202,7 @@ def parser() -> argparse.ArgumentParser:
     )
     for names, keywords in _FLAGS:
         p.add_argument(*names, **keywords)
+    p.add_argument("--version", action="version", version=f"{PROG} {package_version()}")
     p.add_argument("words", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     return p
 

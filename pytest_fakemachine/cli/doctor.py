@@ -15,6 +15,7 @@ from ..backend.base import Check, Layout
 from ..image import cache as _cache
 from ..image import initramfs as _initramfs
 from ..image.initramfs import initramfs
+from .args import PROG, package_version
 
 __all__ = ["run_doctor"]
 
@@ -99,6 +100,7 @@ def run_doctor(say: Callable[[str], None], machine: Machine | None = None) -> in
     ``machine`` carries the session's settings (kernel, memory); default ``Machine()``.
     """
     machine = Machine() if machine is None else machine
+    say(f"{PROG} {package_version()}")
     checks = _checks(machine, say)
     failed = any(check.required and check.problem is not None for check in checks)
     if not failed:  # with something required missing, the boot would only fail again
