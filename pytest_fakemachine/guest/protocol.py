@@ -18,6 +18,7 @@ __all__ = [
     "CoverageSpec",
     "DoneEvent",
     "Event",
+    "ExitEvent",
     "FinishEvent",
     "GoSpec",
     "NodeEvent",
@@ -124,6 +125,15 @@ class TerminalEvent(TypedDict, total=False):
     nodeid: str
 
 
+class ExitEvent(TypedDict):
+    """``exit``: the guest's session was stopped by ``pytest.exit()`` (in a test,
+    a fixture, a hook; also the debugger's quit, which pytest turns into one)."""
+
+    event: str
+    reason: str
+    returncode: int | None  # pytest.exit's; None: pytest's "interrupted" status
+
+
 class DoneEvent(TypedDict):
     event: str  # "done"
     exitstatus: int
@@ -131,8 +141,8 @@ class DoneEvent(TypedDict):
 
 Event = Union[
     NodeEvent, ReportEvent, CollectReportEvent, FinishEvent, WarningEvent, TerminalEvent,
-    DoneEvent,
+    ExitEvent, DoneEvent,
 ]  # fmt: skip
 # Every event name the runner sends.
 EVENTS = ("start", "report", "collectreport", "rerun", "finish", "warning", "shell", "shell-end",
-          "pdb", "pdb-end", "done")  # fmt: skip
+          "pdb", "pdb-end", "exit", "done")  # fmt: skip

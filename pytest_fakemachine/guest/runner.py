@@ -15,6 +15,7 @@ sees each phase as soon as it ends::
     {"event": "warning", "nodeid": ..., "message": ..., "category": [module, qualname], ...}
     {"event": "shell", "nodeid": ...}, {"event": "shell-end", ...}  (_guest_shell)
     {"event": "pdb"}, {"event": "pdb-end"}  (the debugger has the terminal, then not)
+    {"event": "exit", "reason": ..., "returncode": ...}  (pytest.exit(): the session stops)
     {"event": "done", "exitstatus": ...}
 
 A guest booted ahead (``spec["go"]``) collects its test, then waits for the
@@ -90,7 +91,7 @@ class GuestReporter:
             # Kept where the host reads it if this process dies (e.g.
             # pytest-timeout's thread method dumps the stacks there, then exits).
             log = self.terminal_log or os.devnull
-            self.devnull = open(log, "a", buffering=1)  # noqa: SIM115 (lives as long as the session)
+            self.devnull = append_private(log, buffering=1)  # lives as long as the session
             self.gate = _Gate(self.devnull)
             writer = TerminalWriter(cast(TextIO, self.gate))
             # As the host's: assertion diffs are highlighted where they are made.
@@ -223,6 +224,14 @@ class GuestReporter:
             lineno=warning_message.lineno,
         )
 
+    def pytest_keyboard_interrupt(self, excinfo: pytest.ExceptionInfo[BaseException]) -> None:
+        """pytest.exit() stopped this session (also the debugger's `q`, which
+        pytest turns into pytest.exit("Quitting debugger")): the host's session
+        stops as a local one would, with its reason and status."""
+        stop = excinfo.value
+        if isinstance(stop, pytest.exit.Exception) and not self.rerun_pending:
+            self.send(event="exit", reason=stop.msg, returncode=stop.returncode)
+
     @pytest.hookimpl(trylast=True)
     def pytest_runtest_logfinish(self, nodeid: str) -> None:
         if not self.rerun_pending:
@@ -280,6 +289,12 @@ def wait_for_go(line: str, waiting: str) -> None:
         os.close(fd)
 
 
+def append_private(path: str, buffering: int = -1) -> TextIO:
+    """``path`` opened to append to, created 0600 as the work directory's files are."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    return open(fd, "a", buffering=buffering, encoding="utf-8")
+
+
 def _output_offsets() -> dict[str, int]:
     """How far the runner's stdout and stderr files go: the host relays a
     test's output up to there (with -s)."""
@@ -304,7 +319,7 @@ def main(spec_path: str) -> int:
         sys.stdout.reconfigure(line_buffering=True)
     os.chdir(spec["invocation_dir"])
     stop_coverage = _start_coverage(spec.get("coverage"))
-    with open(spec["events"], "a", encoding="utf-8") as out:
+    with append_private(spec["events"]) as out:
         reporter = GuestReporter(spec, out)
         plugins: list[object] = [reporter]
         plugins += [importlib.import_module(module) for module in spec["plugins"]]

@@ -23,6 +23,7 @@ import pytest
 from .._errors import FakeMachineError
 from ..guest.protocol import (
     CollectReportEvent,
+    ExitEvent,
     FinishEvent,
     NodeEvent,
     ReportEvent,
@@ -137,6 +138,7 @@ class GuestEvents:
     collect_reports: list[pytest.CollectReport] = field(default_factory=list)
     finished: dict[str, dict[str, int]] = field(default_factory=dict)  # -> where output ends
     rerun: set[str] = field(default_factory=set)
+    exit: ExitEvent | None = None  # pytest.exit() stopped the guest's session
     done: bool = False
     boot_seconds: float | None = None  # launch to the first test's start, once known
     queued: list[dict[str, Any]] = field(default_factory=list)  # read, not handled yet
@@ -175,6 +177,9 @@ class GuestEvents:
 
     def on_rerun(self, event: NodeEvent) -> None:
         self.rerun.add(event["nodeid"])
+
+    def on_exit(self, event: ExitEvent) -> None:
+        self.exit = event
 
     def on_done(self, event: dict[str, Any]) -> None:
         self.done = True

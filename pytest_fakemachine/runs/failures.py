@@ -28,7 +28,10 @@ def not_collected(  # noqa: PLR0917 (what the run knows, passed as it is)
     if failed:
         report_collect_error(item, failed[0], reported)
         return
-    fail(item, received, "the test was not collected in the guest", session, guest)
+    # Reports of it came: it was collected, and the guest's session ended early.
+    why = ("the guest's pytest session ended before the test finished" if received
+           else "the test was not collected in the guest")  # fmt: skip
+    fail(item, received, why, session, guest)
 
 
 def why_gone(session: Session, guest: Guest, received: list[pytest.TestReport]) -> str:

@@ -21,16 +21,17 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 
 from .._config import check_guest_path
 from .._machine import Machine
 from .._session import BootOutcome, Session
-from .._terminal import GuestTerminal
+from .._terminal import GuestTerminal, open_terminal
 from ..backend.base import Guest
 from ..guest import runner as _guest
-from ..guest.protocol import TerminalEvent
+from ..guest.protocol import ExitEvent, TerminalEvent
 from ..image.templates import GUEST_WORK
 from ..image.workdir import command_body
 from .events import EventReader, GuestEvents, OutputRelay
@@ -74,6 +75,7 @@ class GuestRun:
     _boot_charged: bool = False
     _interacting: bool = False
     _terminal_over: bool = False
+    debugger_off: bool = False  # --pdb or --trace asked, but no terminal for the guest's
 
     def start(self) -> None:
         coverage = coverage_settings()
@@ -82,6 +84,7 @@ class GuestRun:
             check_guest_path(path, "the Python environment of the pytest session")
             self.machine.add_volume(path, read_only=not writable)
         interactive = wants_terminal(self.config)
+        self.debugger_off = not interactive
         if interactive or self.shell_on_fail:
             self.terminal = GuestTerminal()
         session = self.session = self.machine.session()
@@ -94,14 +97,15 @@ class GuestRun:
         spec = guest_spec(self.config, self.items, coverage=coverage, interactive=interactive,
                           one_attempt=len(self.items) == 1 and self.function_scope,
                           prior_attempts=self.prior_attempts)  # fmt: skip
-        (work / "tmp_path").mkdir()
+        (work / "tmp_path").mkdir(mode=0o700)
         if self.terminal is not None:
             spec["terminal"] = self.terminal.spec(layout)
         if self.shell_on_fail:
             spec["shell"] = shell_spec()
         if self.go is not None:
             spec["go"] = self.go.spec(layout)
-        (work / "guest.json").write_text(json.dumps(spec))
+        with os.fdopen(os.open(work / "guest.json", os.O_WRONLY | os.O_CREAT, 0o600), "w") as f:
+            json.dump(spec, f)
         env = {**self.machine.env, "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1",
                "PYTHONDONTWRITEBYTECODE": "1"}  # fmt: skip
         argv = [sys.executable, _guest.__file__, f"{GUEST_WORK}/guest.json"]
@@ -221,10 +225,12 @@ class GuestRun:
                 return False
             if item.nodeid in events.rerun:
                 return True
+            if events.exit is not None and (events.done or self.guest.exited()):
+                self._stop_session(events.exit)
             if self.dead:
                 fail(item, received, self.dead, self.session, self.guest)
                 return False
-            if events.done:
+            if events.done and events.exit is None:
                 not_collected(item, received, events.collect_reports,
                               self.collect_errors_reported, self.session, self.guest)  # fmt: skip
                 return False
@@ -240,6 +246,15 @@ class GuestRun:
                 continue
             self.guest.wait(0.02)
 
+    def _stop_session(self, event: ExitEvent) -> NoReturn:
+        """pytest.exit() stopped the guest's session (the debugger's `q` too):
+        stop the host's as pytest would, once the guest's session has ended
+        (its fixtures torn down, coverage saved) and the guest powered off."""
+        assert self.guest is not None
+        if not self.dead:
+            self.guest.wait(_GRACE_SECONDS)
+        pytest.exit(event["reason"], event["returncode"])
+
     def _log(self, item: pytest.Item, report: pytest.TestReport) -> pytest.TestReport:
         assert self.events is not None
         if item is self.items[0]:  # the test that paid for the boot
@@ -251,6 +266,8 @@ class GuestRun:
                 self._boot_charged = True
                 report.duration += boot or 0.0
         item.ihook.pytest_runtest_logreport(report=report)
+        if self.debugger_off and (report.failed or self.config.option.trace):
+            _note_debugger_off(self.config, item.nodeid)
         return report
 
     def close(self, *, graceful: bool = True) -> None:
@@ -281,6 +298,32 @@ class GuestRun:
     def remaining(self, delivered: Iterable[str]) -> list[pytest.Item]:
         done = set(delivered)
         return [item for item in self.items if item.nodeid not in done]
+
+
+_debugger_noted = pytest.StashKey[bool]()
+
+
+def _note_debugger_off(config: pytest.Config, nodeid: str) -> None:
+    """Where --pdb or --trace would start the debugger but the guest's cannot
+    reach the user, say so on the terminal, once a session (a line, not a
+    warning: -W error would make it an error of the session)."""
+    option = config.option
+    flags = [flag for flag, asked in (("--pdb", option.usepdb), ("--trace", option.trace)) if asked]
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    if not flags or reporter is None or config.stash.get(_debugger_noted, False):
+        return
+    config.stash[_debugger_noted] = True
+    terminal = open_terminal()
+    if terminal is None:
+        why = "pytest has no terminal (/dev/tty)"
+    else:
+        os.close(terminal)
+        why = "stdin is not a terminal"
+    reporter.write_line(
+        f"fakemachine: {' and '.join(flags)}: the debugger was not started in the guest of "
+        f"{nodeid}, nor will it be in other guests: {why}, and a guest's debugger talks to the "
+        "user's terminal"
+    )
 
 
 def new_image_dir() -> Path:

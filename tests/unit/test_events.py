@@ -4,11 +4,13 @@ appends them, dispatched by name, an unknown one an error that names it."""
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any, cast
 
 import pytest
 
+from pytest_fakemachine.guest import runner
 from pytest_fakemachine.guest.protocol import EVENTS, TerminalEvent
 from pytest_fakemachine.runs.events import EventReader, GuestEvents, UnknownEvent
 
@@ -53,6 +55,7 @@ def test_events_are_dispatched_by_name(tmp_path: Path) -> None:
         {"event": "rerun", "nodeid": "t::b"},
         {"event": "shell", "nodeid": "t::a"},
         {"event": "shell-end", "nodeid": "t::a"},
+        {"event": "exit", "reason": "bye", "returncode": None},
         {"event": "done", "exitstatus": 0},
     )  # fmt: skip
     events.pump()
@@ -60,6 +63,7 @@ def test_events_are_dispatched_by_name(tmp_path: Path) -> None:
     assert events.reports == {"t::a": [{"when": "setup"}]}
     assert events.finished == {"t::a": {"stdout": 3}}
     assert events.rerun == {"t::b"}
+    assert events.exit == {"event": "exit", "reason": "bye", "returncode": None}
     assert events.done
     assert events.boot_seconds is not None
 
@@ -89,3 +93,34 @@ def test_a_line_still_being_written_waits_for_its_end(tmp_path: Path) -> None:
     with open(path, "a") as f:
         f.write('atus": 0}\n')
     assert reader.read() == [{"event": "done", "exitstatus": 0}]
+
+
+def test_the_runner_says_when_pytest_exit_stopped_its_session(pytester: pytest.Pytester) -> None:
+    """The guest-side runner, run here: pytest.exit() in a test is an "exit"
+    event with its reason and status, before "done"."""
+    pytester.makepyfile(
+        test_t="""
+        import pytest
+
+        def test_exits():
+            pytest.exit("bye", returncode=3)
+
+        def test_after():
+            pass
+        """
+    )
+    events = pytester.path / "events.jsonl"
+    spec = {
+        "args": ["-p", "no:cacheprovider", "-q", "test_t.py"], "plugins": [],
+        "nodeids": ["test_t.py::test_exits", "test_t.py::test_after"], "options": {},
+        "sys_path": [p for p in sys.path if p], "invocation_dir": str(pytester.path),
+        "events": str(events), "markup": False, "one_attempt": False, "prior_attempts": {},
+        "coverage": None, "terminal_log": str(pytester.path / "terminal"),
+        "tmp_path_dir": str(pytester.path), "tmp_path_policy": "none",
+    }  # fmt: skip
+    (pytester.path / "guest.json").write_text(json.dumps(spec))
+    result = pytester.run(sys.executable, runner.__file__, str(pytester.path / "guest.json"))
+    assert result.ret == 3
+    sent = [json.loads(line) for line in events.read_text().splitlines()]
+    assert [e["event"] for e in sent] == ["start", "report", "exit", "done"]
+    assert sent[2] == {"event": "exit", "reason": "bye", "returncode": 3}
