@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ from typing import Any
 import pytest
 
 from pytest_fakemachine import ConfigError, Machine, _config
+from pytest_fakemachine.image.templates import UNIT_NAME
 from pytest_fakemachine.image.workdir import command_body
 
 UNDECODABLE = os.fsdecode(b"caf\xe9")  # 'caf\udce9': a Latin-1 file name seen on a UTF-8 host
@@ -203,6 +205,36 @@ def test_work_directory_files_are_private(fakemachine: Machine) -> None:
     modes = dict(line.split() for line in result.stdout.splitlines()[:-1])
     assert modes == {**dict.fromkeys(files[:-1], "600"), "uml": "700", ".": "700"}, result.stderr
     assert result.stdout.splitlines()[-1] == "0022"  # the command's own umask is the usual one
+
+
+def test_a_kept_work_directory_is_private_console_log_too(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tmp = pytester.path / "tmp"  # the inner run's own: its kept work directory alone
+    tmp.mkdir()
+    monkeypatch.setenv("TMPDIR", str(tmp))
+    pytester.makepyfile(
+        """
+        import pytest
+
+        @pytest.mark.fakemachine
+        def test_fails(tmp_path):
+            (tmp_path / "kept").write_text("a failed test's tmp_path comes back")
+            assert False
+        """
+    )
+    result = pytester.runpytest_subprocess("--fakemachine-keep")
+    result.assert_outcomes(failed=1)
+    (work,) = tmp.glob("fakemachine-*")
+    modes = {
+        str(path.relative_to(work)): stat.S_IMODE(path.lstat().st_mode)
+        for path in work.rglob("*")
+        if not path.is_symlink()
+    }
+    assert modes["console.log"] == 0o600
+    # systemd warns about a unit that others cannot read (the directory is 0700).
+    shown = {name: oct(mode) for name, mode in modes.items() if mode & 0o077}
+    assert shown == {UNIT_NAME: "0o644"}
 
 
 def test_repr_of_an_unentered_session(no_guest: None) -> None:

@@ -53,6 +53,14 @@ def _child_setup(cpu: int) -> Callable[[], None]:
     return setup
 
 
+def _private_log(path: Path) -> IO[bytes]:
+    """The console log, 0600 as every file of the work directory (the console
+    shows what the guest's programs print)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    os.fchmod(fd, 0o600)  # one left by an earlier boot of a kept work directory
+    return os.fdopen(fd, "wb")
+
+
 @dataclass
 class _Console:
     """Collects the guest console from a pipe (in a thread of its own)."""
@@ -168,7 +176,7 @@ class GuestProcess:
                 host_end.close()
             args.append(f"vec0:transport=fd,fd={guest_end.fileno()},vec=0")
             pass_fds += (guest_end.fileno(),)
-        log = open(self._console_log, "wb") if self._console_log else None  # noqa: SIM115
+        log = _private_log(self._console_log) if self._console_log else None
         try:
             self.started_at = time.monotonic()
             self._cpu = claim_cpu()
