@@ -79,3 +79,48 @@ def test_passenv_matches_names_and_globs(monkeypatch: pytest.MonkeyPatch) -> Non
     }
     assert passenv_env(["FMX"]) == {"FMX": "x"}
     assert passenv_env([]) == {}
+
+
+DEFAULTS_SUITE = """
+import os, subprocess
+from pytest_fakemachine import in_fakemachine
+
+def boot_id():
+    with open("/proc/sys/kernel/random/boot_id") as f:
+        return f.read()
+
+def test_disk_and_memory_come_from_the_defaults():
+    assert in_fakemachine()
+    assert os.path.exists("/dev/disk/by-fakemachine-label/data")
+    fstype = subprocess.run(["findmnt", "-n", "-o", "FSTYPE", "/scratch"],
+                            capture_output=True, text=True, check=True).stdout.strip()
+    assert fstype == "ext4"  # scratch=16M: a disk, not the tmpfs
+    with open("/proc/meminfo") as f:
+        total_kib = int(f.readline().split()[1])
+    assert 700 << 10 < total_kib <= 768 << 10  # memory=768M, not the 2048M default
+    with open("boots.log", "a") as f:
+        f.write(boot_id())
+
+def test_same_guest():
+    with open("boots.log", "a") as f:
+        f.write(boot_id())
+"""
+
+
+def test_defaults_give_a_whole_suite_a_disk_memory_and_one_guest(
+    pytester: pytest.Pytester,
+) -> None:
+    pytester.makeini(
+        """
+        [pytest]
+        fakemachine_memory = 1G
+        fakemachine_defaults =
+            scope=module memory=768M
+            scratch=16M images=data:8M
+        """
+    )
+    pytester.makepyfile(test_suite=DEFAULTS_SUITE)
+    result = pytester.runpytest_subprocess("--fakemachine-all", "-rA")
+    result.assert_outcomes(passed=2)
+    boots = (pytester.path / "boots.log").read_text().split()
+    assert len(boots) == 2 and len(set(boots)) == 1  # scope=module: one guest

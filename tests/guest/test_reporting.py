@@ -248,3 +248,46 @@ def test_guest_warnings_turn_into_errors_as_locally(pytester: pytest.Pytester) -
     result = pytester.runpytest_subprocess("-W", "error::UserWarning")
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(["*UserWarning: from the guest*"])
+
+
+UNSHARED = """
+import pytest
+
+pytestmark = pytest.mark.fakemachine
+
+def test_one():
+    pass
+
+def test_two():
+    pass
+
+@pytest.mark.fakemachine(memory="1G")
+def test_other_machine():
+    pass
+"""
+UNSHARED_NOTE = (
+    "fakemachine: 2 tests in one module booted a guest each (* s in all) for the same machine; "
+    'scope="module" on their marker (or fakemachine_defaults = scope=module) shares one guest '
+    "per module"
+)
+
+
+def test_function_scoped_guests_of_one_machine_get_a_line_saying_module_scope_shares_one(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("PYTEST_XDIST_WORKER", raising=False)
+    pytester.makepyfile(test_unshared=UNSHARED)
+    result = pytester.runpytest_subprocess()
+    result.assert_outcomes(passed=3)
+    result.stdout.fnmatch_lines([UNSHARED_NOTE, "*3 passed*"])  # test_other_machine: its own
+    # Under xdist the controller counts its workers' guests: one test on each.
+    pair = ("-k", "one or two")
+    xdist = pytester.runpytest_subprocess("-n", "2", "-v", *pair)
+    xdist.assert_outcomes(passed=2)
+    workers = {line.split("]")[0] for line in xdist.outlines if line.startswith("[gw")}
+    assert workers == {"[gw0", "[gw1"}, xdist.outlines
+    xdist.stdout.fnmatch_lines([UNSHARED_NOTE])
+    for quiet_or_shared in (["-q"], ["--fakemachine-defaults=scope=module"]):
+        result = pytester.runpytest_subprocess(*quiet_or_shared, *pair)
+        result.assert_outcomes(passed=2)
+        assert "booted a guest each" not in result.stdout.str()
