@@ -3,11 +3,13 @@
 Runs ``--boots`` consecutive ``Machine().run()`` calls, ``--reboots`` guests
 that reboot (each must end the run, its job run once), ``--threads`` threads
 booting guests at once, ``--kills`` Python processes SIGKILLed at a random
-instant while they prepare or boot a guest, then a marked suite of
-``--tests`` function-scoped tests in one pytest run. Reports every failure,
-the timing spread, and whether anything outlived its run: guest processes,
-or files in the private TMPDIR all of it runs in.
-Not part of the test suite (CI runs a 20-boot version in tests/test_faults.py).
+instant while they prepare or boot a guest, ``--signals`` pytest sessions
+signalled (mostly SIGTERM) at a random instant while guests boot ahead, then a
+marked suite of ``--tests`` function-scoped tests in one pytest run; a count of
+0 skips its part. Reports every failure, the timing spread, and whether
+anything outlived its run: guest processes, or files in the private TMPDIR all
+of it runs in. Not part of the test suite (CI runs a 20-boot version in
+tests/guest/test_faults.py).
 """
 
 from __future__ import annotations
@@ -151,6 +153,85 @@ def kills(count: int, tmp: Path) -> int:
     return failures
 
 
+SIGNALED_SUITE = """
+import time
+import pytest
+
+@pytest.mark.fakemachine(timeout=120)
+@pytest.mark.parametrize("n", range(6))
+def test_booted_ahead(n):
+    time.sleep(0.5)
+"""
+# The dispositions pytest has when started from a terminal, however this script
+# was started (a background job passes SIGINT on ignored, nohup SIGHUP).
+SIGNALED = (
+    "import signal, sys, pytest; signal.signal(signal.SIGINT, signal.default_int_handler);"
+    " signal.signal(signal.SIGTERM, signal.SIG_DFL); signal.signal(signal.SIGHUP, signal.SIG_DFL);"
+    " sys.exit(pytest.console_main())"
+)
+SIGNAL_GRACE_SECONDS = 1.0  # for the watchdogs of a process that died at once
+
+
+def signals(count: int, tmp: Path) -> int:
+    """pytest sessions of function-scoped marked tests, their guests booting
+    ahead, signalled at a random instant (mostly SIGTERM, which pytest does not
+    catch: the process dies at once; SIGINT, SIGHUP, SIGKILL): a moment after
+    pytest has exited, none of its guests may run; its work directories go."""
+    failures, busiest, slowest = 0, 0, 0.0
+    rng = random.Random(2)
+    suite = Path(tempfile.mkdtemp(prefix="signals-", dir=tmp))
+    (suite / "pytest.ini").write_text("[pytest]\n")
+    (suite / "test_signals.py").write_text(SIGNALED_SUITE)
+    for i in range(count):
+        before = set(os.listdir(tmp))
+        sig = rng.choice([signal.SIGTERM] * 3 + [signal.SIGINT, signal.SIGHUP, signal.SIGKILL])
+        proc = subprocess.Popen([sys.executable, "-c", SIGNALED, "-q", "-p", "no:cacheprovider"],
+                                cwd=suite, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)  # fmt: skip
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not any(
+            n.startswith("fakemachine-") for n in set(os.listdir(tmp)) - before
+        ):
+            time.sleep(0.001)
+        # From the first guest's preparation on: its boot, the next ones
+        # booting ahead, waiting for their turn, taking over.
+        time.sleep(rng.uniform(0, 5))
+        guests = len({_group(pid) for pid in leftovers(proc.pid)} - {None})
+        busiest = max(busiest, guests)
+        proc.send_signal(sig)
+        proc.wait(timeout=60)
+        exited = time.monotonic()
+        while leftovers(proc.pid) and time.monotonic() < exited + SIGNAL_GRACE_SECONDS:
+            time.sleep(0.01)
+        alive = leftovers(proc.pid)
+        slowest = max(slowest, time.monotonic() - exited)
+        deadline = time.monotonic() + 10
+        while (left := set(os.listdir(tmp)) - before) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if alive or left:
+            failures += 1
+            ps = subprocess.run(["ps", "-o", "pid,ppid,pgid,stat,comm", "-p",
+                                 ",".join(map(str, alive or [0]))],
+                                capture_output=True, text=True, check=False).stdout  # fmt: skip
+            print(f"signal {i} ({sig.name} with {guests} guests up): still running "
+                  f"{SIGNAL_GRACE_SECONDS:g} s after pytest exited {alive}, left behind "
+                  f"{sorted(left)}\n{ps}")  # fmt: skip
+        while leftovers(proc.pid) and time.monotonic() < deadline + 30:  # not to blur the next
+            time.sleep(0.1)
+    shutil.rmtree(suite, ignore_errors=True)
+    print(f"{count} signals while guests booted ahead (up to {busiest} guests at once): "
+          f"{failures} left something behind; the guests were gone {slowest:.2f} s after "
+          "pytest at the latest")  # fmt: skip
+    return failures
+
+
+def _group(pid: int) -> int | None:
+    try:
+        return os.getpgid(pid)
+    except OSError:  # gone meanwhile
+        return None
+
+
 def marked_suite(count: int) -> int:
     with tempfile.TemporaryDirectory(prefix="fm-stress-") as tmp:
         path = Path(tmp)
@@ -189,15 +270,20 @@ def main() -> int:
     parser.add_argument("--thread-boots", type=int, default=10)
     parser.add_argument("--kills", type=int, default=20)
     parser.add_argument("--tests", type=int, default=100)
+    parser.add_argument("--signals", type=int, default=50)
     args = parser.parse_args()
     # A TMPDIR of its own: whatever a run leaves there is a leak.
     tmp = Path(tempfile.mkdtemp(prefix="fm-stress-tmp-"))
     os.environ["TMPDIR"] = str(tmp)
     tempfile.tempdir = str(tmp)
     try:
-        failures = boots(args.boots) + reboots(args.reboots)
-        failures += threads(args.threads, args.thread_boots) + kills(args.kills, tmp)
-        failures += marked_suite(args.tests)
+        # Each part with a count of 0 is skipped.
+        failures = boots(args.boots) if args.boots else 0
+        failures += reboots(args.reboots) if args.reboots else 0
+        failures += threads(args.threads, args.thread_boots) if args.threads else 0
+        failures += kills(args.kills, tmp) if args.kills else 0
+        failures += signals(args.signals, tmp) if args.signals else 0
+        failures += marked_suite(args.tests) if args.tests else 0
         orphans = leftovers(None)
         if orphans:
             print(f"orphaned guest processes: {orphans}")
