@@ -136,7 +136,8 @@ def _run_streams(
     machine: Machine, session: Session, w: Wiring, argv: list[str] | str, passes_stdin: bool
 ) -> int:
     layout = session.backend.layout
-    out_r = w.out_of_guest(TERMINAL_LINE)
+    # Both ways: a line back tells the guest that our stdout was closed (CLI_STREAMS).
+    out_w, out_r = w.both_ways(TERMINAL_LINE)
     err_r = w.out_of_guest(STDERR_LINE)
     prelude = t.CLI_STREAMS.format(stdout=layout.line_device(TERMINAL_LINE),
                                    stderr=layout.line_device(STDERR_LINE))  # fmt: skip
@@ -150,7 +151,8 @@ def _run_streams(
 
     def launched(guest: Guest) -> None:
         w.launched()
-        copiers.append(start_thread(lambda: copy_out(out_r, 1), "fakemachine-stdout"))
+        copiers.append(start_thread(lambda: copy_out(out_r, 1, lambda: _tell(out_w)),
+                                    "fakemachine-stdout"))  # fmt: skip
         copiers.append(start_thread(lambda: copy_out(err_r, 2), "fakemachine-stderr"))
         if passes_stdin:
             ready = session.workdir / "stdin-ready"
@@ -165,6 +167,12 @@ def _run_streams(
     finally:
         for copier in copiers:  # the guest is dead: its ends are closed, the copies end
             copier.join(timeout=10)
+
+
+def _tell(line: int) -> None:
+    """One line to the guest on ``line``; a guest already gone needs none."""
+    with contextlib.suppress(OSError):
+        os.write(line, b"\n")
 
 
 def _run_interactive(

@@ -38,10 +38,12 @@ IN_FLIGHT = 2  # chunks written, not yet consumed: bounds the host disk the spoo
 _POLL_SECONDS = 0.002
 
 
-def copy_out(src: int, dst: int) -> None:
+def copy_out(src: int, dst: int, on_broken: Callable[[], None] = lambda: None) -> None:
     """Copy ``src`` to ``dst`` until ``src`` ends; a ``dst`` that went away (a
     closed pipe) is skipped, and ``src`` is still drained so the guest never
-    blocks on it."""
+    blocks on it. ``on_broken()`` is called once, when ``dst`` goes away: the
+    caller tells the guest's writer, which a serial line cannot (a tty has no
+    broken pipe)."""
     broken = False
     while True:
         try:
@@ -58,6 +60,7 @@ def copy_out(src: int, dst: int) -> None:
             if e.errno not in (errno.EPIPE, errno.EBADF, errno.EINVAL):
                 raise
             broken = True
+            on_broken()
 
 
 class _Source:

@@ -214,8 +214,13 @@ UDEV_RULE_DISK = (
 # The command line's streams (pytest-fakemachine run): serial lines of the
 # guest, wired by kernel arguments to pipes of the host. Raw mode passes every
 # byte unchanged. Each snippet runs at the start of the job's body.
+# A tty has no broken pipe: when the host's stdout is closed (`| head`), the
+# host writes a line to {stdout}, and the command, this very process once it
+# execs (its pid read without a fork), gets SIGPIPE as a pipe's writer would.
 CLI_STREAMS = """\
 busybox stty -F {stdout} raw -echo && busybox stty -F {stderr} raw -echo || exit 125
+read -r command_pid _ </proc/self/stat
+(read -r _ <{stdout} && kill -PIPE "$command_pid") &
 exec >{stdout} 2>{stderr}"""
 
 # stdin comes as chunk files in {spool} (hostfs), each announced by its

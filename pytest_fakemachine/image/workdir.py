@@ -66,7 +66,7 @@ def command_body(argv: list[str] | str, cwd: str, env: dict[str, str]) -> str:
     else:  # "$@" hands every item over unchanged, whatever it contains
         command, rest = shlex.quote('exec "$@"'), " sh " + " ".join(map(shlex.quote, argv))
     body = t.COMMAND_BODY.format(cwd=shlex.quote(cwd), env=env_words, command=command, argv=rest)
-    if len(body.encode()) <= INLINE_COMMAND_MAX:
+    if len(body.encode(errors="surrogateescape")) <= INLINE_COMMAND_MAX:
         return body
     script = "".join(f"export {shlex.quote(f'{k}={v}')}\n" for k, v in assignments.items())
     script += argv if isinstance(argv, str) else "exec " + " ".join(map(shlex.quote, argv))
@@ -150,7 +150,9 @@ def _mount(source: str, guest: str, fstype: str, options: str) -> str:
 
 def _write(path: Path, text: str, mode: int = 0o600) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    with os.fdopen(fd, "w") as f:
+    # surrogateescape: bytes of a command line that are not UTF-8 (sys.argv
+    # holds them as lone surrogates) reach the guest's command unchanged.
+    with os.fdopen(fd, "w", encoding="utf-8", errors="surrogateescape") as f:
         f.write(text)
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -151,6 +152,35 @@ def test_exit_status_and_streams_apart_argv_unchanged() -> None:
     assert result.returncode == 3, result.stderr
     assert result.stdout == b"a b|$HOME|*||hello: world yes /scratch 0\n"
     assert result.stderr == b"oops\n"
+
+
+def test_bytes_that_are_not_utf8_reach_the_command_unchanged() -> None:
+    # sys.argv holds them as surrogate escapes; the job file must give the bytes back.
+    result = subprocess.run(
+        [os.fsencode(CLI), b"--", b"printf", b"%s|%s", b"\xff\xfe", b"caf\xc3\xa9"],
+        stdin=subprocess.DEVNULL, capture_output=True, check=False, timeout=300,
+    )  # fmt: skip
+    assert (result.returncode, result.stdout, result.stderr) == (0, b"\xff\xfe|caf\xc3\xa9", b"")
+
+
+def test_a_closed_pipe_ends_the_command_as_on_the_host() -> None:
+    # `| head -c 10` closes our stdout: the command must die of SIGPIPE as
+    # `yes | head -c 10` does on the host, not write into the closed pipe until killed.
+    script = f'{shlex.quote(CLI)} -- yes | head -c 10; echo "status=${{PIPESTATUS[0]}}"'
+    started = time.monotonic()
+    with subprocess.Popen(["bash", "-c", script], stdin=subprocess.DEVNULL,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          start_new_session=True) as proc:  # fmt: skip
+        try:
+            out, err = proc.communicate(timeout=90)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+            pytest.fail("the command kept writing into the closed pipe for 90 s")
+    elapsed = time.monotonic() - started
+    assert (out, err) == (b"y\ny\ny\ny\ny\nstatus=141\n", b"")
+    assert elapsed < 60, elapsed  # a boot and a shutdown, not a timeout
+    assert not wait_for_no_leftovers(None, seconds=10)  # the CLI is gone: no orphaned guest
 
 
 def test_one_word_is_a_shell_command_line() -> None:

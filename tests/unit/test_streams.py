@@ -144,3 +144,22 @@ def test_copy_out_drains_the_guest_when_the_host_side_is_closed() -> None:
     assert not copier.is_alive()
     os.close(src_r)
     os.close(dst_w)
+
+
+def test_copy_out_tells_the_guest_once_that_the_host_side_is_closed() -> None:
+    src_r, src_w = os.pipe()
+    dst_r, dst_w = os.pipe()
+    os.close(dst_r)
+    told: list[str] = []
+    copier = threading.Thread(target=copy_out, args=(src_r, dst_w, lambda: told.append("told")))
+    copier.start()
+    for _ in range(3):  # three reads, three writes into the closed pipe
+        os.write(src_w, b"y\n" * 10)
+        time.sleep(0.05)
+    os.close(src_w)
+    copier.join(timeout=30)
+    assert not copier.is_alive()
+    # Once: the guest's writer then ends as a broken pipe's would (CLI_STREAMS).
+    assert told == ["told"]
+    os.close(src_r)
+    os.close(dst_w)
