@@ -80,10 +80,19 @@ HOSTS = (
 )
 CPUINFO = "/run/fakemachine.cpuinfo"
 # For a host ps that needs "core id" (see _guest_system.procps_needs_core_id).
+# The topology of a one-socket machine with one core per CPU, as x86's
+# /proc/cpuinfo gives it (tools that count cores want all four fields), after
+# each "processor" line; UML's own lines (vendor_id: User Mode Linux, which
+# systemd-detect-virt reads) stay as they are. Shell builtins only (its read
+# takes a system call a byte: the CPUs are counted from sysfs' "0" or "0-N").
 CPUINFO_COPY = """\
+read -r cpus </sys/devices/system/cpu/online; cpus=$((${{cpus##*-}}+1))
 while IFS= read -r line; do
     echo "$line"
-    case $line in processor*) echo "core id		: 0" ;; esac
+    case $line in processor*)
+        echo "physical id	: 0"; echo "siblings	: $cpus"
+        echo "core id		: ${{line##*: }}"; echo "cpu cores	: $cpus" ;;
+    esac
 done </proc/cpuinfo >{cpuinfo}
 """
 HOSTNAME = "fakemachine\n"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ctypes.util
 import os
+import re
 import shutil
 import stat
 import subprocess
@@ -129,6 +130,33 @@ def test_guest_iptables_is_legacy() -> None:
     assert version.returncode == 0, version.stderr
     assert version.stdout.count("(legacy)") == 2
     assert sh("iptables -A INPUT -p tcp --dport 9 -j DROP && iptables -S INPUT").returncode == 0
+
+
+@in_guest
+def test_guest_cpuinfo_is_a_one_socket_machine_with_one_core_per_cpu() -> None:
+    from pytest_fakemachine.image.system import procps_needs_core_id  # noqa: PLC0415
+
+    if not procps_needs_core_id():
+        pytest.skip("the host's procps needs no copy of /proc/cpuinfo: the guest's is UML's own")
+    blocks = [block for block in Path("/proc/cpuinfo").read_text().split("\n\n") if block.strip()]
+    cpus = [dict((k.strip(), v.strip()) for k, _, v in (line.partition(":")
+                 for line in block.splitlines())) for block in blocks]  # fmt: skip
+    count = str(len(cpus))
+    assert len(cpus) == os.cpu_count() == int(sh("nproc").stdout)
+    for number, cpu in enumerate(cpus):
+        assert cpu["processor"] == str(number)
+        assert (cpu["physical id"], cpu["siblings"], cpu["core id"], cpu["cpu cores"]) == (
+            "0",
+            count,
+            str(number),
+            count,
+        )
+        assert cpu["vendor_id"] == "User Mode Linux"  # what systemd-detect-virt reads
+    assert sh("systemd-detect-virt").stdout == "uml\n"
+    if shutil.which("lscpu"):
+        lscpu = sh("lscpu").stdout
+        assert re.search(r"^Socket\(s\):\s+1$", lscpu, re.MULTILINE), lscpu
+        assert re.search(rf"^Core\(s\) per socket:\s+{count}$", lscpu, re.MULTILINE), lscpu
 
 
 def _getent(database: str, key: str) -> str:
