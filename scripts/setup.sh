@@ -5,22 +5,31 @@
 # refuses pip installs outside a virtual environment: PEP 668).
 # Run as root, or as a user with sudo. Then: .venv/bin/python -m pytest -n 2
 #
-#   scripts/setup.sh [--newer-kernel]
+#   scripts/setup.sh [--newer-kernel | --distribution-kernel | --keep-kernels]
 #
-# --newer-kernel (opt-in): also unpack Debian 13's user-mode-linux (6.12) and
-# testing's (7.2, with UML's faster seccomp mode, but no legacy iptables) into
+# By default it also unpacks Debian 13's user-mode-linux (6.12) and testing's
+# (7.2, with UML's faster seccomp mode) into
 # ${XDG_DATA_HOME:-~/.local/share}/pytest-fakemachine/uml-VERSION, beside the
-# distribution's, say what each lacks and which is the fastest that keeps every
-# guest feature; choose one with --fakemachine-kernel= (or kernel=). They need
-# glibc >= 2.38: on an older host (Debian 12, Ubuntu 22.04) each gets its
-# suite's own loader and libc.so.6 beside it (patchelf, installed for that).
+# distribution's, keeps those that keep every guest feature (testing's lacks
+# legacy iptables today), measures the kernels here and records the fastest
+# that keeps every feature in the cache directory: sessions boot it unless
+# kernel= or --fakemachine-kernel says otherwise. Newer kernels need glibc >=
+# 2.38: on an older host (Debian 12, Ubuntu 22.04) each gets its suite's own
+# loader and libc.so.6 beside it (patchelf, installed for that).
+#   --newer-kernel         keep every newer kernel, also one that lacks a feature
+#   --distribution-kernel  only the distribution's: unpack none, remove those
+#                          unpacked before, forget the recorded choice
+#   --keep-kernels         download no kernel: those unpacked before (a CI
+#                          cache) stay; measured only if no record matches them
 set -euo pipefail
 cd "$(dirname "$0")/.."
-newer_kernel=""
+kernels=feature-complete  # or: all, distribution, kept
 for arg in "$@"; do
     case $arg in
-    --newer-kernel) newer_kernel=1 ;;
-    *) echo "usage: $0 [--newer-kernel]" >&2; exit 2 ;;
+    --newer-kernel) kernels=all ;;
+    --distribution-kernel) kernels=distribution ;;
+    --keep-kernels) kernels=kept ;;
+    *) echo "usage: $0 [--newer-kernel | --distribution-kernel | --keep-kernels]" >&2; exit 2 ;;
     esac
 done
 # sudo resets the environment: pass apt's setting through it.
@@ -245,8 +254,8 @@ own_libc() {  # SUITE ROOT: ROOT/usr/lib/uml/libc/{ld-linux-x86-64.so.2,libc.so.
     patchelf --set-interpreter "$libdir/ld-linux-x86-64.so.2" --set-rpath "$libdir" "$kernel"
 }
 
-if [ -n "$newer_kernel" ]; then
-    unpacked=()
+unpacked=()
+if [ "$kernels" = all ] || [ "$kernels" = feature-complete ]; then
     for suite in $newer_suites; do
         if kernel=$(unpack_kernel "$suite"); then
             [ -z "$kernel" ] || unpacked+=("$kernel")
@@ -255,40 +264,67 @@ if [ -n "$newer_kernel" ]; then
         fi
     done
     [ ${#unpacked[@]} -gt 0 ] || echo "setup: no newer kernel installed; the distribution's is in place" >&2
-    .venv/bin/python - "${unpacked[@]}" <<'PY'
+elif [ "$kernels" = distribution ]; then
+    rm -rf "${XDG_DATA_HOME:-$HOME/.local/share}"/pytest-fakemachine/uml-*
+fi
+# Which kernel sessions boot: measured here, recorded in the cache directory.
+.venv/bin/python - "$kernels" "${unpacked[@]}" <<'PY'
 import shutil
 import sys
 from pathlib import Path
 from pytest_fakemachine._errors import FakeMachineError
-from pytest_fakemachine.backend.uml.kernel import installed_kernels, kernel_info
+from pytest_fakemachine.backend.uml.kernel import download_dir, installed_kernels, kernel_info
 from pytest_fakemachine import Machine
-from pytest_fakemachine.backend.uml.choice import ROUNDS, cached_measure, forget, guest_cpu, offer
-for path in sys.argv[1:]:
+from pytest_fakemachine.backend.uml.choice import (
+    ROUNDS, cached_measure, forget, forget_choice, guest_cpu, offer, record_choice,
+    recorded_choice)
+mode = sys.argv[1]
+for path in sys.argv[2:]:
     info = kernel_info(Path(path))
     print(f"setup: unpacked {info.path}: {info.summary()}")
-    if info.lacks(fidelity_only=True):
+    if not info.lacks(fidelity_only=True):
+        continue
+    root = info.path.parents[2]  # uml-VERSION/usr/bin/linux.uml
+    if mode == "all" or root.parent != download_dir():
         print("setup: it lacks what some guest features need (above): to use it anyway, "
               f"--fakemachine-kernel={info.path} (or kernel=)")
+    else:
+        shutil.rmtree(root)
+        print(f"setup: removed {root}: it lacks what some guest features need "
+              "(--newer-kernel keeps it)")
+installed = installed_kernels(shutil.which("linux.uml"))
 kernels = []
-for path in installed_kernels(shutil.which("linux.uml")):
+for path in installed:
     try:
         kernels.append(kernel_info(path))
     except FakeMachineError as e:
         print(f"setup: {e}")
-print(f"setup: measuring the {len(kernels)} UML kernels here, {ROUNDS} guests each ...")
-forget()  # measured afresh, and kept: the doctor shows this measurement
-boot = lambda kernel, command: Machine(kernel=kernel, timeout=120).run(command, check=True)
-measured, _ = cached_measure(kernels, guest_cpu(boot))
-for m in measured:
-    print(f"setup: {m.info.path}: {m.label()}: "
-          + (f"{m.cpu:.2f} s of CPU per guest" if m.cpu is not None else f"failed: {m.error}"))
-best, faster = offer(measured)
-if best is not None:
-    print(f"setup: the fastest UML here that keeps every guest feature: {best.info.path} "
-          f"(Linux {best.info.version}); to use it: .venv/bin/python -m pytest "
-          f"--fakemachine-kernel={best.info.path}; the doctor measures them again")
-if faster is not None:
-    print(f"setup: faster still, for suites that need none of what it lacks: {faster.info.path}")
+if mode == "distribution" or len(kernels) < 2:
+    forget_choice()
+    print(f"setup: sessions boot the distribution's UML kernel, {shutil.which('linux.uml')}")
+    sys.exit(0)
+chosen = recorded_choice(installed) if mode == "kept" else None
+if chosen is None:
+    print(f"setup: measuring the {len(kernels)} UML kernels here, {ROUNDS} guests each ...")
+    forget()  # measured afresh, and kept: the doctor shows this measurement
+    boot = lambda kernel, command: Machine(kernel=kernel, timeout=120).run(command, check=True)
+    measured, _ = cached_measure(kernels, guest_cpu(boot))
+    for m in measured:
+        print(f"setup: {m.info.path}: {m.label()}: "
+              + (f"{m.cpu:.2f} s of CPU per guest" if m.cpu is not None else f"failed: {m.error}"))
+    best, faster = offer(measured)
+    if best is None:
+        forget_choice()
+        print("setup: no kernel measured keeps every guest feature: sessions boot the "
+              "distribution's")
+        sys.exit(0)
+    record_choice(best, measured, installed)
+    if faster is not None:
+        print(f"setup: faster still, for suites that need none of what it lacks: "
+              f"{faster.info.path}")
+    chosen = recorded_choice(installed)
+if chosen is not None:
+    print(f"setup: sessions boot {chosen.path} ({chosen.why}); kernel= or "
+          "--fakemachine-kernel still choose another")
 PY
-fi
 echo "setup: done; run the tests with: .venv/bin/python -m pytest -n 2"

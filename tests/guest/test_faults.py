@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -146,7 +147,7 @@ def test_uml_modules_missing_says_what_to_install(
     )
     fix = re.escape(_uml_host.apt_fix("user-mode-linux"))
     with pytest.raises(BackendUnavailable, match=rf"no modules for UML kernel .*{fix}"):
-        Machine().run("true")
+        Machine("uml", kernel=_uml_host.find_kernel(shutil.which("linux.uml"))).run("true")
 
 
 def test_modules_mountpoint_missing_says_how_to_create_it(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -151,7 +152,8 @@ def test_doctor_says_so_when_no_guest_boots(tmp_path: Path) -> None:
     # Every installed piece checks out, but the kernel cannot start its init:
     # only a real boot finds that.
     kernel = tmp_path / "linux.uml"
-    real = _uml_host.find_kernel(None)
+    # The distribution's, whose modules are where its package puts them, not beside it.
+    real = _uml_host.find_kernel(shutil.which("linux.uml"))
     kernel.write_text(f'#!/bin/sh\nexec {real} "$@" rdinit=/nonexistent init=/nonexistent\n')
     kernel.chmod(0o755)
     result = subprocess.run(

@@ -14,9 +14,11 @@ from pathlib import Path
 import pytest
 
 from pytest_fakemachine import BackendUnavailable, BootError, ConfigError
+from pytest_fakemachine.backend.uml import UmlBackend
 from pytest_fakemachine.backend.uml import choice as _kernel_choice
 from pytest_fakemachine.backend.uml import doctor as _uml_doctor
 from pytest_fakemachine.backend.uml import kernel as _kernel
+from pytest_fakemachine.backend.uml.host import find_kernel
 from pytest_fakemachine.backend.uml.kernel import (
     FEATURES,
     SECCOMP_ENV,
@@ -269,12 +271,12 @@ def _measured_as(monkeypatch: pytest.MonkeyPatch, cpu: dict[str, float]) -> list
     return asked
 
 
-def test_doctor_offers_the_kernel_measured_fastest_that_keeps_every_row(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def _installed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, Path, Path]:
+    """Kernels as setup.sh leaves them: the distribution's on PATH, Linux 6.12 (every
+    row), 7.2 (fastest, no legacy iptables) and a broken one unpacked; a private cache."""
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    monkeypatch.setenv("PATH", str(tmp_path / "bin"))  # no linux.uml on PATH
+    monkeypatch.setenv("PATH", str(tmp_path / "bin"))
     data = tmp_path / "data" / "pytest-fakemachine"
     newer = make_kernel(data / "uml-6.12.1" / "usr/bin/linux.uml", "6.12.1", full_config_text())
     no_iptables = full_config_text().replace("CONFIG_IP_NF_FILTER=m\n", "")
@@ -284,31 +286,81 @@ def test_doctor_offers_the_kernel_measured_fastest_that_keeps_every_row(
     broken.parent.mkdir(parents=True)
     broken.write_text("#!/bin/sh\necho 'GLIBC_2.99 not found' >&2\nexit 1\n")
     broken.chmod(0o755)
-    in_use = make_kernel(tmp_path / "k" / "linux.uml", "6.1.176", full_config_text())
+    system = make_kernel(tmp_path / "bin" / "linux.uml", "6.1.176", full_config_text())
+    return system, newer, fastest
+
+
+def test_doctor_records_the_kernel_measured_fastest_that_keeps_every_row(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    system, newer, fastest = _installed(tmp_path, monkeypatch)
     asked = _measured_as(monkeypatch, {"6.1.176": 1.5, "6.12.1": 1.1, "7.2.7": 0.8})
+    # A session never measures: without a record, the distribution's kernel.
+    assert find_kernel(None) == system
+    description = UmlBackend().describe(None)
+    assert description.endswith(
+        "(6.1.176, the distribution's; no measured choice among the 4 kernels here is recorded "
+        "(scripts/setup.sh or pytest --fakemachine-doctor records one))"
+    )
+    assert asked == []
     said: list[str] = []
-    checks = _uml_doctor._kernel_choice(kernel_info(in_use), said.append, _no_boot)
+    checks = _uml_doctor._kernel_choice(kernel_info(system), False, said.append, _no_boot)
     assert asked == ["6.1.176", "6.12.1", "7.2.7"] * _kernel_choice.ROUNDS  # taking turns
     assert said == [
         f"fakemachine doctor: measured 3 UML kernels, {_kernel_choice.ROUNDS} guests each"
     ]
-    choice = [c for c in checks if c.name == "kernel choice"]
-    assert len(choice) == 1 and not choice[0].required
-    assert choice[0].problem == (
-        f"{newer} (Linux 6.12.1) costs 1.10 s of CPU per guest here, against 1.50 s for the "
-        "kernel in use, and keeps every guest feature"
-    )
-    assert choice[0].fix.startswith(f"--fakemachine-kernel={newer} (or kernel=")
     names = [c.name for c in checks]
-    assert f"kernel {in_use} (in use): Linux 6.1.176: 1.50 s of CPU per guest" in names
+    assert (
+        f"default kernel: {newer} (Linux 6.12.1, 1.10 s of CPU per guest), the fastest "
+        "here that keeps every guest feature; recorded in the cache directory"
+    ) in names
+    assert f"kernel {system} (in use): Linux 6.1.176: 1.50 s of CPU per guest" in names
     assert (f"kernel {fastest}: Linux 7.2.7, seccomp, lacks legacy iptables (iptables-legacy): "
             "0.80 s of CPU per guest") in names  # fmt: skip
     assert (
         f"fastest kernel here: {fastest} (0.80 s), for suites that need none of what it lacks"
         in names
     )
+    broken = tmp_path / "data" / "pytest-fakemachine" / "uml-9.0.0" / "usr" / "bin" / "linux.uml"
     assert any(c.name == f"other UML kernel ({broken})" and "GLIBC_2.99" in str(c.problem)
                for c in checks)  # fmt: skip
+    assert not [c for c in checks if c.name == "kernel choice"]  # no kernel was given
+    # Sessions boot the recorded choice now, and say why.
+    assert find_kernel(None) == newer
+    description = UmlBackend().describe(None)
+    assert description.startswith(f"UML kernel {newer} (6.12.1, measured here on ")
+    assert "the fastest of 3 kernels that keeps every guest feature, 1.10 s" in description
+    assert find_kernel(str(system)) == system  # a given kernel still decides
+    assert UmlBackend().describe(str(system)).endswith("(6.1.176, as given)")
+    # A given kernel that is not the choice is told so.
+    checks = _uml_doctor._kernel_choice(kernel_info(system), True, said.append, _no_boot)
+    (choice,) = [c for c in checks if c.name == "kernel choice"]
+    assert choice.problem == f"the kernel given ({system}) is not the measured choice, {newer}"
+    assert not choice.required
+    assert len(asked) == 3 * _kernel_choice.ROUNDS  # kept: measured once
+
+
+def test_a_recorded_choice_holds_only_for_the_kernels_measured(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    system, newer, _ = _installed(tmp_path, monkeypatch)
+    _measured_as(monkeypatch, {"6.1.176": 1.5, "6.12.1": 1.1, "7.2.7": 0.8})
+    _uml_doctor._kernel_choice(kernel_info(system), False, print, _no_boot)
+    assert find_kernel(None) == newer
+    os.utime(system, (1, 1))  # the distribution's kernel upgraded: not measured so
+    assert find_kernel(None) == system
+    _kernel_choice.forget()
+    _uml_doctor._kernel_choice(kernel_info(system), False, print, _no_boot)
+    assert find_kernel(None) == newer
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "elsewhere"))  # other kernels installed
+    assert find_kernel(None) == system
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+    monkeypatch.setenv("PATH", str(tmp_path / "nothing"))  # no linux.uml on PATH
+    with pytest.raises(BackendUnavailable, match=r"linux\.uml is not on PATH"):
+        find_kernel(None)
+    monkeypatch.setenv("PATH", str(tmp_path / "bin"))
+    _kernel_choice.forget_choice()  # setup.sh --distribution-kernel
+    assert find_kernel(None) == system
 
 
 def test_kernel_measurements_are_kept_while_the_kernel_files_stay_the_same(
@@ -361,7 +413,7 @@ def test_doctor_says_what_the_kernel_in_use_lacks(
     monkeypatch.setenv("PATH", str(tmp_path / "bin"))
     config = full_config_text().replace("CONFIG_IP_NF_FILTER=m\n", "")
     in_use = make_kernel(tmp_path / "k" / "linux.uml", "7.2.7", config, seccomp=True)
-    checks = _uml_doctor._kernel_choice(kernel_info(in_use), print, _no_boot)
+    checks = _uml_doctor._kernel_choice(kernel_info(in_use), True, print, _no_boot)
     assert [(c.name, c.problem) for c in checks] == [
         (
             "guest features",

@@ -18,7 +18,14 @@ from typing import final
 from ...image.templates import UNIT_NAME
 from ..base import BootSpec, Check, Guest, Layout, Prepared
 from .boot import UmlLayout, kernel_args
-from .host import find_kernel, find_slirp, memory_dir, module_dir, modules_mountpoint
+from .host import (
+    default_kernel,
+    find_kernel,
+    find_slirp,
+    memory_dir,
+    module_dir,
+    modules_mountpoint,
+)
 from .kernel import boot_args
 from .process import GuestProcess
 
@@ -68,14 +75,18 @@ class UmlBackend:
         return MAX_DISKS
 
     def describe(self, kernel: str | None) -> str:
-        path = kernel or "linux.uml"
+        if kernel is None:
+            found, why = default_kernel()
+            path = str(found or "linux.uml")
+        else:
+            path, why = kernel, "as given"
         try:
             version = subprocess.run([path, "--version"], capture_output=True, text=True,
                                      stdin=subprocess.DEVNULL, check=False, timeout=30,
                                      ).stdout.strip()  # fmt: skip
         except (OSError, subprocess.SubprocessError) as e:
             version = f"--version failed: {e}"
-        return f"UML kernel {path} ({version or '?'})"
+        return f"UML kernel {path} ({version or '?'}, {why})"
 
     def doctor(
         self, kernel: str | None, say: Callable[[str], None], boot: Callable[[Path, str], object]

@@ -14,6 +14,12 @@ A measurement in which every guest ran is kept in the cache directory, keyed
 by the kernel files (path, identity) and the workload, so the doctor measures
 again only when a kernel changes: ``forget()``, or deleting the file, asks
 for a new one.
+
+The offered kernel is recorded there too (``record_choice``, by
+``scripts/setup.sh`` and the doctor), with the identities of every kernel
+measured: it is the default kernel (``find_kernel(None)``) while those are
+the kernels installed here, unchanged. A session only reads the record; it
+never measures, and without a valid record it boots the distribution's kernel.
 """
 
 from __future__ import annotations
@@ -39,12 +45,16 @@ __all__ = [
     "ROUNDS",
     "WORKLOAD",
     "Boot",
+    "Choice",
     "Measured",
     "cached_measure",
     "forget",
+    "forget_choice",
     "guest_cpu",
     "measure",
     "offer",
+    "record_choice",
+    "recorded_choice",
 ]
 
 ROUNDS = 3
@@ -157,3 +167,62 @@ def forget() -> None:
     with contextlib.suppress(FakeMachineError, OSError):
         for old in cache_dir().glob("kernel-times-*.json"):
             old.unlink()
+
+
+_CHOICE = "kernel-choice.json"
+
+
+@dataclass(frozen=True)
+class Choice:
+    """The recorded default kernel, and why (for the session header)."""
+
+    path: Path
+    why: str
+
+
+def _identities(paths: Sequence[Path]) -> list[list[object]] | None:
+    """The kernel files as a record keeps them: resolved path, size, mtime; sorted. No
+    inode: a CI cache restores the same files (dpkg -x keeps their mtimes) as new inodes."""
+    try:
+        stats = [(str(p.resolve()), p.stat()) for p in paths]
+    except OSError:
+        return None
+    return sorted([path, st.st_size, st.st_mtime_ns] for path, st in stats)
+
+
+def record_choice(best: Measured, measured: Sequence[Measured], installed: Sequence[Path]) -> None:
+    """Record ``best`` of ``measured`` as the default kernel while the ``installed``
+    kernels (those measured, and any that could not be) stay as they are."""
+    identities = _identities(installed)
+    with contextlib.suppress(FakeMachineError, OSError):  # unrecorded: the distribution's
+        directory = cache_dir()
+        if identities is None:
+            return
+        record = {"path": str(best.info.path), "version": best.info.version, "cpu": best.cpu,
+                  "measured": len(measured), "kernels": identities,
+                  "when": time.time()}  # fmt: skip
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".kernel-choice-")
+        with os.fdopen(fd, "w") as out:
+            json.dump(record, out)
+        os.replace(tmp, directory / _CHOICE)
+
+
+def recorded_choice(installed: Sequence[Path]) -> Choice | None:
+    """The recorded default kernel, if the ``installed`` kernels are those measured, unchanged."""
+    with contextlib.suppress(FakeMachineError, OSError, ValueError, KeyError, TypeError):
+        record = json.loads((cache_dir() / _CHOICE).read_text())
+        if record["kernels"] != _identities(installed):
+            return None
+        taken = time.strftime("%Y-%m-%d", time.localtime(float(record["when"])))
+        why = (
+            f"measured here on {taken} the fastest of {int(record['measured'])} kernels "
+            f"that keeps every guest feature, {float(record['cpu']):.2f} s of CPU per guest"
+        )
+        return Choice(Path(record["path"]), why)
+    return None
+
+
+def forget_choice() -> None:
+    """Drop the recorded default: the distribution's kernel is the default again."""
+    with contextlib.suppress(FakeMachineError, OSError):
+        (cache_dir() / _CHOICE).unlink(missing_ok=True)

@@ -14,7 +14,7 @@ from ..._config import DEFAULT_MEMORY_MIB
 from ..._errors import FakeMachineError
 from ..base import Check
 from . import host as _uml_host
-from .choice import ROUNDS, Boot, cached_measure, guest_cpu, offer
+from .choice import ROUNDS, Boot, cached_measure, guest_cpu, offer, record_choice
 from .host import SHM, apt_fix, find_kernel, free_in_shm, memory_dir, module_dir, modules_mountpoint
 from .kernel import (
     SECCOMP_ENV,
@@ -42,7 +42,7 @@ def checks(kernel_setting: str | None, say: Callable[[str], None], boot: Boot) -
         checks.append(Check(f"UML kernel modules ({modules or 'none'}"
                             + (f"/{info.version}, the kernel's version)" if modules else
                                ": the kernel has no module support)"), None))  # fmt: skip
-        checks += _kernel_choice(info, say, boot)
+        checks += _kernel_choice(info, kernel_setting is not None, say, boot)
     except FakeMachineError as e:
         checks.append(Check("UML kernel and modules", str(e),
                             apt_fix("user-mode-linux")))  # fmt: skip
@@ -59,9 +59,12 @@ def checks(kernel_setting: str | None, say: Callable[[str], None], boot: Boot) -
     return checks
 
 
-def _kernel_choice(info: KernelInfo, say: Callable[[str], None], boot: Boot) -> list[Check]:
-    """What the kernel in use lacks, and, with other kernels here, which is
-    fastest on this host (measured) among those that keep every fidelity row."""
+def _kernel_choice(
+    info: KernelInfo, given: bool, say: Callable[[str], None], boot: Boot
+) -> list[Check]:
+    """What the kernel in use lacks, and, with more than one kernel installed, which
+    is fastest on this host (measured) among those that keep every fidelity row:
+    recorded as the default kernel (a ``given`` kernel still decides where given)."""
     checks = []
     lacking = info.lacks(fidelity_only=True)
     if lacking:
@@ -70,21 +73,20 @@ def _kernel_choice(info: KernelInfo, say: Callable[[str], None], boot: Boot) -> 
                             + ": tests that need them fail in its guests",
                             "kernel= (or --fakemachine-kernel) a kernel that has them, such as "
                             "Debian 12's or 13's user-mode-linux", required=False))  # fmt: skip
-    others = []
-    for path in installed_kernels(shutil.which("linux.uml")):
-        if path.resolve() == info.path:  # kernel_info() keeps the resolved path
-            continue
+    kernels = []
+    installed = installed_kernels(shutil.which("linux.uml"))
+    for path in installed:
         try:
-            others.append(kernel_info(path))
+            kernels.append(kernel_info(path))
         except FakeMachineError as e:  # not on offer; the message says why and what to run
             checks.append(Check(f"other UML kernel ({path})", str(e),
                                 "scripts/setup.sh --newer-kernel unpacks it again",
                                 required=False))  # fmt: skip
-    if not others:
+    if len(kernels) < 2:
         return checks
-    measured, when = cached_measure([info, *others], guest_cpu(boot))
+    measured, when = cached_measure(kernels, guest_cpu(boot))
     if when is None:
-        say(f"fakemachine doctor: measured {len(others) + 1} UML kernels, {ROUNDS} guests each")
+        say(f"fakemachine doctor: measured {len(kernels)} UML kernels, {ROUNDS} guests each")
     else:
         taken = time.strftime("%Y-%m-%d %H:%M", time.localtime(when))
         say(
@@ -97,16 +99,21 @@ def _kernel_choice(info: KernelInfo, say: Callable[[str], None], boot: Boot) -> 
         checks.append(Check(f"kernel {m.info.path}{in_use}: {m.label()}: {cpu}", m.error,
                             "see docs/troubleshooting.md", required=False))  # fmt: skip
     best, faster = offer(measured)
-    current = measured[0]
-    if best is not None and best is not current:
-        now = f"{current.cpu:.2f} s" if current.cpu is not None else "no guest"
-        why = ("keeps every guest feature, which the kernel in use does not" if lacking else
-               "keeps every guest feature")  # fmt: skip
-        checks.append(Check("kernel choice", f"{best.info.path} (Linux {best.info.version}) "
-                            f"costs {best.cpu:.2f} s of CPU per guest here, against {now} for "
-                            f"the kernel in use, and {why}",
-                            f"--fakemachine-kernel={best.info.path} (or kernel=, or the "
-                            "fakemachine_kernel ini value)", required=False))  # fmt: skip
+    if best is not None:
+        record_choice(best, measured, installed)
+        checks.append(
+            Check(
+                f"default kernel: {best.info.path} (Linux {best.info.version}, "
+                f"{best.cpu:.2f} s of CPU per guest), the fastest here that keeps "
+                "every guest feature; recorded in the cache directory",
+                None,
+            )
+        )
+    if given and best is not None and best.info.path != info.path:
+        checks.append(Check("kernel choice", f"the kernel given ({info.path}) is not the "
+                            f"measured choice, {best.info.path}",
+                            "leave --fakemachine-kernel (kernel=, fakemachine_kernel) unset "
+                            "to boot the measured choice", required=False))  # fmt: skip
     if faster is not None:
         checks.append(Check(f"fastest kernel here: {faster.info.path} ({faster.cpu:.2f} s), "
                             "for suites that need none of what it lacks", None))  # fmt: skip

@@ -17,12 +17,14 @@ import tempfile
 from pathlib import Path
 
 from ..._errors import BackendUnavailable
-from .kernel import modules_for
+from .choice import recorded_choice
+from .kernel import installed_kernels, modules_for
 
 __all__ = [
     "MODULES_MOUNTPOINT",
     "SHM",
     "apt_fix",
+    "default_kernel",
     "find_kernel",
     "find_slirp",
     "free_in_shm",
@@ -72,16 +74,32 @@ def find_kernel(kernel: str | os.PathLike[str] | None) -> Path:
             f"User-Mode-Linux guests need an x86-64 host; this one is {platform.machine()}"
         )
     if kernel is None:
-        found = shutil.which("linux.uml")
+        found, _ = default_kernel()
         if found is None:
             raise BackendUnavailable(
                 f"linux.uml is not on PATH; to install it: {apt_fix(_UML_PACKAGE)}"
             )
-        return Path(found)
+        return found
     path = Path(kernel)
     if not (path.is_file() and os.access(path, os.X_OK)):
         raise BackendUnavailable(f"UML kernel {str(path)!r} is not an executable file")
     return path
+
+
+def default_kernel() -> tuple[Path | None, str]:
+    """The kernel booted when none is given, and why: the measured choice
+    recorded by ``scripts/setup.sh`` or the doctor while the kernels installed
+    here are those it measured, else linux.uml on PATH (None: there is none)."""
+    on_path = shutil.which("linux.uml")
+    installed = installed_kernels(on_path)
+    chosen = recorded_choice(installed)
+    if chosen is not None:
+        return chosen.path, chosen.why
+    why = "the distribution's"
+    if len(installed) > 1:
+        why += (f"; no measured choice among the {len(installed)} kernels here is recorded "
+                "(scripts/setup.sh or pytest --fakemachine-doctor records one)")  # fmt: skip
+    return (Path(on_path) if on_path else None), why
 
 
 def module_dir(kernel: Path) -> Path | None:
