@@ -88,9 +88,11 @@ def test_signal_to_pytest_during_a_guest_run_leaves_nothing(
     handler = "default_int_handler" if sig == signal.SIGINT else "SIG_DFL"
     default = "" if sig == signal.SIGKILL else f"signal.signal({int(sig)}, signal.{handler}); "
     inner = f"import signal, sys, pytest; {default}sys.exit(pytest.console_main())"
+    # Not an xdist worker's share of the CPUs (one here): the next guest boots ahead.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_XDIST_WORKER")}
     proc = subprocess.Popen([sys.executable, "-c", inner, "-p", "no:cacheprovider", "-q"],
                             cwd=pytester.path, stdin=subprocess.DEVNULL,
-                            env={**os.environ, "TMPDIR": str(tmp)},
+                            env={**env, "TMPDIR": str(tmp)},
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # fmt: skip
     try:
         deadline = time.monotonic() + 120
