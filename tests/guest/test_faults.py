@@ -130,6 +130,38 @@ def _wait_for_guests(owner: int, count: int) -> bool:
     return False
 
 
+# In a fresh process of its own (fork() in this one, which may run threads, warns).
+CHILD_SETUP = """
+import os
+from pytest_fakemachine.backend.process import _child_setup
+
+setup = _child_setup(min(os.sched_getaffinity(0)))  # for a child of this process
+
+def run(*, orphaned):
+    # setup() in a child of this process, or (orphaned) in a grandchild, as
+    # when the starter has died: how that child ended.
+    pid = os.fork()
+    if pid == 0:
+        if orphaned and os.fork() != 0:
+            status = os.wait()[1]
+            os._exit(os.WTERMSIG(status) if os.WIFSIGNALED(status) else 0)
+        setup()
+        os._exit(0)
+    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+
+print(run(orphaned=False), run(orphaned=True))
+"""
+
+
+def test_a_guest_whose_starter_died_before_it_could_be_told_kills_itself() -> None:
+    """The guest's process sets PR_SET_PDEATHSIG between fork and exec: when
+    its starter has died before that (a SIGTERM at that instant), no signal
+    comes, so it ends itself instead of booting a guest nobody watches."""
+    proc = subprocess.run([sys.executable, "-c", CHILD_SETUP], capture_output=True, text=True,
+                          timeout=60, check=True)  # fmt: skip
+    assert proc.stdout.split() == ["0", str(int(signal.SIGKILL))]
+
+
 def test_linux_uml_missing_says_what_to_install(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:

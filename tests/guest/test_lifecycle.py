@@ -12,13 +12,15 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import IO, cast
 
 import pytest
 
 from conftest import wait_for_no_leftovers
 from pytest_fakemachine import BootError, FakeMachineError, GuestTimeout, Machine
 from pytest_fakemachine.backend import leftovers
-from pytest_fakemachine.backend.uml import process as _uml
+from pytest_fakemachine.backend import process as _process
+from pytest_fakemachine.backend.uml.process import UmlProcess
 
 # systemd cannot find this unit: it drops to a rescue shell that waits for a
 # root password on the console forever (a boot that never reaches the job).
@@ -72,7 +74,8 @@ def test_the_console_tells_a_restart_across_chunk_boundaries(split: int) -> None
     once = b"Core dump limits\n" + start + b"[ 0.1] Linux version\n" * 3
     for text, rebooted in [(once, False), (once + b"x" * 100 + once, True),
                            (once + b"reboot: Restarting system\n", True)]:  # fmt: skip
-        console = _uml._Console(_Pipe(text, split), None)  # type: ignore[arg-type]
+        pipe = cast("IO[bytes]", _Pipe(text, split))
+        console = _process._Console(pipe, None, UmlProcess.reboot_line, UmlProcess.start_line)
         console.pump()
         assert console.rebooted is rebooted, (text, split)
         assert console.text() == text.decode()
@@ -82,8 +85,8 @@ def test_the_job_powers_off_if_it_is_started_again(
     fakemachine: Machine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The job's own guard, with the host's reboot watch blinded: still one run."""
-    monkeypatch.setattr(_uml, "_REBOOT_LINE", b"\0never printed\0", raising=False)
-    monkeypatch.setattr(_uml, "_UML_START_LINE", b"\0never printed\0", raising=False)
+    monkeypatch.setattr(UmlProcess, "reboot_line", b"\0never printed\0")
+    monkeypatch.setattr(UmlProcess, "start_line", b"\0never printed\0")
     fakemachine.add_volume(tmp_path, "/mnt/count")
     fakemachine.timeout = 60  # a rebooted UML has been seen to hang
     with pytest.raises((BootError, GuestTimeout)):

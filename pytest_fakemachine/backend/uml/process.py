@@ -1,400 +1,84 @@
-"""The User-Mode-Linux backend: start a guest, watch it, kill it, find its leftovers.
-
-A guest is a ``linux.uml`` process in a session of its own (so the whole UML
-process tree can be killed as one group), with ``PR_SET_PDEATHSIG`` so it dies
-with the Python process that started it, even when that one is SIGKILLed. The
-console goes to a pipe read by a thread: UML's console cannot write to a
-regular file (epoll refuses it).
-
-What a guest needs of the host (the kernel, the slirp helper, room for its
-memory) is looked up in :mod:`._uml_host`, before a guest starts.
-"""
+"""A UML guest's process: ``linux.uml`` with the slirp helper beside it for
+``network=True``, its memory file's directory, and what its console says of a
+reboot or a full memory file. The rest is :class:`..process.GuestProcess`'s."""
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import os
 import shutil
-import signal
 import socket
 import subprocess
-import sys
-import threading
-import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from pathlib import Path
-from typing import IO, final
+from typing import Any
 
-from ..watchdog import OWNER_ENV, Reaper, claim_cpu, make_private, pin_group, release_cpu
+from ..process import GuestProcess
+from ..watchdog import OWNER_ENV, make_private
 from .host import SHM, find_slirp, memory_file_full
 
-__all__ = ["GuestProcess"]
-
-_PR_SET_PDEATHSIG = 1
-_POLL_SECONDS = 0.02
-# What UML's console says when the guest reboots: UML then re-executes itself,
-# and the guest would boot (and run its job) again. An emergency restart
-# (sysrq b) says nothing; then the second start of UML itself tells.
-_REBOOT_LINE = b"reboot: Restarting system"
-_UML_START_LINE = b"Checking that ptrace can change system call numbers"
-_WATCH_SECONDS = 0.05
+__all__ = ["UmlProcess"]
 
 
-def _child_setup(cpu: int) -> Callable[[], None]:
-    def setup() -> None:
-        # Runs in the child between fork and exec: SIGKILL when our process
-        # dies; one CPU for the whole UML process tree (children inherit it).
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-        os.sched_setaffinity(0, {cpu})
-
-    return setup
-
-
-def _private_log(path: Path) -> IO[bytes]:
-    """The console log, 0600 as every file of the work directory (the console
-    shows what the guest's programs print)."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    os.fchmod(fd, 0o600)  # one left by an earlier boot of a kept work directory
-    return os.fdopen(fd, "wb")
-
-
-@dataclass
-class _Console:
-    """Collects the guest console from a pipe (in a thread of its own)."""
-
-    pipe: IO[bytes]
-    log: IO[bytes] | None
-    chunks: list[bytes] = field(default_factory=list)
-    rebooted: bool = False  # the console showed the guest restarting
-    _tail: bytes = b""  # the end of the last chunk, where a line may have begun
-    _starts: int = 0  # UML start-up lines seen
-
-    def pump(self) -> None:
-        keep = max(len(_REBOOT_LINE), len(_UML_START_LINE))
-        while chunk := self.pipe.read1(65536):  # type: ignore[attr-defined]
-            self.chunks.append(chunk)
-            window = self._tail + chunk
-            # Only lines that end in this chunk: those in the tail were counted.
-            self._starts += window.count(
-                _UML_START_LINE, max(0, len(self._tail) - len(_UML_START_LINE) + 1)
-            )
-            if _REBOOT_LINE in window or self._starts > 1:
-                self.rebooted = True
-            self._tail = window[-keep:]
-            if self.log is not None:
-                self.log.write(chunk)
-                self.log.flush()
-
-    def text(self, start: int = 0) -> str:
-        return b"".join(self.chunks[start:]).decode(errors="replace")
-
-
-@final
-class GuestProcess:
-    """One running guest. Use as a context manager: leaving it kills everything."""
+class UmlProcess(GuestProcess):
+    # UML's console when the guest reboots: UML then re-executes itself, and
+    # the guest would boot (and run its job) again. An emergency restart
+    # (sysrq b) says nothing; then the second start of UML itself tells.
+    reboot_line = b"reboot: Restarting system"
+    start_line = b"Checking that ptrace can change system call numbers"
 
     def __init__(
         self,
         kernel: Path,
-        kernel_args: Sequence[str],
+        args: Sequence[str],
         *,
-        workdir: Path,
         network: bool,
-        console_log: Path | None = None,
-        echo: Callable[[str], None] | None = None,
-        cleanup: Sequence[Path] = (),
-        memory_dir: str | None = None,
-        boot_timeout: float | None = None,
-        started_file: Path | None = None,
-        reaper: Reaper | None = None,
-        pass_fds: Sequence[int] = (),
-        boot_timeout_name: str = "boot_timeout",
-        memory_mib: int = 0,
+        memory_dir: str | None,
+        memory_mib: int,
+        **common: Any,
     ) -> None:
-        self._kernel = kernel
-        self._pass_fds = tuple(pass_fds)  # host fds the kernel args name (ssl1=fd:N...)
-        # The boot ends when started_file appears; past boot_timeout without it,
-        # the guest is killed (and ended_why says so).
-        self._boot_timeout = boot_timeout
-        self._boot_timeout_name = boot_timeout_name
-        self._memory_mib = memory_mib
-        self._started_file = started_file
-        self._watcher: threading.Thread | None = None
-        self._stop_watching = threading.Event()
-        self._cpu: int | None = None
-        # Why the guest was ended by us before it powered off (None: it was not).
-        self.ended_why: str | None = None
-        self._memory_dir = memory_dir
-        # Where UML keeps the guest's memory (for error messages).
-        self.memory_dir = memory_dir or os.environ.get("TMPDIR") or SHM
-        self._args = list(kernel_args)
-        self._workdir = workdir
+        # TMPDIR: where UML keeps the guest's memory file (else /dev/shm).
+        env = {"TMPDIR": memory_dir} if memory_dir is not None else {}
+        super().__init__(kernel, args, what="the UML process (linux.uml)", env=env, **common)
         self._network = network
-        self._console_log = console_log
-        self._echo = echo
-        self._uml: subprocess.Popen[bytes] | None = None
-        self._slirp: subprocess.Popen[bytes] | None = None
-        self._console: _Console | None = None
-        self._reader: threading.Thread | None = None
-        self._echoed = 0  # console chunks already passed to echo
-        # The watchdog for our death: the caller's (which then removes the
-        # directories), else one of our own that removes ``cleanup``.
-        self._shared_reaper = reaper
-        self._reaper: Reaper | None = None
-        self._cleanup = tuple(cleanup)
-        self.started_at = 0.0
-        self.ended_at = 0.0
+        self._memory_mib = memory_mib
+        # Where UML keeps the guest's memory (TMPDIR, else /dev/shm): for error messages.
+        self.memory_dir = memory_dir or os.environ.get("TMPDIR") or SHM
+        self._private = False
 
-    def __enter__(self) -> GuestProcess:
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.kill()
-
-    def start(self) -> None:
-        args = [str(self._kernel), *self._args]
-        pass_fds: tuple[int, ...] = self._pass_fds
-        guest_end: socket.socket | None = None
-        if self._network:
-            slirp = find_slirp()
-            guest_end, host_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
-            try:
-                self._slirp = subprocess.Popen(
-                    [slirp, "--exit-with-parent", f"--fd={host_end.fileno()}"],
-                    pass_fds=(host_end.fileno(),),
-                    stdin=subprocess.DEVNULL,
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL,
-                    start_new_session=True,
-                    env={**os.environ, OWNER_ENV: str(os.getpid())},
-                )
-            finally:
-                host_end.close()
-            args.append(f"vec0:transport=fd,fd={guest_end.fileno()},vec=0")
-            pass_fds += (guest_end.fileno(),)
-        log = _private_log(self._console_log) if self._console_log else None
+    def _start_helpers(self) -> tuple[list[str], list[int]]:
+        if not self._network:
+            return [], []
+        slirp = find_slirp()
+        guest_end, host_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
         try:
-            self.started_at = time.monotonic()
-            self._cpu = claim_cpu()
-            self._uml = subprocess.Popen(
-                args,
-                cwd=self._workdir,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                pass_fds=pass_fds,
-                start_new_session=True,
-                # preexec_fn only calls prctl and sched_setaffinity: safe with threads.
-                preexec_fn=_child_setup(self._cpu),  # noqa: PLW1509
-                env=self._uml_env(),
-            )
+            self._helpers.append(subprocess.Popen(
+                [slirp, "--exit-with-parent", f"--fd={host_end.fileno()}"],
+                pass_fds=(host_end.fileno(),), stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+                env={**os.environ, OWNER_ENV: str(os.getpid())},
+            ))  # fmt: skip
         except BaseException:
-            if log is not None:
-                log.close()
-            self.kill()
+            guest_end.close()
             raise
         finally:
-            if guest_end is not None:
-                guest_end.close()
-        self._start_reaper()
-        assert self._uml.stdout is not None
-        self._console = _Console(self._uml.stdout, log)
-        self._reader = threading.Thread(target=self._console.pump, daemon=True)
-        self._reader.start()
-        self._watcher = threading.Thread(target=self._watch, daemon=True)
-        self._watcher.start()
+            host_end.close()
+        fd = guest_end.detach()
+        return [f"vec0:transport=fd,fd={fd},vec=0"], [fd]
 
-    def _watch(self) -> None:
-        """End the guest when it reboots or overstays its boot limit; make UML's files private.
+    def _watch_tick(self) -> None:
+        if not self._private:  # UML makes its pid file 0644, its directory 0755
+            uml = self._workdir / "uml"
+            self._private = make_private(uml, uml / "pid")
 
-        Runs in a thread of its own until kill() stops it, before the UML
-        process is reaped: until then its process group id cannot be reused.
-        """
-        assert self._uml is not None and self._console is not None
-        deadline = None if self._boot_timeout is None else self.started_at + self._boot_timeout
-        booted = self._started_file is None
-        private = False
-        while not self._stop_watching.wait(_WATCH_SECONDS) and not self.exited():
-            if not private:  # UML makes its pid file 0644, its directory 0755
-                private = make_private(self._workdir / "uml", self._workdir / "uml" / "pid")
-            if self._console.rebooted:
-                self._end("the guest rebooted; a reboot ends the run (its job never runs twice)")
-                return
-            if not booted:
-                assert self._started_file is not None
-                booted = self._started_file.exists()
-                if not booted and deadline is not None and time.monotonic() >= deadline:
-                    self._end(
-                        f"the guest did not reach the command within {self._boot_timeout_name}="
-                        f"{self._boot_timeout:g} s and was killed"
-                    )
-                    return
-
-    def _end(self, why: str) -> None:
-        assert self._uml is not None
-        self.ended_why = why
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self._uml.pid, signal.SIGKILL)
-
-    def _start_reaper(self) -> None:
-        """Have a watchdog kill the guest's process groups when we die, however.
-
-        PR_SET_PDEATHSIG kills only the main UML process; its helper processes
-        would survive it. See :class:`Reaper`.
-        """
-        if self._shared_reaper is None:
-            self._reaper = Reaper(self._cleanup)
-        reaper = self._shared_reaper or self._reaper
-        assert reaper is not None
-        reaper.watch([p.pid for p in (self._uml, self._slirp) if p is not None])
-
-    def _uml_env(self) -> dict[str, str]:
-        # UML needs little of ours: TMPDIR picks where its memory file lives
-        # (else /dev/shm). OWNER_ENV lets tests find guests that outlived us.
-        env = {k: v for k, v in os.environ.items() if k in ("PATH", "TMPDIR", "LANG")}
-        if self._memory_dir is not None:
-            env["TMPDIR"] = self._memory_dir
-        env[OWNER_ENV] = str(os.getpid())
-        return env
-
-    def wait(self, timeout: float | None, poll: Callable[[], None] | None = None) -> bool:
-        """Wait for the guest to power off; False if ``timeout`` elapsed first.
-
-        ``poll`` and the console echo run here, in the caller's thread, so they
-        may use pytest's terminal and capture machinery.
-        """
-        assert self._uml is not None
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            self._echo_new()
-            if poll is not None:
-                poll()
-            if not self.exited():
-                if deadline is not None and time.monotonic() >= deadline:
-                    return False
-                time.sleep(_POLL_SECONDS)
-                continue
-            self.ended_at = time.monotonic()
-            # UML's helper processes outlive a kernel killed from outside and
-            # hold the console pipe open: end them, so the console is complete
-            # at once. (The main process is unreaped: its group id is ours.)
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(self._uml.pid, signal.SIGKILL)
-            if self._reader is not None:
-                self._reader.join(timeout=5)
-            self._echo_new()
-            if poll is not None:
-                poll()
-            return True
-
-    def _echo_new(self) -> None:
-        if self._echo is None or self._console is None:
-            return
-        end = len(self._console.chunks)
-        if end > self._echoed:
-            self._echo(self._console.text(self._echoed))
-            self._echoed = end
-
-    def idle(self) -> None:
-        """The guest waits (booted ahead of its test) and uses no CPU: give its CPU back."""
-        if self._cpu is not None:
-            release_cpu(self._cpu)
-            self._cpu = None
-
-    def resume(self) -> None:
-        """After :meth:`idle`: claim the least busy CPU and move the guest there."""
-        if self._cpu is None and self._uml is not None and not self.exited():
-            self._cpu = claim_cpu()
-            pin_group(self._uml.pid, self._cpu)
-
-    @property
-    def process_group(self) -> int | None:
-        """The guest's process group (every UML process of it), once started."""
-        return None if self._uml is None else self._uml.pid
-
-    def exited(self) -> bool:
-        """Whether the UML process has ended. It is left unreaped until kill():
-        while it is a zombie, its process group id cannot be reused."""
-        if self._uml is None or self._uml.returncode is not None:
-            return True
+    def _death_note(self, console: str) -> str:
+        if not memory_file_full(console):
+            return ""
         try:
-            info = os.waitid(os.P_PID, self._uml.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
-        except ChildProcessError:
-            return True
-        return info is not None
-
-    @property
-    def returncode(self) -> int | None:
-        """The exit status of linux.uml, once kill() has reaped it."""
-        return None if self._uml is None else self._uml.returncode
-
-    def failure(self, started: bool) -> str:
-        """Why the guest ended without an exit status (after :meth:`kill`)."""
-        killed = -(self.returncode or 0)
-        if self.ended_why is not None:
-            what = self.ended_why
-        elif not self._workdir.is_dir():
-            what = f"the work directory {self._workdir} disappeared during the run"
-        elif killed > 0 and killed != signal.SIGABRT:  # UML aborts on a kernel panic
-            what = (
-                f"the UML process (linux.uml) was killed by signal "
-                f"{signal.Signals(killed).name} from outside "
-                + ("during the command" if started else "before the command")
-            )
-        elif started:
-            what = "the guest powered off during the command"
-        else:
-            what = "the guest did not boot to the command"
-        if memory_file_full(self.console()):
-            try:
-                size = f"{shutil.disk_usage(self.memory_dir).total >> 20} MiB"
-            except OSError:
-                size = "its"
-            what += (
-                f": UML keeps the guest's memory (memory={self._memory_mib}M) in a file in "
-                f"{self.memory_dir}, and that {size} file system filled up; give it room (in "
-                "Docker: --shm-size), point TMPDIR at one with room, or lower memory="
-            )
-        return f"{what} (linux.uml exit status {self.returncode})"
-
-    def console(self) -> str:
-        if self._reader is not None and self.exited():
-            self._reader.join(timeout=5)
-        return "" if self._console is None else self._console.text()
-
-    def kill(self) -> None:
-        """Kill the UML process group and the slirp helper; reap them."""
-        self._stop_watching.set()  # before reaping: the watcher may kill the group
-        if self._watcher is not None and self._watcher is not threading.current_thread():
-            self._watcher.join()
-        # First, so the watchdog never kills a reused group id.
-        if self._reaper is not None:
-            self._reaper.disarm()
-            self._reaper = None
-        elif self._shared_reaper is not None:
-            self._shared_reaper.watch([])
-        for proc in (self._uml, self._slirp):
-            if proc is None:
-                continue
-            if proc.returncode is None:  # unreaped, so the group id is still ours
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:  # pragma: no cover - a stuck kernel task
-                print(f"pytest-fakemachine: pid {proc.pid} did not die", file=sys.stderr)
-        if not self.ended_at and self.started_at:
-            self.ended_at = time.monotonic()
-        if self._cpu is not None:
-            release_cpu(self._cpu)
-            self._cpu = None
-        if self._reader is not None:
-            self._reader.join(timeout=5)
-        if self._console is not None:
-            self._console.pipe.close()
-            if self._console.log is not None:
-                self._console.log.close()
+            size = f"{shutil.disk_usage(self.memory_dir).total >> 20} MiB"
+        except OSError:
+            size = "its"
+        return (
+            f": UML keeps the guest's memory (memory={self._memory_mib}M) in a file in "
+            f"{self.memory_dir}, and that {size} file system filled up; give it room (in "
+            "Docker: --shm-size), point TMPDIR at one with room, or lower memory="
+        )
