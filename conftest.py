@@ -83,7 +83,7 @@ def no_guest(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
         def __init__(self, *args: object, **kwargs: object) -> None:
             pytest.fail("a guest process was constructed", pytrace=False)
 
-    monkeypatch.setattr(uml, "GuestProcess", ForbiddenGuest)
+    monkeypatch.setattr(uml, "UmlProcess", ForbiddenGuest)
     yield
 
 

@@ -45,6 +45,7 @@ class Machine:
         boot_timeout: float | None = c.DEFAULT_BOOT_TIMEOUT,
         env: dict[str, str] | None = None,
         kernel: str | os.PathLike[str] | None = None,
+        cpus: int | None = None,
     ) -> None:
         self.backend = backend
         self.memory = memory
@@ -54,6 +55,7 @@ class Machine:
         self.boot_timeout = boot_timeout
         self.env: dict[str, str] = dict(env or {})
         self.kernel = kernel
+        self.cpus = cpus
         # Keep the boot-time RAID6/XOR benchmarks (skipped by default: they cost
         # most of a second, and only btrfs RAID5/6 needs their result).
         self.raid_benchmarks = False
@@ -153,8 +155,8 @@ class Machine:
     def check_backend(self) -> None:
         """Raise :class:`BackendUnavailable` if no guest can boot here; boots nothing."""
         backend = backends.get(self.backend, self.source)
-        backend.prepare(self.kernel, self.network, self.extra_kernel_args)
-        initramfs(backend.layout)
+        prepared = backend.prepare(self.kernel, self.network, self.extra_kernel_args)
+        initramfs(backend.layout(prepared))
 
     def session(self) -> Session:
         """Validate everything and prepare a work directory; the caller boots it."""
@@ -174,6 +176,7 @@ class Machine:
                 f"{len(self._images)} images and a scratch disk from {source}: a {backend.name} "
                 f"guest has only {backend.max_disks()} disks"
             )
+        cpus = _check_cpus(self.cpus, backend.name, source)
         prepared = backend.prepare(self.kernel, self.network, self.extra_kernel_args)
         return Session(
             backend=backend,
@@ -188,7 +191,18 @@ class Machine:
             extra_kernel_args=tuple(self.extra_kernel_args),
             raid_benchmarks=bool(self.raid_benchmarks),
             boot_timeout=boot_timeout,
+            cpus=cpus,
         )
+
+
+def _check_cpus(cpus: object, backend: str, source: str) -> int:
+    if cpus is None:
+        return 1
+    if isinstance(cpus, bool) or not isinstance(cpus, int) or cpus < 1:
+        raise ConfigError(f"cpus={cpus!r} from {source}: expected a positive whole number")
+    if cpus > 1 and backend == "uml":
+        raise ConfigError(f"cpus={cpus!r} from {source}: UML guests have one CPU")
+    return cpus
 
 
 def _check_command(command: object, source: str) -> list[str] | str:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from ._config import ImageSpec, Volume
 from ._errors import BootError, FakeMachineError, GuestTimeout
-from .backend.base import Backend, BootSpec, Guest, Line, Prepared
+from .backend.base import Backend, BootSpec, Guest, Layout, Line, Prepared
 from .backend.watchdog import Reaper
 from .image.initramfs import initramfs
 from .image.workdir import Contents, write_job, write_static_files
@@ -64,10 +64,16 @@ class Session:
     cleanup: list[Path] = field(default_factory=list)  # removed even if the host dies
     boot_timeout: float | None = None  # seconds from launch until the job starts
     boot_timeout_name: str = "boot_timeout"  # as the user knows it, for the message
+    cpus: int = 1
     workdir: Path = field(init=False)
+    layout: Layout = field(init=False)
     _disks: list[Path] = field(init=False, default_factory=list)
+    _shares: list[tuple[str, bool]] = field(init=False, default_factory=list)
     _locks: list[int] = field(init=False, default_factory=list)
     _reaper: Reaper | None = field(init=False, default=None)
+
+    def __post_init__(self) -> None:
+        self.layout = self.backend.layout(self.prepared)
 
     @property
     def kernel(self) -> Path:
@@ -88,7 +94,7 @@ class Session:
             raise
         try:
             self._lock_images()
-            self._disks = write_static_files(self.workdir, self.backend.layout,
+            self._disks, self._shares = write_static_files(self.workdir, self.layout,
                                                      self._contents())  # fmt: skip
         except OSError as e:
             self.__exit__()
@@ -150,6 +156,8 @@ class Session:
             disks=tuple(self._disks),
             network=self.network,
             lines=tuple(self.lines),
+            shares=tuple(self._shares),
+            cpus=self.cpus,
             kernel_args=self.extra_kernel_args,
             raid_benchmarks=self.raid_benchmarks,
             console_log=work / "console.log" if self.keep else None,
@@ -163,7 +171,7 @@ class Session:
 
     def launch(self, body: str) -> Guest:
         """Write the job with ``body`` and start the guest; the caller must kill it."""
-        layout = self.backend.layout
+        layout = self.layout
         write_job(self.workdir, layout, body, disks=bool(self.images),
                           network=self.network)  # fmt: skip
         return self.backend.launch(self.prepared, self.boot_spec(), initramfs(layout))

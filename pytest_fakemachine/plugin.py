@@ -25,8 +25,9 @@ if TYPE_CHECKING:
 
 MARKER_HELP = (
     "fakemachine(images=None, volumes=None, memory=None, scratch=None, network=False, "
-    "env=None, passenv=None, timeout=None, boot_timeout=None, scope='function'): run the test "
-    "(setup, call and teardown) as root inside a User-Mode-Linux guest booted from the host's /usr"
+    "env=None, passenv=None, timeout=None, boot_timeout=None, scope='function', backend=None, "
+    "cpus=None): run the test (setup, call and teardown) as root inside a guest booted from the "
+    "host's /usr (User-Mode-Linux, or QEMU with or without KVM)"
 )
 
 

@@ -14,13 +14,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pytest_fakemachine import FakeMachineError, Machine
-from pytest_fakemachine import backend as _backends
 from pytest_fakemachine.backend import leftovers
 from pytest_fakemachine.backend.uml import boot as _uml_boot
-from pytest_fakemachine.backend.uml.boot import FAST_BOOT_ARGS, SKIP_RAID_BENCHMARKS
+from pytest_fakemachine.backend.uml.boot import FAST_BOOT_ARGS, SKIP_RAID_BENCHMARKS, UmlLayout
 from pytest_fakemachine.backend.uml.host import find_kernel
 from pytest_fakemachine.backend.uml.kernel import SECCOMP_ENV, kernel_info, seccomp_used
-from pytest_fakemachine.backend.uml.process import GuestProcess
+from pytest_fakemachine.backend.uml.process import UmlProcess
 from pytest_fakemachine.image.cpio import CpioWriter
 from pytest_fakemachine.image.initramfs import _collect_inputs, initramfs, write_base
 from pytest_fakemachine.image.templates import UNIT_NAME
@@ -86,7 +85,7 @@ def last_workdir(machine: Machine) -> Path | None:
 def session_kernel_args() -> tuple[list[str], str]:
     """A default Machine()'s kernel command line, and its work directory's path."""
     with Machine().session() as session:
-        layout = session.backend.layout
+        layout = session.layout
         args = _uml_boot.kernel_args(session.prepared, session.boot_spec(), initramfs(layout),
                                      UNIT_NAME)  # fmt: skip
         return args, str(session.workdir)
@@ -96,7 +95,7 @@ def write_busybox_initramfs(path: Path, init: str) -> None:
     """busybox, its libraries and ``init`` as /init, in a newc archive at ``path``."""
     with open(path, "wb") as out:
         cpio = CpioWriter(out)
-        files = _collect_inputs(_backends.get("auto", "the benchmark").layout).files
+        files = _collect_inputs(UmlLayout()).files
         write_base(cpio, files, ["dev", "proc", "sys", "usr"])
         cpio.add_file("init", init.encode(), 0o755)
         cpio.close()
@@ -112,7 +111,7 @@ class BareBoot:
 def bare_boot(kernel: Path, args: list[str], workdir: Path, timeout: float) -> BareBoot:
     """``kernel`` with exactly ``args``, started as every guest is (environment,
     session, CPU pinning, parent-death signal), killed after ``timeout``."""
-    guest = GuestProcess(kernel, args, workdir=workdir, network=False)
+    guest = UmlProcess(kernel, args, workdir=workdir, network=False, memory_dir=None, memory_mib=0)
     try:
         guest.start()
         finished = guest.wait(timeout)

@@ -1,30 +1,61 @@
 """The backends, by name: what ``--fakemachine-backend`` and ``Machine(backend=)``
-resolve to. Each implements :class:`.base.Backend`; ``auto`` picks one."""
+resolve to. Each implements :class:`.base.Backend`; ``auto`` picks one.
+
+``auto``: ``kvm`` where KVM really runs a guest, else ``uml``, else ``qemu``
+(QEMU's emulation, slow). The choice is made once per process, and says why.
+"""
 
 from __future__ import annotations
 
-from .._errors import ConfigError
+import functools
+
+from .._errors import BackendUnavailable, ConfigError
 from .base import Backend
 
-__all__ = ["CHOICES", "get", "leftovers"]
+__all__ = ["CHOICES", "NAMES", "auto_choice", "get", "leftovers"]
 
-CHOICES = ("auto", "uml")  # what a user may ask for
+NAMES = ("uml", "kvm", "qemu")
+CHOICES = ("auto", *NAMES)  # what a user may ask for
+AUTO_ORDER = ("kvm", "uml", "qemu")
+
+
+def _make(name: str) -> Backend:
+    # Imported on first use: a guest that loads the plugin never needs them.
+    if name == "uml":
+        from .uml import UmlBackend  # noqa: PLC0415
+
+        return UmlBackend()
+    from .qemu import QemuBackend  # noqa: PLC0415
+
+    return QemuBackend("kvm" if name == "kvm" else "tcg")
+
+
+@functools.cache
+def auto_choice() -> tuple[str, str]:
+    """The backend ``auto`` stands for on this host, and why."""
+    why: list[str] = []
+    for name in AUTO_ORDER:
+        try:
+            _make(name).prepare(None, False, ())
+        except BackendUnavailable as e:
+            why.append(str(e) if str(e).startswith(f"{name}:") else f"{name}: {e}")
+            continue
+        return name, "; ".join(why) or f"{name} runs here"
+    return "uml", "; ".join(why)  # its error says what to install
 
 
 def get(name: str, source: str) -> Backend:
     """The backend ``name`` stands for; ConfigError names a bad one and ``source``."""
     if name not in CHOICES:
         raise ConfigError(f"backend={name!r} from {source}: expected one of {', '.join(CHOICES)}")
-    # Imported on first use: a guest that loads the plugin never needs it.
-    from .uml import UmlBackend  # noqa: PLC0415
-
-    return UmlBackend()
+    return _make(auto_choice()[0] if name == "auto" else name)
 
 
 def leftovers(owner: int | None) -> list[int]:
     """Pids of guest processes (of every backend) that process ``owner`` started;
     ``owner=None``: those whose starting process is gone (orphans)."""
+    from .qemu import QemuBackend  # noqa: PLC0415
     from .uml import UmlBackend  # noqa: PLC0415
     from .watchdog import leftovers as find  # noqa: PLC0415
 
-    return find(owner, UmlBackend.process_names)
+    return find(owner, (*UmlBackend.process_names, *QemuBackend.process_names))

@@ -109,6 +109,14 @@ class Layout(Protocol):
         """The guest's network interface (``network=True``)."""
         ...
 
+    def early_files(self) -> list[tuple[str, Path]]:
+        """Files the initramfs carries for this layout: (archive path, host path)."""
+        ...
+
+    def early_init(self) -> str:
+        """Shell lines the guest's init runs before it mounts anything."""
+        ...
+
 
 @dataclass(frozen=True)
 class Prepared:
@@ -119,6 +127,8 @@ class Prepared:
     modules: Path | None  # the directory the guest mounts at modules_mountpoint; None: none
     modules_mountpoint: Path
     kernel_args: tuple[str, ...] = ()  # the kernel's own (e.g. a mode it supports)
+    version: str = ""  # the kernel's, where the backend needs it
+    all_modules: Path | None = None  # where the kernel's modules are, mounted or not
 
 
 @dataclass
@@ -130,6 +140,8 @@ class BootSpec:
     disks: Sequence[Path]  # in order; the layout names them
     network: bool
     lines: Sequence[Line] = ()
+    shares: Sequence[tuple[str, bool]] = ()  # host directories the guest mounts: (path, read-only)
+    cpus: int = 1
     kernel_args: Sequence[str] = ()  # the user's extra ones, last
     raid_benchmarks: bool = False
     console_log: Path | None = None
@@ -181,8 +193,11 @@ class Backend(Protocol):
     """A kind of guest: ``uml`` today. Registered in ``backend/__init__.py``."""
 
     name: str
-    layout: Layout
     process_names: tuple[str, ...]  # of the host processes a guest runs (leak checks)
+
+    def layout(self, prepared: Prepared) -> Layout:
+        """How a guest of this boot reaches the host."""
+        ...
 
     def prepare(
         self, kernel: str | os.PathLike[str] | None, network: bool, kernel_args: Sequence[str]

@@ -153,7 +153,9 @@ class _After(argparse.Action):
 # The flags, as (names, add_argument's keywords): Debian fakemachine's, then ours.
 _FLAGS: tuple[tuple[tuple[str, ...], dict[str, Any]], ...] = (
     (("-b", "--backend"), {"choices": ("auto", "uml", "kvm", "qemu"), "default": "auto",
-                           "help": "kvm and qemu run on UML here, with a warning"}),
+                           "help": "uml (User-Mode-Linux), kvm (QEMU with KVM), qemu (QEMU "
+                                   "without KVM); auto (default): kvm where KVM really runs a "
+                                   "guest, else uml, else qemu"}),
     (("-v", "--volume"), {"dest": "volumes", "metavar": "HOST[:GUEST]", "type": _volume,
                           "action": "append", "default": [],
                           "help": "mount a host directory (repeatable)"}),
@@ -174,7 +176,7 @@ _FLAGS: tuple[tuple[tuple[str, ...], dict[str, Any]], ...] = (
     (("-s", "--scratchsize"), {"dest": "scratch", "metavar": "SIZE",
                                "help": "an ext4 disk of SIZE at /scratch (default: tmpfs)"}),
     (("-c", "--cpus"), {"type": _cpus, "metavar": "N",
-                        "help": "accepted; UML guests have one CPU"}),
+                        "help": "guest CPUs (kvm, qemu); UML guests have one, with a warning"}),
     (("--show-boot",), {"action": "store_true", "help": "copy the guest console to stderr"}),
     (("-q", "--quiet"), {"action": "store_true", "help": "no warnings of ours"}),
     (("--network",), {"action": "store_true", "help": "an ethernet link through libslirp-helper"}),
@@ -226,9 +228,4 @@ def parse(argv: Sequence[str]) -> Options:
         quiet=ns.quiet, network=ns.network, timeout=ns.timeout, boot_timeout=ns.boot_timeout,
         kernel=ns.kernel, command=list(ns.words if after is None else after),
     )  # fmt: skip
-    if opts.backend in ("kvm", "qemu"):
-        opts.warnings.append(f"-b {opts.backend}: guests run on User-Mode-Linux here")
-        opts.backend = "uml"
-    if opts.cpus is not None and opts.cpus != 1:
-        opts.warnings.append(f"-c {opts.cpus}: UML guests have one CPU")
     return opts

@@ -26,10 +26,27 @@ _VERSIONS = "uname -r; /lib/systemd/systemd --version | head -n 1; mount --versi
 _TEST_BOOT_SECONDS = 60.0
 
 
+def _backend_checks(machine: Machine) -> list[Check]:
+    """Which backend the session gets (for auto: which one, and why), and the
+    ``kvm:`` line: whether KVM really runs a guest here."""
+    checks = []
+    if machine.backend == "auto":
+        name, why = backends.auto_choice()
+        checks.append(Check(f"backend auto: {name} ({why})", None))
+    if backends.get(machine.backend, machine.source).name != "kvm":
+        kvm = backends.get("kvm", machine.source).doctor(None, print, _boot)
+        found = [c for c in kvm if c.name.startswith("kvm")] or [
+            Check("kvm", f"no QEMU to run a KVM guest: {kvm[-1].problem}")
+        ]
+        checks += [Check(c.name, c.problem, c.fix, required=False) for c in found]
+    return checks
+
+
 def _checks(machine: Machine, say: Callable[[str], None]) -> list[Check]:
     backend = backends.get(machine.backend, machine.source)
     kernel = None if machine.kernel is None else os.fspath(machine.kernel)
-    checks = backend.doctor(kernel, say, _boot)
+    checks = _backend_checks(machine)
+    checks += backend.doctor(kernel, say, _boot)
     if shutil.which("busybox") is None:
         checks.append(Check("busybox", "busybox is not on PATH", "sudo apt-get install busybox"))
     else:
@@ -41,7 +58,11 @@ def _checks(machine: Machine, say: Callable[[str], None]) -> list[Check]:
     checks.append(Check("free space for work directories",
                         None if tmp >= _MIN_FREE_BYTES else f"only {tmp >> 20} MiB free",
                         "free some space in $TMPDIR (/tmp)"))  # fmt: skip
-    checks += _cache_checks(backend.layout)
+    try:  # the initramfs is the backend's kernel's: where there is none, its lines said why
+        prepared = backend.prepare(machine.kernel, False, ())
+    except FakeMachineError:
+        return checks
+    checks += _cache_checks(backend.layout(prepared))
     return checks
 
 

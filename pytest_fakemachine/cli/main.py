@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from types import FrameType
 
 from .. import _config as c
+from .. import backend as backends
 from .._errors import ConfigError, FakeMachineError, GuestTimeout
 from .._machine import Machine
 from .._session import Session
@@ -72,6 +73,11 @@ def build_machine(opts: Options) -> Machine:
         machine.add_image(image.path, image.size, image.label)
     if opts.show_boot:
         machine._echo = _write_stderr  # as the plugin sets it for --fakemachine-show-boot
+    if opts.cpus is not None and opts.cpus != 1:
+        if backends.get(opts.backend, PROG).name == "uml":  # fakemachine's flag keeps working
+            opts.warnings.append(f"-c {opts.cpus}: UML guests have one CPU")
+        else:
+            machine.cpus = opts.cpus
     return machine
 
 
@@ -99,10 +105,10 @@ def _shell() -> str:
 
 def run(opts: Options) -> int:
     """Boot a guest for ``opts`` and return the command's exit status."""
+    machine = build_machine(opts)
     for warning in opts.warnings:
         if not opts.quiet:
             print(f"{PROG}: warning: {warning}", file=sys.stderr)
-    machine = build_machine(opts)
     interactive = not opts.command and os.isatty(0)
     passes_stdin = not interactive and _stdin_passes()
     if interactive:
@@ -135,7 +141,7 @@ def _body(machine: Machine, prelude: str, argv: list[str] | str, env: dict[str, 
 def _run_streams(
     machine: Machine, session: Session, w: Wiring, argv: list[str] | str, passes_stdin: bool
 ) -> int:
-    layout = session.backend.layout
+    layout = session.layout
     # Both ways: a line back tells the guest that our stdout was closed (CLI_STREAMS).
     out_w, out_r = w.both_ways(TERMINAL_LINE)
     err_r = w.out_of_guest(STDERR_LINE)
@@ -178,7 +184,7 @@ def _tell(line: int) -> None:
 def _run_interactive(
     machine: Machine, session: Session, w: Wiring, argv: list[str] | str, env: dict[str, str]
 ) -> int:
-    layout = session.backend.layout
+    layout = session.layout
     to_guest_w, from_guest_r = w.both_ways(TERMINAL_LINE)
     winch_w = w.into_guest(WINCH_LINE)
     os.set_blocking(winch_w, False)  # written from a signal handler

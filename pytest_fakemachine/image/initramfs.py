@@ -64,6 +64,10 @@ class _Inputs:
     etc: tuple[tuple[str, int, int, int], ...] = ()
     # The backend's fstab lines for the work directory and for /usr (see Layout).
     mounts: tuple[str, str] = ("", "")
+    # The backend's own files (its kernel's modules for QEMU): (archive path,
+    # host path), and the init's lines that use them before anything is mounted.
+    early: tuple[tuple[str, str], ...] = ()
+    early_init: str = ""
 
     def fingerprint(self) -> str:
         digest = hashlib.sha256(_FORMAT.encode())
@@ -72,6 +76,9 @@ class _Inputs:
             st = os.lstat(path)
             digest.update(f"{path}:{st.st_mode}:{st.st_size}:{st.st_mtime_ns}\0".encode())
         digest.update(repr(self.etc).encode())
+        for name, path in self.early:
+            st = os.stat(path)
+            digest.update(f"{name}:{path}:{st.st_size}:{st.st_mtime_ns}\0".encode())
         return digest.hexdigest()[:24]
 
 
@@ -126,7 +133,9 @@ def _with_links(path: str) -> list[str]:
     return chain
 
 
-def _collect_inputs(layout: Layout) -> _Inputs:
+def busybox_files() -> list[str]:
+    """busybox, the libraries it loads and the links met on the way (host paths),
+    checked: :class:`BackendUnavailable` says what the host lacks."""
     unmerged = [
         "/" + top for top, target in _MERGED_USR.items()
         if os.path.exists("/" + top) and not os.path.islink("/" + top)
@@ -152,11 +161,18 @@ def _collect_inputs(layout: Layout) -> _Inputs:
     files: list[str] = []
     for path in [_BUSYBOX, *_library_paths(_BUSYBOX, version)]:
         files += [p for p in _with_links(path) if p not in files]
+    return files
+
+
+def _collect_inputs(layout: Layout) -> _Inputs:
+    files = busybox_files()
     etc = tuple((path, st.st_mode, st.st_size, st.st_mtime_ns) for path, st in gs.etc_entries())
     usr = layout.share("/usr", "/usr", read_only=True)
     usr_line = t.FSTAB_LINE.format(source=usr.source, guest="/usr", fstype=usr.fstype,
                                    options=usr.options)  # fmt: skip
-    return _Inputs(tuple(files), _names_in(_UDEV_RULE_DIRS), etc, (layout.work_mount(), usr_line))
+    early = tuple((name, str(path)) for name, path in layout.early_files())
+    return _Inputs(tuple(files), _names_in(_UDEV_RULE_DIRS), etc, (layout.work_mount(), usr_line),
+                   early, layout.early_init())  # fmt: skip
 
 
 def _names_in(directories: tuple[str, ...]) -> tuple[str, ...]:
@@ -189,6 +205,7 @@ def _generated_files(inputs: _Inputs) -> dict[str, tuple[bytes, int]]:
     work_mount, usr_line = inputs.mounts
     init = t.INIT.format(
         work_mount=work_mount,
+        early_init=inputs.early_init,
         unit_path=UNIT_PATH,
         no_generators=NO_GENERATORS,
         static_nodes="/" + STATIC_NODES_ARCHIVE,
@@ -265,6 +282,10 @@ def _archive(inputs: _Inputs) -> bytes:
         cpio.add_file(name, content, mode)
     for path, target in links:
         cpio.add_symlink(path, target)
+    for directory in sorted({os.path.dirname(name) for name, _ in inputs.early}):
+        cpio.add_dir(directory)
+    for name, host in inputs.early:
+        cpio.add_file(name, Path(host).read_bytes(), 0o644)
     cpio.close()
     return buf.getvalue()
 

@@ -38,7 +38,7 @@ LABEL_DIR = "/dev/disk/by-fakemachine-label"
 INIT = """\
 #!/bin/busybox sh
 # pytest-fakemachine guest init: mount everything, then hand over to systemd.
-echo "{work_mount}" >>/etc/fstab
+{early_init}echo "{work_mount}" >>/etc/fstab
 /bin/busybox mount -a || exec /bin/busybox sh -c 'echo "fakemachine: mount -a failed" >/dev/console; /bin/busybox poweroff -f'
 echo "SRC=none TARGET=/run/fakemachine ROOT=/ OPTS=x-initrd.mount" >/run/mount/utab
 cd /dev && /bin/busybox cpio -idmu <{static_nodes} 2>/dev/null; cd /

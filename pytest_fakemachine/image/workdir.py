@@ -73,10 +73,14 @@ def command_body(argv: list[str] | str, cwd: str, env: dict[str, str]) -> str:
     return t.COMMAND_BODY_FROM_FILE.format(cwd=shlex.quote(cwd), script=shlex.quote(script))
 
 
-def write_static_files(work: Path, layout: Layout, contents: Contents) -> list[Path]:
-    """The files every launch of this work directory reads; the disks in order."""
+def write_static_files(
+    work: Path, layout: Layout, contents: Contents
+) -> tuple[list[Path], list[tuple[str, bool]]]:
+    """The files every launch of this work directory reads; the disks in order,
+    and the host directories the guest mounts (path, read-only)."""
     disks = [image.path for image in contents.images]
-    _write(work / "fstab", "".join(_fstab(work, layout, contents)))
+    shares: list[tuple[str, bool]] = []
+    _write(work / "fstab", "".join(_fstab(work, layout, contents, shares)))
     if contents.scratch_bytes is not None:
         disks.append(work / "scratch.img")
     _write(work / "setup.sh", t.SETUP.format(work=t.GUEST_WORK))
@@ -94,11 +98,14 @@ def write_static_files(work: Path, layout: Layout, contents: Contents) -> list[P
         _write(work / "udhcpc.sh", t.UDHCPC_SCRIPT, mode=0o700)
     for index, disk in enumerate(disks):
         os.symlink(disk, work / f"disk{index}")
-    return disks
+    return disks, shares
 
 
-def _fstab(work: Path, layout: Layout, contents: Contents) -> list[str]:
+def _fstab(
+    work: Path, layout: Layout, contents: Contents, shares: list[tuple[str, bool]]
+) -> list[str]:
     def share(host: str, guest: str, read_only: bool) -> str:
+        shares.append((host, read_only))
         how = layout.share(host, guest, read_only=read_only)
         return _mount(how.source, guest, how.fstype, how.options)
 

@@ -57,8 +57,7 @@ class State:
     runs: dict[str, GuestRun] = field(default_factory=dict)  # nodeid -> its guest run
     delivered: set[str] = field(default_factory=set)
     marks: dict[str, MarkedTest | Exception | None] = field(default_factory=dict)
-    unavailable: str | None = None  # why no guest can boot, once checked
-    checked: bool = False
+    unavailable: dict[str, str | None] = field(default_factory=dict)  # by backend, once checked
     kept: list[Path] = field(default_factory=list)
     # Collection errors met in guests: their modules' other tests boot no guest.
     collect_errors: list[pytest.CollectReport] = field(default_factory=list)
@@ -96,6 +95,7 @@ def new_machine(config: pytest.Config, source: str) -> Machine:
                       boot_timeout=settings.boot_timeout, kernel=settings.kernel,
                       scratch=settings.scratch, network=settings.network)  # fmt: skip
     machine.source = source
+    machine.cpus = settings.cpus if settings.cpus != 1 else None
     machine.env.update(_settings.passenv_env(settings.passenv))
     machine._echo = console_echo(config)
     machine._keep = settings.keep
@@ -123,21 +123,25 @@ def why_shell_off(config: pytest.Config) -> str | None:
     return why_off(config)
 
 
-def why_unavailable(state: State, config: pytest.Config) -> str | None:
-    """Why no guest can boot here (None if one can), checked once per session.
+def why_unavailable(state: State, config: pytest.Config, backend: str | None = None) -> str | None:
+    """Why no guest can boot here (None if one can), checked once per session
+    and backend (``None``: the session's).
 
     Any failure of the check is the environment's (a missing kernel, an
     unusable cache...): it becomes the reason, never an error of the session.
     """
-    if not state.checked:
-        state.checked = True
+    name = backend or state.settings.backend
+    if name not in state.unavailable:
+        machine = new_machine(config, "the pytest session")
+        machine.backend = name
         try:
-            new_machine(config, "the pytest session").check_backend()
+            machine.check_backend()
+            state.unavailable[name] = None
         except BackendUnavailable as e:
-            state.unavailable = str(e)
+            state.unavailable[name] = str(e)
         except Exception as e:
-            state.unavailable = f"{type(e).__name__}: {e}"
-    return state.unavailable
+            state.unavailable[name] = f"{type(e).__name__}: {e}"
+    return state.unavailable[name]
 
 
 def own_guest_group(state: State, nodeid: str) -> str | None:
@@ -197,7 +201,7 @@ def start_run(
     from .run import new_image_dir  # noqa: PLC0415 (host only, see the docstring)
 
     config = item.config
-    unavailable = why_unavailable(state, config)
+    unavailable = why_unavailable(state, config, mark.kwargs.get("backend"))
     if unavailable is not None:
         if state.settings.backend == "auto":
             for report in skip_reports(item, f"fakemachine: {unavailable}"):

@@ -53,8 +53,12 @@ class HostSession:
             return (f"fakemachine: backend {settings.backend}, unavailable ({unavailable}); "
                     f"guest tests: {verb}")  # fmt: skip
         backend = backends.get(settings.backend, "the pytest session")
+        chosen = settings.backend
+        if chosen == "auto":  # which one, and why: it may differ between a laptop and CI
+            name, why = backends.auto_choice()
+            chosen = f"auto: {name}" + (f" ({why})" if why != f"{name} runs here" else "")
         note = cache_note()
-        header = (f"fakemachine: backend {settings.backend}, {backend.describe(settings.kernel)}"
+        header = (f"fakemachine: backend {chosen}, {backend.describe(settings.kernel)}"
                   + (f"; {note}" if note else ""))  # fmt: skip
         off = why_shell_off(config) if config.getoption("fakemachine_shell_on_fail") else None
         return header + (f"\nfakemachine: --fakemachine-shell-on-fail is off: {off}" if off else "")

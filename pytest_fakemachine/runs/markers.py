@@ -26,7 +26,7 @@ from .._settings import SCOPES, Settings, passenv_env
 __all__ = ["MARKER_KEYWORDS", "MarkedTest", "apply_marker", "marked_test"]
 
 MARKER_KEYWORDS = ("images", "volumes", "memory", "scratch", "network", "env", "passenv",
-                   "timeout", "boot_timeout", "scope")  # fmt: skip
+                   "timeout", "boot_timeout", "scope", "backend", "cpus")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -92,7 +92,7 @@ def apply_marker(machine: Machine, marked: MarkedTest, image_dir: Path) -> None:
     """Set the marker's keywords on ``machine``, which carries the options' defaults
     (and fakemachine_defaults'; its images are in ``marked.kwargs`` already)."""
     kw, source = marked.kwargs, marked.source
-    for name in ("memory", "timeout", "boot_timeout"):  # None keeps the option's default
+    for name in ("memory", "timeout", "boot_timeout", "backend", "cpus"):  # None: the default
         if kw.get(name) is not None:
             setattr(machine, name, kw[name])
     for name in ("scratch", "network"):  # absent: fakemachine_defaults' (on ``machine``)

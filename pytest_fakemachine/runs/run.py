@@ -93,7 +93,7 @@ class GuestRun:
                 session.lines += wiring.wiring.lines
         session.cleanup.append(self.image_dir)
         session.__enter__()
-        work, layout = session.workdir, session.backend.layout
+        work, layout = session.workdir, session.layout
         spec = guest_spec(self.config, self.items, coverage=coverage, interactive=interactive,
                           one_attempt=len(self.items) == 1 and self.function_scope,
                           prior_attempts=self.prior_attempts)  # fmt: skip

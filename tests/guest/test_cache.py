@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from pytest_fakemachine import BackendUnavailable, Machine
-from pytest_fakemachine.backend.uml import UmlBackend
+from pytest_fakemachine.backend.uml.boot import UmlLayout
 from pytest_fakemachine.image import cache as _cache
 from pytest_fakemachine.image import initramfs as _initramfs
 
@@ -152,7 +152,7 @@ def test_a_cache_directory_others_could_write_is_not_used(
     else:
         os.chown(fresh_cache, NOBODY, NOBODY)  # what sudo -E meets in the user's home
         expected = f"owned by uid {NOBODY}, not by this user"
-    path = _initramfs.initramfs(UmlBackend.layout)
+    path = _initramfs.initramfs(UmlLayout())
     assert path.parent == _fallback(tmp_path)
     assert os.listdir(fresh_cache) == []
     assert _fallback(tmp_path).stat().st_mode & 0o777 == 0o700
@@ -182,7 +182,7 @@ def test_a_planted_fallback_directory_is_refused(
         os.chown(fallback, NOBODY, NOBODY)
         expected = f"is owned by uid {NOBODY}"
     with pytest.raises(BackendUnavailable, match=expected):
-        _initramfs.initramfs(UmlBackend.layout)
+        _initramfs.initramfs(UmlLayout())
 
 
 @pytest.mark.parametrize("damage", ["truncated", "emptied", "one byte changed", "no record",
@@ -192,7 +192,7 @@ def test_a_damaged_or_foreign_archive_is_rebuilt(
 ) -> None:
     if damage == "owned by another user" and os.geteuid() != 0:
         pytest.skip("giving a file to another user needs root")
-    path = _initramfs.initramfs(UmlBackend.layout)
+    path = _initramfs.initramfs(UmlLayout())
     good = path.read_bytes()
     if damage == "truncated":
         os.truncate(path, len(good) // 2)
@@ -211,7 +211,7 @@ def test_a_damaged_or_foreign_archive_is_rebuilt(
     else:
         path.chmod(0o666)
     capfd.readouterr()
-    assert _initramfs.initramfs(UmlBackend.layout) == path
+    assert _initramfs.initramfs(UmlLayout()) == path
     assert path.read_bytes() == good
     assert path.stat().st_uid == os.geteuid()
     assert path.stat().st_mode & 0o777 == 0o600
@@ -220,9 +220,7 @@ def test_a_damaged_or_foreign_archive_is_rebuilt(
 
 
 def test_a_guest_boots_after_its_cached_archive_was_truncated(fresh_cache: Path) -> None:
-    os.truncate(
-        _initramfs.initramfs(UmlBackend.layout), 1000
-    )  # the kernel would panic: no working init
+    os.truncate(_initramfs.initramfs(UmlLayout()), 1000)  # the kernel would panic: no working init
     result = Machine().run("echo booted")
     assert result.stdout == "booted\n"
 

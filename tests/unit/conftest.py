@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from pytest_fakemachine.backend.uml import process
+from pytest_fakemachine import backend
+from pytest_fakemachine.backend import process
 
 
 @pytest.fixture(autouse=True)
@@ -14,3 +15,5 @@ def _no_guest_boots(monkeypatch: pytest.MonkeyPatch) -> None:
         raise AssertionError("a unit test launched a guest: it belongs in tests/guest")
 
     monkeypatch.setattr(process.GuestProcess, "start", refuse)
+    # auto would ask whether KVM runs a guest here: a boot, where QEMU is installed.
+    monkeypatch.setattr(backend, "auto_choice", lambda: ("uml", "the unit tests' choice"))

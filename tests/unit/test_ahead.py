@@ -12,7 +12,7 @@ import pytest
 from pytest_fakemachine import Machine
 from pytest_fakemachine._settings import settings_key
 from pytest_fakemachine.backend.base import GO_LINE
-from pytest_fakemachine.backend.uml import UmlBackend
+from pytest_fakemachine.backend.uml.boot import UmlLayout
 from pytest_fakemachine.runs.ahead import Ahead, BootAhead, cpu_share, fingerprint
 from pytest_fakemachine.runs.go import GoLine
 
@@ -65,7 +65,7 @@ def test_the_go_line_is_a_serial_line_on_a_pipe() -> None:
         (wired,) = line.lines
         assert (wired.number, wired.from_guest) == (GO_LINE, None)
         assert os.fstat(wired.to_guest or -1).st_mode & 0o170000 == 0o010000  # a pipe
-        spec = line.spec(UmlBackend.layout)
+        spec = line.spec(UmlLayout())
         assert spec == {"line": "/dev/ttyS6", "waiting": "/run/fakemachine/waiting"}
         line.release()  # no guest waits yet: nothing is sent
         assert line.wanted and not line.sent

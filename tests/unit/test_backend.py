@@ -20,8 +20,7 @@ from pytest_fakemachine.backend.base import (
     Prepared,
 )
 from pytest_fakemachine.backend.lines import Wiring
-from pytest_fakemachine.backend.uml import UmlBackend
-from pytest_fakemachine.backend.uml.boot import kernel_args
+from pytest_fakemachine.backend.uml.boot import UmlLayout, kernel_args
 
 
 def test_auto_and_uml_are_the_uml_backend_and_others_a_config_error() -> None:
@@ -76,7 +75,7 @@ def test_the_uml_kernel_command_line(tmp_path: Path) -> None:
 
 
 def test_the_uml_layout() -> None:
-    layout = UmlBackend.layout
+    layout = UmlLayout()
     share = layout.share("/home/u/data", "/data", read_only=True)
     assert (share.source, share.fstype, share.options) == ("none", "hostfs", "ro,/home/u/data")
     assert layout.disk(0) == "ubda" and layout.disk(2) == "ubdc"

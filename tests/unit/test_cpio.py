@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from pytest_fakemachine import BackendUnavailable
-from pytest_fakemachine.backend.uml import UmlBackend
+from pytest_fakemachine.backend.uml.boot import UmlLayout
 from pytest_fakemachine.image import initramfs as _initramfs
 from pytest_fakemachine.image import templates as _templates
 from pytest_fakemachine.image.cpio import CpioWriter
@@ -306,7 +306,7 @@ def test_initramfs_refuses_a_busybox_without_the_applets_it_runs(
     fake.chmod(0o755)
     monkeypatch.setattr(_initramfs, "_BUSYBOX", str(fake))
     with pytest.raises(BackendUnavailable, match=rf"{fake} lacks the applets poweroff,"):
-        _initramfs._collect_inputs(UmlBackend.layout)
+        _initramfs._collect_inputs(UmlLayout())
 
 
 def test_initramfs_build_removes_only_archives_unused_for_a_week(
@@ -323,7 +323,7 @@ def test_initramfs_build_removes_only_archives_unused_for_a_week(
     week = 7 * 24 * 3600
     os.utime(stale, (time.time() - week - 60, time.time() - week - 60))
     os.utime(recent, (time.time() - week + 3600, time.time() - 2 * week))  # read lately
-    built = _initramfs.initramfs(UmlBackend.layout)
+    built = _initramfs.initramfs(UmlLayout())
     assert built.parent == directory and built.exists()
     assert not stale.exists()
     assert recent.exists() and other.exists()

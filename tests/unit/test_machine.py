@@ -1,6 +1,6 @@
 """Unit tests of Machine's configuration and of the command body; no guest boots.
 
-Every test that goes through ``Machine.run()`` replaces the UML backend's ``GuestProcess``
+Every test that goes through ``Machine.run()`` replaces the UML backend's ``UmlProcess``
 with a class that fails the test when it is constructed (the ``no_guest``
 fixture), so a ConfigError that came too late cannot pass unnoticed.
 """
@@ -56,7 +56,7 @@ def test_guard_is_wired(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None
 
     monkeypatch.setattr(uml.UmlBackend, "prepare", fake_prepare)
     monkeypatch.setattr(_session, "initramfs", fake_initramfs)
-    monkeypatch.setattr(uml, "GuestProcess", ReachedGuest)
+    monkeypatch.setattr(uml, "UmlProcess", ReachedGuest)
     machine = Machine(memory="1G", env={"A": "1"})
     with pytest.raises(_GuestReached) as excinfo:
         machine.run(["echo", "a b"], env={"B": "2"}, cwd="/tmp")

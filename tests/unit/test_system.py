@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_fakemachine.backend.uml import UmlBackend
+from pytest_fakemachine.backend.uml.boot import UmlLayout
 from pytest_fakemachine.image import initramfs as _initramfs
 from pytest_fakemachine.image import system as gs
 
@@ -72,7 +72,7 @@ def test_generated_shadow_locks_every_account() -> None:
 
 
 def test_initramfs_of_this_host_holds_no_secret() -> None:
-    inputs = _initramfs._collect_inputs(UmlBackend.layout)
+    inputs = _initramfs._collect_inputs(UmlLayout())
     copied = {path for path, *_ in inputs.etc}
     assert "/etc/nsswitch.conf" in copied
     for path, mode, *_ in inputs.etc:

@@ -27,7 +27,7 @@ from .host import (
     modules_mountpoint,
 )
 from .kernel import boot_args
-from .process import GuestProcess
+from .process import UmlProcess
 
 __all__ = ["MAX_DISKS", "UmlBackend"]
 
@@ -37,7 +37,6 @@ MAX_DISKS = 16  # UML's ubd driver has 16 devices
 @final
 class UmlBackend:
     name = "uml"
-    layout: Layout = UmlLayout()
     process_names: tuple[str, ...] = ("linux.uml", "libslirp-helper")
 
     def prepare(
@@ -50,9 +49,12 @@ class UmlBackend:
             find_slirp()
         return Prepared(path, modules, mountpoint, boot_args(path, kernel_args))
 
+    def layout(self, prepared: Prepared) -> Layout:
+        return UmlLayout()
+
     def launch(self, prepared: Prepared, spec: BootSpec, initramfs: Path) -> Guest:
         lines = [fd for line in spec.lines for fd in line.fds]
-        guest = GuestProcess(
+        guest = UmlProcess(
             prepared.kernel,
             kernel_args(prepared, spec, initramfs, UNIT_NAME),
             workdir=spec.workdir,

@@ -44,6 +44,12 @@ class UmlLayout:
     def network_device(self) -> str:
         return "vec0"  # the vector driver's, on a socket the host hands over
 
+    def early_files(self) -> list[tuple[str, Path]]:
+        return []  # UML's drivers are built in
+
+    def early_init(self) -> str:
+        return ""
+
 
 def _line_arg(line: Line) -> str:
     chan_in = "null" if line.to_guest is None else f"fd:{line.to_guest}"
