@@ -43,13 +43,15 @@ class QemuBackend:
     def prepare(
         self, kernel: str | os.PathLike[str] | None, network: bool, kernel_args: Sequence[str]
     ) -> Prepared:
-        host = arch()
-        qemu = find_qemu(host)
-        found = find_kernel(kernel, f"backend={self.name}")
-        if self.accel == "kvm":
-            problem = kvm_problem(qemu, host, found.image)
-            if problem is not None:
-                raise BackendUnavailable(f"kvm: {problem}")
+        try:  # the message names the backend: auto tries several
+            host = arch()
+            qemu = find_qemu(host)
+            found = find_kernel(kernel, f"backend={self.name}")
+            problem = kvm_problem(qemu, host, found.image) if self.accel == "kvm" else None
+        except BackendUnavailable as e:
+            raise BackendUnavailable(f"{self.name}: {e}") from None
+        if problem is not None:
+            raise BackendUnavailable(f"kvm: {problem}")
         # The host's own modules are the guest's already (its /usr is the host's).
         modules = None if found.modules == _MODULES_MOUNTPOINT else found.modules
         return Prepared(found.image, modules, _MODULES_MOUNTPOINT, (), found.version,
