@@ -17,6 +17,8 @@ MODULES = sorted(PACKAGE.rglob("*.py"))
 # UML's own mechanisms: its serial lines, consoles, disks, host file system and
 # its run directory. Only backend/uml/ may name them (comments aside).
 UML_WORDS = re.compile(r"\bssl\d*=|\bcon\d*=|\bubd|hostfs|\buml_dir\b|\bumid\b")
+# QEMU's: its shares, consoles and device options, only in backend/qemu/.
+QEMU_WORDS = re.compile(r"virtfs|9p2000|virtconsole|-chardev|-netdev|\bhvc\d")
 # What the guest's code may import: the standard library, pytest, and coverage
 # (which guest/coverage.py loads only when the host measures it).
 GUEST_IMPORTS = {*sys.stdlib_module_names, "pytest", "_pytest", "coverage"}
@@ -122,6 +124,19 @@ def test_only_the_uml_backend_names_umls_mechanisms() -> None:
     assert {path: words for path, words in named.items() if words} == {}
     # The check finds them where they are.
     assert UML_WORDS.search(_code_without_comments(uml / "boot.py"))
+
+
+def test_only_the_qemu_backend_names_qemus_mechanisms() -> None:
+    qemu = PACKAGE / "backend" / "qemu"
+    named = {
+        str(path.relative_to(PACKAGE)): sorted(
+            set(QEMU_WORDS.findall(_code_without_comments(path)))
+        )
+        for path in MODULES
+        if qemu not in path.parents
+    }
+    assert {path: words for path, words in named.items() if words} == {}
+    assert QEMU_WORDS.search(_code_without_comments(qemu / "boot.py"))
 
 
 @pytest.mark.parametrize("path", MODULES, ids=lambda p: str(p.relative_to(PACKAGE)))
