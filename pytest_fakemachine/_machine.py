@@ -93,7 +93,7 @@ class Machine:
         label = c.check_label(f"fakedisk-{index}" if label is None else label, source)
         if any(i.label == label for i in self._images):
             raise ConfigError(f"label={label!r} from {source}: already used by another image")
-        backend = backends.get(self.backend, self.source)
+        backend = backends.get(self.backend, self.source, self.kernel)
         if index >= backend.max_disks():
             raise ConfigError(
                 f"image {label!r} from {source}: a {backend.name} guest has only "
@@ -154,14 +154,14 @@ class Machine:
 
     def check_backend(self) -> None:
         """Raise :class:`BackendUnavailable` if no guest can boot here; boots nothing."""
-        backend = backends.get(self.backend, self.source)
+        backend = backends.get(self.backend, self.source, self.kernel)
         prepared = backend.prepare(self.kernel, self.network, self.extra_kernel_args)
         initramfs(backend.layout(prepared))
 
     def session(self) -> Session:
         """Validate everything and prepare a work directory; the caller boots it."""
         source = self.source
-        backend = backends.get(self.backend, source)
+        backend = backends.get(self.backend, source, self.kernel)
         memory = c.parse_memory(
             c.DEFAULT_MEMORY_MIB if self.memory is None else self.memory, source
         )

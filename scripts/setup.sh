@@ -47,6 +47,12 @@ required="user-mode-linux busybox libslirp-helper systemd fdisk e2fsprogs util-l
 # Two unit tests read the initramfs back with cpio and bsdtar (libarchive-tools);
 # procps: the guest-fidelity test of ps (a minimal Debian lacks it).
 optional="dosfstools btrfs-progs xfsprogs cpio libarchive-tools procps lvm2 cryptsetup mdadm kpartx squashfs-tools fuse3 squashfuse bubblewrap iptables dbus"
+# QEMU for the kvm and qemu backends (optional: where it is missing, only what
+# needs those backends skips, naming it); its guests' kernel comes below.
+case $(dpkg --print-architecture 2>/dev/null) in
+arm64) optional="$optional qemu-system-arm" ;;
+*) optional="$optional qemu-system-x86" ;;
+esac
 # The venv needs python3 with venv and ensurepip, which Debian splits into python3-venv.
 if ! command -v python3 >/dev/null || ! python3 -c "import ensurepip, venv" 2>/dev/null; then
     required="$required python3 python3-venv"
@@ -307,7 +313,8 @@ chosen = recorded_choice(installed) if mode == "kept" else None
 if chosen is None:
     print(f"setup: measuring the {len(kernels)} UML kernels here, {ROUNDS} guests each ...")
     forget()  # measured afresh, and kept: the doctor shows this measurement
-    boot = lambda kernel, command: Machine(kernel=kernel, timeout=120).run(command, check=True)
+    boot = lambda kernel, command: Machine("uml", kernel=kernel, timeout=120).run(command,
+                                                                                  check=True)
     measured, _ = cached_measure(kernels, guest_cpu(boot))
     for m in measured:
         print(f"setup: {m.info.path}: {m.label()}: "
@@ -327,4 +334,42 @@ if chosen is not None:
     print(f"setup: sessions boot {chosen.path} ({chosen.why}); kernel= or "
           "--fakemachine-kernel still choose another")
 PY
+# The QEMU guests' kernel: Debian's generic one (the cloud flavour has no 9p),
+# downloaded and unpacked for this user with its modules, never installed (apt
+# would run update-initramfs and could change the boot entry). Optional too.
+qemu_kernel() {
+    local arch version kver base dest
+    arch=$(dpkg --print-architecture)
+    version=$(apt-cache depends "linux-image-$arch" 2>/dev/null |
+        awk '/Depends: linux-image-/ {print $2; exit}')
+    if [ -z "$version" ]; then
+        echo "setup: no linux-image-$arch in this machine's apt sources: QEMU guests need kernel=" >&2
+        return 1
+    fi
+    kver=${version#linux-image-}
+    base=${XDG_DATA_HOME:-$HOME/.local/share}/pytest-fakemachine
+    dest=$base/linux-$kver
+    if [ -f "$dest/boot/vmlinuz-$kver" ] && [ -f "$dest/lib/modules/$kver/modules.dep" ]; then
+        echo "setup: the QEMU guests' kernel is in place: $dest/boot/vmlinuz-$kver"
+        return 0
+    fi
+    [ -n "$tmp" ] || tmp=$(mktemp -d)
+    mkdir -p "$tmp/qemu-kernel" "$base"
+    (cd "$tmp/qemu-kernel" && retry 6 apt-get download -qq "$version") || return 1
+    rm -rf "$dest.new"
+    dpkg-deb -x "$tmp/qemu-kernel/${version}"_*.deb "$dest.new"
+    # A package that keeps its modules under usr/lib (Debian 13): depmod looks in lib.
+    [ -d "$dest.new/lib/modules" ] || ln -s usr/lib "$dest.new/lib"
+    # The package's postinst would run depmod; unpacked, it is ours to run.
+    "$(command -v depmod || echo /usr/sbin/depmod)" -b "$dest.new" "$kver"
+    rm -rf "$dest"
+    mv "$dest.new" "$dest"
+    for old in "$base"/linux-*; do  # older ones this script unpacked
+        [ "$old" = "$dest" ] || rm -rf "$old"
+    done
+    echo "setup: the QEMU guests' kernel: $dest/boot/vmlinuz-$kver"
+}
+if command -v qemu-system-x86_64 >/dev/null || command -v qemu-system-aarch64 >/dev/null; then
+    qemu_kernel || echo "setup: no kernel for QEMU guests: the kvm and qemu backends' tests skip" >&2
+fi
 echo "setup: done; run the tests with: .venv/bin/python -m pytest -n 2"

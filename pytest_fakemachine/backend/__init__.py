@@ -8,6 +8,7 @@ resolve to. Each implements :class:`.base.Backend`; ``auto`` picks one.
 from __future__ import annotations
 
 import functools
+import os
 
 from .._errors import BackendUnavailable, ConfigError
 from .base import Backend
@@ -44,11 +45,29 @@ def auto_choice() -> tuple[str, str]:
     return "uml", "; ".join(why)  # its error says what to install
 
 
-def get(name: str, source: str) -> Backend:
-    """The backend ``name`` stands for; ConfigError names a bad one and ``source``."""
+def get(name: str, source: str, kernel: str | os.PathLike[str] | None = None) -> Backend:
+    """The backend ``name`` stands for; ConfigError names a bad one and ``source``.
+
+    ``auto`` with a ``kernel`` given takes the backend of that kind of kernel:
+    a UML binary is an executable, a QEMU guest's kernel an image.
+    """
     if name not in CHOICES:
         raise ConfigError(f"backend={name!r} from {source}: expected one of {', '.join(CHOICES)}")
-    return _make(auto_choice()[0] if name == "auto" else name)
+    if name == "auto" and kernel is not None and _is_executable(kernel):
+        return _make("uml")
+    if name == "auto":
+        name = auto_choice()[0]
+        if kernel is not None and name == "uml":  # an image: the QEMU backends'
+            name = "qemu"
+    return _make(name)
+
+
+def _is_executable(kernel: str | os.PathLike[str]) -> bool:
+    try:
+        with open(kernel, "rb") as f:
+            return f.read(4) == b"\x7fELF"
+    except OSError:  # the backend's own check says what is wrong with it
+        return True
 
 
 def leftovers(owner: int | None) -> list[int]:

@@ -33,7 +33,7 @@ def _backend_checks(machine: Machine) -> list[Check]:
     if machine.backend == "auto":
         name, why = backends.auto_choice()
         checks.append(Check(f"backend auto: {name} ({why})", None))
-    if backends.get(machine.backend, machine.source).name != "kvm":
+    if backends.get(machine.backend, machine.source, machine.kernel).name != "kvm":
         kvm = backends.get("kvm", machine.source).doctor(None, print, _boot)
         found = [c for c in kvm if c.name.startswith("kvm")] or [
             Check("kvm", f"no QEMU to run a KVM guest: {kvm[-1].problem}")
@@ -43,7 +43,7 @@ def _backend_checks(machine: Machine) -> list[Check]:
 
 
 def _checks(machine: Machine, say: Callable[[str], None]) -> list[Check]:
-    backend = backends.get(machine.backend, machine.source)
+    backend = backends.get(machine.backend, machine.source, machine.kernel)
     kernel = None if machine.kernel is None else os.fspath(machine.kernel)
     checks = _backend_checks(machine)
     checks += backend.doctor(kernel, say, _boot)
@@ -68,7 +68,7 @@ def _checks(machine: Machine, say: Callable[[str], None]) -> list[Check]:
 
 def _boot(kernel: Path, command: str) -> object:
     """Run ``command`` in a guest booted from ``kernel`` (the kernels' measurement)."""
-    return Machine(kernel=kernel, timeout=_TEST_BOOT_SECONDS * 2).run(command, check=True)
+    return Machine("uml", kernel=kernel, timeout=_TEST_BOOT_SECONDS * 2).run(command, check=True)
 
 
 def _cache_checks(layout: Layout) -> list[Check]:
@@ -111,7 +111,7 @@ def _test_boot(machine: Machine) -> Check:
     kernel, systemd, mount = [*result.stdout.splitlines(), "?", "?", "?"][:3]
     mount = mount.split(" (")[0].removeprefix("mount from ")  # "util-linux 2.38.1"
     name = f"test boot: kernel {kernel}, {systemd}, {mount}"
-    backend = backends.get(machine.backend, machine.source)
+    backend = backends.get(machine.backend, machine.source, machine.kernel)
     return backend.boot_check(name, result.console)
 
 

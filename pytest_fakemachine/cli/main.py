@@ -74,7 +74,7 @@ def build_machine(opts: Options) -> Machine:
     if opts.show_boot:
         machine._echo = _write_stderr  # as the plugin sets it for --fakemachine-show-boot
     if opts.cpus is not None and opts.cpus != 1:
-        if backends.get(opts.backend, PROG).name == "uml":  # fakemachine's flag keeps working
+        if backends.get(opts.backend, PROG, opts.kernel).name == "uml":  # fakemachine's -c works
             opts.warnings.append(f"-c {opts.cpus}: UML guests have one CPU")
         else:
             machine.cpus = opts.cpus

@@ -52,7 +52,7 @@ class HostSession:
             verb = "skipped" if settings.backend == "auto" else "errors"
             return (f"fakemachine: backend {settings.backend}, unavailable ({unavailable}); "
                     f"guest tests: {verb}")  # fmt: skip
-        backend = backends.get(settings.backend, "the pytest session")
+        backend = backends.get(settings.backend, "the pytest session", settings.kernel)
         chosen = settings.backend
         if chosen == "auto":  # which one, and why: it may differ between a laptop and CI
             name, why = backends.auto_choice()

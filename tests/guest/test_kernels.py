@@ -127,7 +127,7 @@ def test_seccomp_refused_by_the_host_falls_back_to_ptrace(
 def test_a_kernel_is_measured_in_the_cpu_of_a_real_guest() -> None:
     info = kernel_info(find_kernel(None))
     boot = _kernel_choice.guest_cpu(
-        lambda kernel, command: Machine(kernel=kernel).run(command, check=True)
+        lambda kernel, command: Machine("uml", kernel=kernel).run(command, check=True)
     )
     (measured,) = _kernel_choice.measure([info], boot, rounds=1)
     assert measured.error is None
