@@ -355,7 +355,8 @@ qemu_kernel() {
     fi
     [ -n "$tmp" ] || tmp=$(mktemp -d)
     mkdir -p "$tmp/qemu-kernel" "$base"
-    (cd "$tmp/qemu-kernel" && retry 6 apt-get download -qq "$version") || return 1
+    (cd "$tmp/qemu-kernel" && retry 6 apt-get download -qq -o "APT::Sandbox::User=$(id -un)" "$version") ||
+        return 1
     rm -rf "$dest.new"
     dpkg-deb -x "$tmp/qemu-kernel/${version}"_*.deb "$dest.new"
     # A package that keeps its modules under usr/lib (Debian 13): depmod looks in lib.
