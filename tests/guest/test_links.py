@@ -64,6 +64,13 @@ def test_a_machines_volume_given_as_a_link(linked: Path, user: str) -> None:
         assert result.returncode == 0, result.stderr
         _written_through(linked, result.stdout)
         return
+    proc = _as_nobody(linked, [sys.executable, "-c", MACHINE_SCRIPT, str(linked), SHOW])
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    _written_through(linked, proc.stdout)
+
+
+def _as_nobody(linked: Path, argv: list[str]) -> subprocess.CompletedProcess[str]:
+    """``argv`` run as an ordinary user (the data and a temporary directory theirs)."""
     if os.geteuid() != 0:
         pytest.skip("drops to another uid, which needs root")
     base = linked.parent
@@ -74,14 +81,11 @@ def test_a_machines_volume_given_as_a_link(linked: Path, user: str) -> None:
     os.chown(tmp, NOBODY, NOBODY)
     env = {"PATH": os.environ["PATH"], "TMPDIR": str(tmp), "HOME": "/nonexistent",
            "PYTHONPATH": os.environ.get("PYTHONPATH", "")}  # fmt: skip
-    proc = subprocess.run(
-        ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
-         sys.executable, "-c", MACHINE_SCRIPT, str(linked), SHOW],
+    return subprocess.run(
+        ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", *argv],
         cwd=base, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True,
         timeout=300, check=False,
     )  # fmt: skip
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    _written_through(linked, proc.stdout)
 
 
 def test_a_marked_volume_given_as_a_link_and_a_tmp_path_made_a_link(
@@ -116,12 +120,15 @@ def test_a_marked_volume_given_as_a_link_and_a_tmp_path_made_a_link(
     assert kept == [], kept[:20]  # not even an empty test_tmp_path_made_a_link0
 
 
-def test_a_command_lines_volume_given_as_a_link(linked: Path) -> None:
+@pytest.mark.parametrize("user", ["this user", "an ordinary user"])
+def test_a_command_lines_volume_given_as_a_link(linked: Path, user: str) -> None:
     command = Path(sys.executable).parent / "pytest-fakemachine"
-    proc = subprocess.run(
-        [str(command), "-v", f"{linked}:/mnt/l", "-v", str(linked), "--",
-         "sh", "-c", SHOW, "sh", str(linked)],
-        stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=300, check=False,
-    )  # fmt: skip
+    argv = [str(command), "-v", f"{linked}:/mnt/l", "-v", str(linked), "--",
+            "sh", "-c", SHOW, "sh", str(linked)]  # fmt: skip
+    if user == "an ordinary user":
+        proc = _as_nobody(linked, argv)
+    else:
+        proc = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                              timeout=300, check=False)  # fmt: skip
     assert proc.returncode == 0, proc.stdout + proc.stderr
     _written_through(linked, proc.stdout)
