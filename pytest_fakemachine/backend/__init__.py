@@ -49,11 +49,11 @@ def get(name: str, source: str, kernel: str | os.PathLike[str] | None = None) ->
     """The backend ``name`` stands for; ConfigError names a bad one and ``source``.
 
     ``auto`` with a ``kernel`` given takes the backend of that kind of kernel:
-    a UML binary is an executable, a QEMU guest's kernel an image.
+    a QEMU guest's kernel is a bootable image, anything else is UML's.
     """
     if name not in CHOICES:
         raise ConfigError(f"backend={name!r} from {source}: expected one of {', '.join(CHOICES)}")
-    if name == "auto" and kernel is not None and _is_executable(kernel):
+    if name == "auto" and kernel is not None and not _is_image(kernel):
         return _make("uml")
     if name == "auto":
         name = auto_choice()[0]
@@ -62,12 +62,10 @@ def get(name: str, source: str, kernel: str | os.PathLike[str] | None = None) ->
     return _make(name)
 
 
-def _is_executable(kernel: str | os.PathLike[str]) -> bool:
-    try:
-        with open(kernel, "rb") as f:
-            return f.read(4) == b"\x7fELF"
-    except OSError:  # the backend's own check says what is wrong with it
-        return True
+def _is_image(kernel: str | os.PathLike[str]) -> bool:
+    from .qemu.host import is_image  # noqa: PLC0415
+
+    return is_image(kernel)
 
 
 def leftovers(owner: int | None) -> list[int]:

@@ -20,7 +20,16 @@ from pathlib import Path
 
 from ..._errors import BackendUnavailable, ConfigError
 
-__all__ = ["ARCHES", "Arch", "QemuKernel", "arch", "download_dir", "find_kernel", "find_qemu"]
+__all__ = [
+    "ARCHES",
+    "Arch",
+    "QemuKernel",
+    "arch",
+    "download_dir",
+    "find_kernel",
+    "find_qemu",
+    "is_image",
+]
 
 
 @dataclass(frozen=True)
@@ -80,6 +89,16 @@ def _head(path: Path, size: int = 0x10000) -> bytes:
             return f.read(size)
     except OSError as e:
         raise BackendUnavailable(f"cannot read the kernel {str(path)!r}: {e.strerror}") from None
+
+
+def is_image(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is a bootable kernel image (a bzImage, an arm64 Image)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(0x400)
+    except OSError:  # the backend's own check says what is wrong with it
+        return False
+    return any(head[at : at + len(magic)] == magic for at, magic in (_X86_BOOT_MAGIC, _ARM64_MAGIC))
 
 
 def _version(head: bytes) -> str | None:
