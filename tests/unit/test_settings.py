@@ -298,11 +298,7 @@ def test_default_settings_have_no_defaults_keywords(pytester: pytest.Pytester) -
 def test_bad_defaults_are_usage_errors(
     pytester: pytest.Pytester, ini: str, args: list[str], expected: str
 ) -> None:
-    pytester.makeini(f"[pytest]\n{ini}\n")
-    pytester.makepyfile("def test_ok(): pass")
-    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", *args)
-    _usage_error(result)
-    result.stderr.fnmatch_lines([expected])
+    test_bad_settings_are_usage_errors(pytester, ini, args, expected)
 
 
 MARKED = """
