@@ -60,7 +60,7 @@ def test_run_in_a_qemu_guest(kernel: host.QemuKernel, tmp_path: Path, server: in
     script = (
         f"nproc; uname -r; mkfs.ext4 -q {disk} && echo mkfs-ok; echo $GREETING >/out/log; "
         "ip -4 -o addr show eth0 | awk '{print $4}'; "
-        f"wget -q -O - http://10.0.2.2:{server}/ >/dev/null && echo reached-host; "
+        f"busybox wget -q -O - http://10.0.2.2:{server}/ >/dev/null && echo reached-host; "
         "echo to-stderr >&2; exit 3"
     )
     result = machine.run(script)
