@@ -16,12 +16,11 @@ from pathlib import Path
 from pytest_fakemachine import FakeMachineError, Machine
 from pytest_fakemachine.backend import leftovers
 from pytest_fakemachine.backend.uml import boot as _uml_boot
-from pytest_fakemachine.backend.uml.boot import FAST_BOOT_ARGS, SKIP_RAID_BENCHMARKS, UmlLayout
+from pytest_fakemachine.backend.uml.boot import FAST_BOOT_ARGS, SKIP_RAID_BENCHMARKS
 from pytest_fakemachine.backend.uml.host import find_kernel
 from pytest_fakemachine.backend.uml.kernel import SECCOMP_ENV, kernel_info, seccomp_used
 from pytest_fakemachine.backend.uml.process import UmlProcess
-from pytest_fakemachine.image.cpio import CpioWriter
-from pytest_fakemachine.image.initramfs import _collect_inputs, initramfs, write_base
+from pytest_fakemachine.image.initramfs import initramfs, write_busybox_archive
 from pytest_fakemachine.image.templates import UNIT_NAME
 from pytest_fakemachine.image.workdir import command_body
 
@@ -93,12 +92,7 @@ def session_kernel_args() -> tuple[list[str], str]:
 
 def write_busybox_initramfs(path: Path, init: str) -> None:
     """busybox, its libraries and ``init`` as /init, in a newc archive at ``path``."""
-    with open(path, "wb") as out:
-        cpio = CpioWriter(out)
-        files = _collect_inputs(UmlLayout()).files
-        write_base(cpio, files, ["dev", "proc", "sys", "usr"])
-        cpio.add_file("init", init.encode(), 0o755)
-        cpio.close()
+    write_busybox_archive(path, init)
 
 
 @dataclass

@@ -164,6 +164,16 @@ def busybox_files() -> list[str]:
     return files
 
 
+def write_busybox_archive(path: Path, init: str) -> None:
+    """A bare initramfs at ``path``: busybox, its libraries and ``init`` as /init
+    (the KVM probe's, the benchmark's floor), no /etc and no systemd."""
+    with open(path, "wb") as out:
+        cpio = CpioWriter(out)
+        write_base(cpio, busybox_files(), ["dev", "proc", "sys", "usr"])
+        cpio.add_file("init", init.encode(), 0o755)
+        cpio.close()
+
+
 def _collect_inputs(layout: Layout) -> _Inputs:
     files = busybox_files()
     etc = tuple((path, st.st_mode, st.st_size, st.st_mtime_ns) for path, st in gs.etc_entries())

@@ -98,6 +98,10 @@ def is_image(path: str | os.PathLike[str]) -> bool:
             head = f.read(0x400)
     except OSError:  # the backend's own check says what is wrong with it
         return False
+    return _has_image_magic(head)
+
+
+def _has_image_magic(head: bytes) -> bool:
     return any(head[at : at + len(magic)] == magic for at, magic in (_X86_BOOT_MAGIC, _ARM64_MAGIC))
 
 
@@ -114,8 +118,7 @@ def check_image(path: Path, source: str) -> bytes:
             f"kernel={str(path)!r} from {source}: an ELF executable (a User-Mode-Linux kernel?), "
             "where the QEMU backend boots a kernel image (vmlinuz, a bzImage or an arm64 Image)"
         )
-    magics = (_X86_BOOT_MAGIC, _ARM64_MAGIC)
-    if not any(head[at : at + len(magic)] == magic for at, magic in magics):
+    if not _has_image_magic(head):
         raise ConfigError(f"kernel={str(path)!r} from {source}: not a bootable kernel image")
     return head
 

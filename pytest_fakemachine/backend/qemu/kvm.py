@@ -21,8 +21,7 @@ import tempfile
 from pathlib import Path
 
 from ...image.cache import cache_dir
-from ...image.cpio import CpioWriter
-from ...image.initramfs import busybox_files, write_base
+from ...image.initramfs import write_busybox_archive
 from .host import Arch
 
 __all__ = ["DEVICE", "kvm_problem"]
@@ -61,19 +60,11 @@ def _key(qemu: str, kernel: Path) -> str:
     return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:24]
 
 
-def _probe_initrd(path: Path) -> None:
-    with open(path, "wb") as out:
-        cpio = CpioWriter(out)
-        write_base(cpio, busybox_files(), ["dev", "proc", "sys"])
-        cpio.add_file("init", _INIT.encode(), 0o755)
-        cpio.close()
-
-
 def _boot(qemu: str, host: Arch, kernel: Path) -> bool:
     """Whether a KVM guest reached its init and powered off within the deadline."""
     with tempfile.TemporaryDirectory(prefix="fakemachine-kvm-") as tmp:
         initrd = Path(tmp) / "probe.cpio"
-        _probe_initrd(initrd)
+        write_busybox_archive(initrd, _INIT)
         argv = [qemu, "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
                 "-machine", f"{host.machine},accel=kvm", "-cpu", "host", "-m", "256M",
                 "-kernel", str(kernel), "-initrd", str(initrd), "-serial", "stdio",
