@@ -34,11 +34,11 @@ def _backend_checks(machine: Machine) -> list[Check]:
         name, why = backends.auto_choice()
         checks.append(Check(f"backend auto: {name} ({why})", None))
     if backends.get(machine.backend, machine.source, machine.kernel).name != "kvm":
+        # QEMU's lines too: whether backend=qemu would run here is worth a line.
         kvm = backends.get("kvm", machine.source).doctor(None, print, _boot)
-        found = [c for c in kvm if c.name.startswith("kvm")] or [
-            Check("kvm", f"no QEMU to run a KVM guest: {kvm[-1].problem}")
-        ]
-        checks += [Check(c.name, c.problem, c.fix, required=False) for c in found]
+        if not any(c.name.startswith("kvm") for c in kvm):
+            kvm.append(Check("kvm", f"no QEMU to run a KVM guest: {kvm[-1].problem}"))
+        checks += [Check(c.name, c.problem, c.fix, required=False) for c in kvm]
     return checks
 
 

@@ -132,6 +132,12 @@ def test_doctor_in_a_healthy_environment() -> None:
     assert re.search(r"^ok      test boot: kernel \d+\.\S+, systemd \d+.*, util-linux \d",
                      result.stdout, re.MULTILINE), result.stdout  # fmt: skip
     assert "fakemachine doctor: guests can boot here" in result.stdout
+    # Which backend auto takes and why, and whether KVM really runs a guest,
+    # on a line of its own that starts with "kvm:" after the status word.
+    assert re.search(r"^ok      backend auto: (uml|kvm|qemu) \(.+\)$", result.stdout, re.MULTILINE)
+    assert re.search(r"^(ok|warning) +kvm: ", result.stdout, re.MULTILINE), result.stdout
+    if shutil.which("qemu-system-x86_64"):
+        assert re.search(r"^\S+ +QEMU \(", result.stdout, re.MULTILINE), result.stdout
 
 
 def test_doctor_without_linux_uml_says_how_to_fix_it(tmp_path: Path) -> None:
