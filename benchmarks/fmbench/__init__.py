@@ -9,6 +9,7 @@ Run from the repository root, with the package installed (``pip install -e .``):
     python benchmarks/bench.py unit-costs [--kernel K]... [--counts-from benchmarks/realsuite]
     python benchmarks/bench.py stdin [--tree TREE]... [--mb 20] [--startup]
     python benchmarks/bench.py third-party RECIPE SOURCE [--ref TREE] [--kernel K]...
+    python benchmarks/bench.py backends [--backend uml,kvm,qemu] [--runs N] [--qemu-runs N]
 
 Every subcommand takes its measurements ``--runs`` times, interleaved round by
 round (one of each per round), so a change in the machine's load hits every

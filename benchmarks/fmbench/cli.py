@@ -14,7 +14,7 @@ from types import FrameType
 import fmbench
 from pytest_fakemachine import FakeMachineError, Machine
 
-from . import costs, kernels, realsuite, stdin, targets, thirdparty, unitcosts
+from . import backends, costs, kernels, realsuite, stdin, targets, thirdparty, unitcosts
 from . import package as fm
 from .report import MARK_END, MARK_START
 from .rows import RUN_TIMEOUT
@@ -29,6 +29,7 @@ SUBCOMMANDS: dict[str, tuple[Main, str | None]] = {
     "unit-costs": (unitcosts.main, unitcosts.__doc__),
     "stdin": (stdin.main, stdin.__doc__),
     "third-party": (thirdparty.main, thirdparty.__doc__),
+    "backends": (backends.main, backends.__doc__),
 }
 
 
@@ -128,6 +129,17 @@ def parser() -> argparse.ArgumentParser:
     )
     _kernels(p, "the plugin's default")
     _runs(p, 3)
+
+    p = sub("backends")
+    p.add_argument("--backend", type=backends.parse_backends, default=list(backends.BACKENDS),
+                   help="the backends to put side by side, comma-separated "
+                   f"(default {','.join(backends.BACKENDS)})")  # fmt: skip
+    _runs(p, 3, "rounds (uml, kvm)")
+    p.add_argument("--qemu-runs", type=int, default=1,
+                   help="rounds of qemu: TCG emulation, 25-40 s a boot (default 1)")  # fmt: skip
+    p.add_argument("--trivial-only", action="store_true",
+                   help="leave out the real-suite rows (the longest)")  # fmt: skip
+    _markdown(p, f"{backends.MARK_START} and {backends.MARK_END}", "benchmarks/README.md")
     return top
 
 
@@ -139,6 +151,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.runs = {"costs": 3, "targets": 1}[args.command] if quick else args.default_runs
     if args.runs < 1:
         top.error("--runs must be at least 1")
+    if getattr(args, "qemu_runs", 1) < 1:
+        top.error("--qemu-runs must be at least 1")
     return args
 
 

@@ -25,6 +25,8 @@ from pytest_fakemachine.image.templates import UNIT_NAME
 from pytest_fakemachine.image.workdir import command_body
 
 __all__ = [
+    "BACKEND_OPTION",
+    "BOOT_TIMEOUT_OPTION",
     "ENTRY_POINT",
     "FAST_BOOT_ARGS",
     "KEEP_OPTION",
@@ -56,6 +58,8 @@ PACKAGE = "pytest_fakemachine"  # the import name: `python -m`, a tree's package
 PLUGIN = "pytest_fakemachine.plugin"  # `-p` it when plugin autoloading is off
 ENTRY_POINT = "fakemachine"  # its name in the pytest11 entry points: installed or not
 KERNEL_OPTION = "--fakemachine-kernel"
+BACKEND_OPTION = "--fakemachine-backend"
+BOOT_TIMEOUT_OPTION = "--fakemachine-boot-timeout"
 KEEP_OPTION = "--fakemachine-keep"
 # A work directory --fakemachine-keep kept, as pytest prints it, and its files.
 KEPT_RE = re.compile(r"^(/\S*fakemachine-\S+)$", re.MULTILINE)

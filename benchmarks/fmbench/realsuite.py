@@ -89,11 +89,13 @@ def prepare(tmp: Path) -> Path:
 
 
 def run_suite(
-    directory: Path, scope: str | None, tree: str | None, kernel: str | None = None
-) -> SuiteRun:
+    directory: Path, scope: str | None, tree: str | None, kernel: str | None = None,
+    *, options: tuple[str, ...] = (),
+) -> SuiteRun:  # fmt: skip
     """The suite on the host (``scope`` None) or in guests of ``scope``, from ``tree``.
 
     ``kernel``: the guests' UML kernel (``--fakemachine-kernel``); None: the plugin's default.
+    ``options``: more of the plugin's options for the guests' runs (``--fakemachine-backend=``).
     """
     env = clean_env()
     env["PYTEST_DISABLE_PLUGIN_AUTOLOAD"] = "1"
@@ -117,6 +119,7 @@ def run_suite(
         env["FMBENCH_SCOPE"] = scope
         if kernel is not None:
             argv.append(f"{fm.KERNEL_OPTION}={kernel}")
+        argv += options
     argv.append(SUITE_FILE)
     start, cpu_start = time.monotonic(), children_cpu()
     proc = run_step(argv, directory, SUITE_TIMEOUT, "the real suite", env)
@@ -319,14 +322,16 @@ def measure(
 
 
 def run_into(
-    variant: Variant, directory: Path, scope: str | None, tree: Tree | None, round_no: int
-) -> str:
-    """One run of the suite for ``variant`` (host: ``tree`` None), kept; what it took, in words.
+    variant: Variant, directory: Path, scope: str | None, tree: Tree | None, round_no: int,
+    *, options: tuple[str, ...] = (),
+) -> str:  # fmt: skip
+    """One run of the suite for ``variant`` (host: ``scope`` None), kept; what it took, in words.
 
+    ``tree`` None: this tree with the default kernel. ``options``: as :func:`run_suite`'s.
     StepFailed: the run produced nothing to keep (the caller records it).
     """
     path, kernel = (None, None) if tree is None else (tree.path, tree.kernel)
-    result = run_suite(directory, scope, path, kernel)
+    result = run_suite(directory, scope, path, kernel, options=options)
     result.round_no = round_no
     variant.runs.append(result)
     return (f"{result.wall:.2f} s whole, {result.span:.2f} s in tests, "
