@@ -93,10 +93,10 @@ trap '[ -z "$tmp" ] || rm -rf "$tmp"' EXIT
 # Debian 12's builds (they need only libc6 >= 2.34 and libslirp0), through a
 # private apt state; apt checks them against Debian's archive key before they
 # are installed.
-private_apt() {  # DIR ARGS...: apt-get with the sources and state in DIR
+private_apt() {  # DIR ARGS...: apt-get (or $apt_cmd) with the sources and state in DIR
     local dir=$1
     shift
-    apt-get -qq -o "Dir::Etc::sourcelist=$dir/sources.list" -o Dir::Etc::sourceparts=- \
+    "${apt_cmd:-apt-get}" -qq -o "Dir::Etc::sourcelist=$dir/sources.list" -o Dir::Etc::sourceparts=- \
         -o "Dir::State::lists=$dir/lists" -o "Dir::Cache=$dir/cache" \
         -o "APT::Sandbox::User=$(id -un)" "$@"
 }
@@ -338,12 +338,24 @@ PY
 # downloaded and unpacked for this user with its modules, never installed (apt
 # would run update-initramfs and could change the boot entry). Optional too.
 qemu_kernel() {
-    local arch version kver base dest
+    local arch version kver base dest sources=""
     arch=$(dpkg --print-architecture)
     version=$(apt-cache depends "linux-image-$arch" 2>/dev/null |
         awk '/Depends: linux-image-/ {print $2; exit}')
     if [ -z "$version" ]; then
-        echo "setup: no linux-image-$arch in this machine's apt sources: QEMU guests need kernel=" >&2
+        # Not in this machine's sources (Ubuntu names its kernels otherwise, and
+        # its vmlinuz is root's alone): Debian 13's, through a private apt state.
+        [ -n "$tmp" ] || tmp=$(mktemp -d)
+        sources=$tmp/qemu-kernel-sources
+        [ -f /usr/share/keyrings/debian-archive-keyring.gpg ] || apt_install debian-archive-keyring
+        private_sources "$sources" /usr/share/keyrings/debian-archive-keyring.gpg \
+            http://deb.debian.org/debian trixie main
+        retry 6 private_apt "$sources" -o Acquire::Check-Valid-Until=false update || return 1
+        version=$(apt_cmd=apt-cache private_apt "$sources" depends "linux-image-$arch" |
+            awk '/Depends: linux-image-/ {print $2; exit}')
+    fi
+    if [ -z "$version" ]; then
+        echo "setup: no linux-image-$arch found (this machine's apt sources, Debian 13's): QEMU guests need kernel=" >&2
         return 1
     fi
     kver=${version#linux-image-}
@@ -355,8 +367,12 @@ qemu_kernel() {
     fi
     [ -n "$tmp" ] || tmp=$(mktemp -d)
     mkdir -p "$tmp/qemu-kernel" "$base"
-    (cd "$tmp/qemu-kernel" && retry 6 apt-get download -qq -o "APT::Sandbox::User=$(id -un)" "$version") ||
-        return 1
+    if [ -n "$sources" ]; then
+        (cd "$tmp/qemu-kernel" && retry 6 private_apt "$sources" download "$version") || return 1
+    else
+        (cd "$tmp/qemu-kernel" && retry 6 apt-get download -qq -o "APT::Sandbox::User=$(id -un)" "$version") ||
+            return 1
+    fi
     rm -rf "$dest.new"
     dpkg-deb -x "$tmp/qemu-kernel/${version}"_*.deb "$dest.new"
     # A package that keeps its modules under usr/lib (Debian 13): depmod looks in lib.
