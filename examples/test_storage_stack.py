@@ -69,7 +69,8 @@ def test_lvm_on_luks_on_partitions(tmp_path: Path) -> None:
     run(f"cryptsetup open --key-file {key} {part} cryptroot && vgchange -q -ay system")
     run("mount /dev/system/root /target && mount /dev/system/home /target/home")
     assert Path("/target/home/hello").read_text() == "encrypted hello\n"
-    lsblk = run(f"lsblk -n -o TYPE {DISK}").split()
+    # With NAME, lsblk prints the tree (disk first); without, it may print by device number.
+    lsblk = [line.split()[-1] for line in run(f"lsblk -n -o NAME,TYPE {DISK}").splitlines()]
     assert lsblk[:4] == ["disk", "part", "part", "crypt"]
     assert lsblk.count("lvm") == 2
     run("umount /target/home /target && vgchange -q -an system && cryptsetup close cryptroot")
