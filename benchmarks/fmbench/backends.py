@@ -98,12 +98,24 @@ class Column:
     backend: str
     runs: int
     unavailable: str | None = None
-    rows: dict[str, Row] = field(default_factory=dict)
-    suite: Variant = field(init=False)
+    rows: dict[str, Row] = field(init=False)
+    by_round: dict[str, dict[int, float]] = field(init=False)  # row -> round -> value
+    suite: Variant = field(init=False)  # its real-suite runs in one guest (scope=module)
 
     def __post_init__(self) -> None:
         self.rows = {key: Row(key, label) for key, label in ROWS.items()}
+        self.by_round = {key: {} for key in ROWS}
         self.suite = Variant(self.backend, f"{self.backend}: scope=module")
+
+    def record(self, key: str, round_no: int, value: float) -> None:
+        self.rows[key].values.append(value)
+        self.by_round[key][round_no] = value
+
+    def ratio_to(self, base: Column, key: str) -> float | None:
+        """The median over the rounds both ran of this column's value / ``base``'s:
+        a column of fewer rounds is compared with what the load was then."""
+        mine, theirs = self.by_round[key], base.by_round[key]
+        return median(v / theirs[r] for r, v in mine.items() if theirs.get(r))
 
     @property
     def header(self) -> str:
@@ -169,26 +181,28 @@ def limited(step: Step, runs: int, why: str) -> Step:
     return Step(step.label, run, step.failed, step.left)
 
 
-def pair_step(label: str, wall: Row, cpu: Row, fn: Callable[[], tuple[float, float]]) -> Step:
-    """A step that appends ``fn()``'s wall and CPU seconds to ``wall`` and ``cpu``."""
+def pair_step(
+    label: str, column: Column, keys: tuple[str, str], fn: Callable[[], tuple[float, float]]
+) -> Step:
+    """A step that records ``fn()``'s wall and CPU seconds as ``column``'s rows ``keys``."""
+    wall, cpu = keys
 
     def run(round_no: int) -> str:
         w, c = fn()
-        wall.values.append(w)
-        cpu.values.append(c)
+        column.record(wall, round_no, w)
+        column.record(cpu, round_no, c)
         return f"{w:.2f} s, CPU {c:.2f} s"
 
-    return Step(label, run, wall.failures.append)
+    return Step(label, run, column.rows[wall].failures.append)
 
 
 def column_steps(column: Column, tmp: Path, suite_dir: Path | None) -> list[Step]:
     """One round's steps of ``column``: run('true'), one marked test, the real suite."""
-    b, rows = column.backend, column.rows
+    b = column.backend
     path = write_one_test(tmp / f"one-{b}", b)
     steps = [
-        pair_step(f"{b}: run('true')", rows["run_wall"], rows["run_cpu"],
-                  lambda: run_true(b, tmp)),
-        pair_step(f"{b}: one marked test", rows["one_wall"], rows["one_cpu"],
+        pair_step(f"{b}: run('true')", column, ("run_wall", "run_cpu"), lambda: run_true(b, tmp)),
+        pair_step(f"{b}: one marked test", column, ("one_wall", "one_cpu"),
                   lambda: one_test(path)),
     ]  # fmt: skip
     if suite_dir is not None:
@@ -227,11 +241,11 @@ def suite_rows(cols: list[Column], host: Variant) -> list[str]:
     measured = [c.suite for c in cols if c.suite.runs]
     common = common_tests([host, *measured]) if host.runs else set()
     for column in cols:
-        runs, rows = column.suite.runs, column.rows
-        rows["suite_guest"].values = [tests_time(r, common) for r in runs]
-        rows["suite_wall"].values = [r.wall for r in runs]
-        ratio = module_ratio(column.suite, host, common)
-        rows["suite_ratio"].values = [] if ratio is None else [ratio]
+        for run in column.suite.runs:
+            column.record("suite_guest", run.round_no, tests_time(run, common))
+            column.record("suite_wall", run.round_no, run.wall)
+        ratio = module_ratio(column.suite, host, common)  # per round too
+        column.rows["suite_ratio"].values = [] if ratio is None else [ratio]
     every = {n for v in [host, *measured] for r in v.runs for n in r.tests}
     host_tests = median(tests_time(r, common) for r in host.runs)
     notes = [
@@ -243,22 +257,23 @@ def suite_rows(cols: list[Column], host: Variant) -> list[str]:
     for name in sorted(every - common):
         where = [v.key for v in [host, *measured] if any(name not in r.passed for r in v.runs)]
         notes.append(f"left out: {name.split('::')[-1]}: not passed in {', '.join(where)}")
-    return notes
+    return notes + [f"host: real suite: failed: {f.splitlines()[0]}" for f in host.failures]
 
 
 def cell(column: Column, key: str, base: Column | None) -> str:
-    """A median, with its ratio to ``base``'s (the first measured column)."""
+    """A median, with its ratio to ``base``'s in the same rounds (``base``: the first column)."""
     if column.unavailable is not None:
         return "not measured here"
     value = column.rows[key].median
     if value is None:
         return "-"  # every run failed: the notes say why
-    ratio = key == "suite_ratio"
-    text = f"{value:.2f}x" if ratio else f"{value:.2f} s"
-    if base is None or base is column or ratio:
+    if key == "suite_ratio":
+        return f"{value:.2f}x"
+    text = f"{value:.2f} s"
+    if base is None or base is column:
         return text
-    of = base.rows[key].median
-    return text if not of else f"{text} ({value / of:.1f}x {base.backend})"
+    ratio = column.ratio_to(base, key)
+    return text if ratio is None else f"{text} ({ratio:.1f}x {base.backend})"
 
 
 def table_lines(cols: list[Column], suite: bool) -> list[str]:
@@ -276,8 +291,11 @@ def caption(cols: list[Column]) -> str:
     """What the table's numbers are, and what its ratios compare with."""
     base = next((c for c in cols if c.unavailable is None), None)
     runs = ", ".join(f"{c.backend} {c.runs}" for c in cols if c.unavailable is None)
-    against = "" if base is None else f"; in parentheses: the ratio to {base.backend}'s median"
-    return f"Medians of interleaved rounds (runs: {runs or 'none'}){against}."
+    text = f"Medians of interleaved rounds (runs: {runs or 'none'})."
+    if base is None:
+        return text
+    return (f"{text} In parentheses: the ratio to {base.backend} in the rounds both ran "
+            "(median of the per-round ratios: the same load on both).")  # fmt: skip
 
 
 def command(args: argparse.Namespace, backends: list[str]) -> str:

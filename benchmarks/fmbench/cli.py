@@ -57,23 +57,14 @@ def _ref(parser: argparse.ArgumentParser, required: bool) -> None:
                         "copied and run from PYTHONPATH, with its default kernel")  # fmt: skip
 
 
-def parser() -> argparse.ArgumentParser:
-    top = argparse.ArgumentParser(prog="bench.py", description=fmbench.__doc__,
-                                  formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-    subs = top.add_subparsers(dest="command", required=True, metavar="SUBCOMMAND")
-
-    def sub(name: str) -> argparse.ArgumentParser:
-        doc = SUBCOMMANDS[name][1] or ""
-        return subs.add_parser(name, help=doc.splitlines()[0].partition(": ")[2], description=doc,
-                               formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-
-    p = sub("costs")
+def _costs(p: argparse.ArgumentParser) -> None:
     _runs(p, 5)
     p.add_argument("--quick", action="store_true",
                    help="3 rounds, and 4 instead of 10 tests in the -n 0 / -n 2 rows")  # fmt: skip
     _markdown(p, f"{MARK_START} and {MARK_END}", "docs/performance.md")
 
-    p = sub("targets")
+
+def _targets(p: argparse.ArgumentParser) -> None:
     _ref(p, required=True)
     _kernels(p, "the plugin's default")
     p.add_argument("--function-every-kernel", action="store_true",
@@ -83,7 +74,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="1 round")
     _markdown(p, f"{targets.MARK_START} and {targets.MARK_END}", "benchmarks/README.md")
 
-    p = sub("realsuite")
+
+def _realsuite(p: argparse.ArgumentParser) -> None:
     _ref(p, required=False)
     _kernels(p, "the plugin's default")
     p.add_argument("--module-only", action="store_true",
@@ -91,11 +83,13 @@ def parser() -> argparse.ArgumentParser:
     _runs(p, 3)
     _markdown(p, f"{realsuite.MARK_START} and {realsuite.MARK_END}", "benchmarks/README.md")
 
-    p = sub("kernels")
+
+def _kernels_only(p: argparse.ArgumentParser) -> None:
     _kernels(p, "the plugin's default")
     _runs(p, 5)
 
-    p = sub("unit-costs")
+
+def _unit_costs(p: argparse.ArgumentParser) -> None:
     _kernels(p, "the plugin's default")
     _runs(p, 3)
     p.add_argument("--counts-from", metavar="DIR", type=Path,
@@ -107,7 +101,8 @@ def parser() -> argparse.ArgumentParser:
         help="the Python that runs --counts-from's suite (default: this one)",
     )
 
-    p = sub("stdin")
+
+def _stdin(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tree", metavar="TREE", action="append", default=[],
                    help="a checkout to run from (PYTHONPATH); repeat it to compare "
                    "(default: the installed package)")  # fmt: skip
@@ -117,7 +112,8 @@ def parser() -> argparse.ArgumentParser:
                    "(needs pexpect)")  # fmt: skip
     _runs(p, 5)
 
-    p = sub("third-party")
+
+def _third_party(p: argparse.ArgumentParser) -> None:
     p.add_argument("recipe", help=f"the suite: {', '.join(thirdparty.recipes())} "
                    "(benchmarks/thirdparty/RECIPE.sh)")  # fmt: skip
     p.add_argument("source", type=Path, help="the suite's source (what its recipe takes)")
@@ -130,7 +126,8 @@ def parser() -> argparse.ArgumentParser:
     _kernels(p, "the plugin's default")
     _runs(p, 3)
 
-    p = sub("backends")
+
+def _backends(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", type=backends.parse_backends, default=list(backends.BACKENDS),
                    help="the backends to put side by side, comma-separated "
                    f"(default {','.join(backends.BACKENDS)})")  # fmt: skip
@@ -140,6 +137,29 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--trivial-only", action="store_true",
                    help="leave out the real-suite rows (the longest)")  # fmt: skip
     _markdown(p, f"{backends.MARK_START} and {backends.MARK_END}", "benchmarks/README.md")
+
+
+OPTIONS: dict[str, Callable[[argparse.ArgumentParser], None]] = {
+    "costs": _costs,
+    "targets": _targets,
+    "realsuite": _realsuite,
+    "kernels": _kernels_only,
+    "unit-costs": _unit_costs,
+    "stdin": _stdin,
+    "third-party": _third_party,
+    "backends": _backends,
+}
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="bench.py", description=fmbench.__doc__,
+                                  formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    subs = top.add_subparsers(dest="command", required=True, metavar="SUBCOMMAND")
+    for name, add_options in OPTIONS.items():
+        doc = SUBCOMMANDS[name][1] or ""
+        summary = doc.splitlines()[0].partition(": ")[2]
+        raw = argparse.RawDescriptionHelpFormatter
+        add_options(subs.add_parser(name, help=summary, description=doc, formatter_class=raw))
     return top
 
 

@@ -131,6 +131,20 @@ def run_suite(
         entries = [json.loads(line) for line in timing.read_text().splitlines()]
     except (OSError, ValueError) as err:
         raise StepFailed(f"no timing records ({err}):\n{tail(proc.stdout, 30)}") from None
+    tests, outcomes = tests_of(entries)
+    passed = {n for n, o in outcomes.items() if o == "passed"}
+    if not passed:
+        raise StepFailed(f"no test passed:\n{tail(proc.stdout, 30)}")
+    try:
+        probed = json.loads(probe.read_text()) if probe.exists() else None
+    except (OSError, ValueError):
+        probed = None
+    return SuiteRun(wall, tests, passed, outcomes, probed, cpu=cpu)
+
+
+def tests_of(entries: list[dict[str, Any]]) -> tuple[dict[str, float], dict[str, str]]:
+    """From the timing records: each test's setup start -> teardown stop, and its worst
+    outcome over its phases."""
     first: dict[str, float] = {}
     last: dict[str, float] = {}
     outcomes: dict[str, str] = {}
@@ -143,15 +157,7 @@ def run_suite(
         last[nodeid] = entry["stop"]
         was = outcomes.get(nodeid, "passed")
         outcomes[nodeid] = max(was, entry["outcome"], key=lambda o: rank.get(o, 2))
-    tests = {n: last[n] - first[n] for n in first}
-    passed = {n for n, o in outcomes.items() if o == "passed"}
-    if not passed:
-        raise StepFailed(f"no test passed:\n{tail(proc.stdout, 30)}")
-    try:
-        probed = json.loads(probe.read_text()) if probe.exists() else None
-    except (OSError, ValueError):
-        probed = None
-    return SuiteRun(wall, tests, passed, outcomes, probed, cpu=cpu)
+    return {n: last[n] - first[n] for n in first}, outcomes
 
 
 def common_tests(variants: list[Variant]) -> set[str]:

@@ -105,6 +105,18 @@ def test_what_a_step_leaves_running_is_named(monkeypatch: pytest.MonkeyPatch) ->
     assert problems == ["A: round 1 left running, killed: linux.uml (pid 7)"]
 
 
+def test_a_tests_time_spans_its_phases_and_its_worst_outcome_counts() -> None:
+    entries = [
+        {"event": "sessionstart"},
+        {"event": "report", "nodeid": "t::a", "start": 1.0, "stop": 1.5, "outcome": "passed"},
+        {"event": "report", "nodeid": "t::a", "start": 1.5, "stop": 3.0, "outcome": "failed"},
+        {"event": "report", "nodeid": "t::a", "start": 3.0, "stop": 3.5, "outcome": "passed"},
+        {"event": "report", "nodeid": "t::b", "start": 4.0, "stop": 4.25, "outcome": "skipped"},
+    ]
+    assert realsuite.tests_of(entries) == ({"t::a": 2.5, "t::b": 0.25},
+                                           {"t::a": "failed", "t::b": "skipped"})  # fmt: skip
+
+
 def test_backends_default_to_all_three_with_one_round_of_qemu() -> None:
     args = cli.parse_args(["backends"])
     assert (args.backend, args.runs, args.qemu_runs, args.trivial_only) == (
@@ -144,15 +156,16 @@ def _measured_columns() -> list[backends.Column]:
     cols = backends.columns(["uml", "kvm", "qemu"], 3, 1,
                             lambda b: "kvm: no vmx/svm" if b == "kvm" else None)  # fmt: skip
     uml, _, qemu = cols
-    uml.rows["run_wall"].values = [1.0, 1.2, 1.1]
-    qemu.rows["run_wall"].values = [33.0]
+    for round_no, seconds in ((1, 3.0), (2, 1.2), (3, 1.1)):  # round 1 under load
+        uml.record("run_wall", round_no, seconds)
+    qemu.record("run_wall", 1, 33.0)
     qemu.rows["one_wall"].failures = ["pytest exit status 1:\ndetail"]
     uml.suite.runs = [_suite_run({"a": 2.0, "b": 1.0}, n) for n in (1, 2, 3)]
-    qemu.suite.runs = [_suite_run({"a": 20.0, "b": 5.0, "c": 1.0}, 1, 300.0)]
+    qemu.suite.runs = [_suite_run({"a": 20.0, "b": 5.0, "c": 1.0}, 2, 300.0)]
     return cols
 
 
-def test_backends_table_has_a_column_per_backend_and_ratios_to_the_first() -> None:
+def test_backends_table_has_a_column_each_and_ratios_within_a_round() -> None:
     cols = _measured_columns()
     assert [(c.backend, c.runs, c.header) for c in cols] == [
         ("uml", 3, "uml (3 runs)"), ("kvm", 3, "kvm"), ("qemu", 1, "qemu (1 run, TCG)")
@@ -166,8 +179,9 @@ def test_backends_table_has_a_column_per_backend_and_ratios_to_the_first() -> No
     cells = [re.split(r"\s{2,}", line.strip()) for line in lines[2:]]
     table = {row[0]: row[1:] for row in cells}
     assert list(table) == [label.strip() for label in backends.ROWS.values()]
+    # qemu's one run is compared with uml's run of the same round, not with uml's median.
     assert table["Machine(backend=B).run('true'), whole process: wall"] == [
-        "1.10 s", "not measured here", "33.00 s (30.0x uml)"
+        "1.20 s", "not measured here", "33.00 s (11.0x uml)"
     ]  # fmt: skip
     assert table["one marked test, whole pytest process: wall"] == ["-", "not measured here", "-"]
     # Only the tests every run passed count (uml's runs have no "c"): a and b.
@@ -196,8 +210,8 @@ def test_an_unavailable_backend_says_why_and_how_to_measure_it() -> None:
     )
     assert notes[-1] == "qemu: TCG emulation (no KVM): 1 round(s) only"
     assert backends.caption(cols) == (
-        "Medians of interleaved rounds (runs: uml 3, qemu 1); "
-        "in parentheses: the ratio to uml's median."
+        "Medians of interleaved rounds (runs: uml 3, qemu 1). In parentheses: the ratio to uml "
+        "in the rounds both ran (median of the per-round ratios: the same load on both)."
     )
 
 
