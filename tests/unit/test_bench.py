@@ -6,6 +6,7 @@ import ast
 import re
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -106,7 +107,7 @@ def test_what_a_step_leaves_running_is_named(monkeypatch: pytest.MonkeyPatch) ->
 
 
 def test_a_tests_time_spans_its_phases_and_its_worst_outcome_counts() -> None:
-    entries = [
+    entries: list[dict[str, Any]] = [
         {"event": "sessionstart"},
         {"event": "report", "nodeid": "t::a", "start": 1.0, "stop": 1.5, "outcome": "passed"},
         {"event": "report", "nodeid": "t::a", "start": 1.5, "stop": 3.0, "outcome": "failed"},
