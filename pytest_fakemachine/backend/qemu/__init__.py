@@ -62,7 +62,10 @@ class QemuBackend:
 
     def launch(self, prepared: Prepared, spec: BootSpec, initramfs: Path) -> Guest:
         host = arch()
-        append = ["panic=-1", "quiet", "rootfstype=tmpfs", f"fakemachine.work={spec.workdir}",
+        # Not quiet: the console (RunResult.console, a BootError's tail,
+        # --fakemachine-show-boot) has the kernel's and systemd's lines, as on
+        # UML; measured at no cost to a boot under emulation.
+        append = ["panic=-1", "rootfstype=tmpfs", f"fakemachine.work={spec.workdir}",
                   f"FAKEMACHINE_WORK={spec.workdir}", f"systemd.unit={UNIT_NAME}",
                   *spec.kernel_args]  # fmt: skip
         write_lines(spec.workdir, spec.lines)
