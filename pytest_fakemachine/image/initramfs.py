@@ -19,7 +19,7 @@ import os
 import shutil
 import stat
 import subprocess
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,7 +30,7 @@ from . import templates as t
 from .cache import cache_dir, stored
 from .cpio import CpioWriter
 
-__all__ = ["initramfs"]
+__all__ = ["initramfs", "root_archive"]
 
 # Bump when the cpio writer's output changes: the key sees what goes into the
 # archive (host files, directories, generated files, links), not how it is written.
@@ -51,8 +51,6 @@ _DIRS = (
     *sorted({"etc/systemd/system/" + os.path.dirname(name) for name in gs.UNIT_DROPINS}),
     gs.SYSINIT_WANTS, gs.SOCKETS_WANTS,
 )  # fmt: skip
-# Unpacked by init into the devtmpfs at /dev: the static device nodes.
-STATIC_NODES_ARCHIVE = "run/fakemachine-static-nodes.cpio"
 _MERGED_USR = {"bin": "usr/bin", "sbin": "usr/sbin", "lib": "usr/lib", "lib64": "usr/lib64"}
 
 
@@ -193,7 +191,7 @@ def write_base(cpio: CpioWriter, files: Iterable[str], dirs: Iterable[str]) -> N
     """``dirs``, the merged-/usr links, and the host ``files`` with their parents."""
     made = set()
     for d in dirs:
-        cpio.add_dir(d, 0o1777 if d in ("tmp", "var/tmp", "run/lock") else 0o755)
+        cpio.add_dir(d, _dir_mode(d))
         made.add(d)
     for link, target in _MERGED_USR.items():
         cpio.add_symlink(link, target)
@@ -218,26 +216,46 @@ def _generated_files(inputs: _Inputs) -> dict[str, tuple[bytes, int]]:
         early_init=inputs.early_init,
         unit_path=UNIT_PATH,
         no_generators=NO_GENERATORS,
-        static_nodes="/" + STATIC_NODES_ARCHIVE,
+        new_root=t.NEW_ROOT,
+        root_archive=t.ROOT_ARCHIVE,
         cpuinfo_copy=t.CPUINFO_COPY.format(cpuinfo=t.CPUINFO) if gs.procps_needs_core_id() else "",
     )
     return {
         "init": (init.encode(), 0o755),
         **gs.generated_etc(usr_line),
         "etc/systemd/system/mount.d/fakemachine.conf": (t.MOUNT_DROPIN.encode(), 0o644),
-        STATIC_NODES_ARCHIVE: (_static_nodes(), 0o644),
     }
 
 
-def _static_nodes() -> bytes:
+def root_archive(bound: Collection[str]) -> bytes:
+    """What init unpacks at / (see templates.INIT): the new root's own tree under
+    NEW_ROOT (the archive's directories and links outside ROOT_TREES) and the
+    static device nodes under /dev. Nothing at or under a path of ``bound``
+    (what the run binds into the new root): unpacking sets a directory's mode,
+    owner and mtime, which must never reach a volume's host directory."""
+
+    def kept(path: str) -> bool:
+        return not any(path == b or path.startswith(b + "/")
+                       for b in (*t.ROOT_TREES, *bound))  # fmt: skip
+
     buf = io.BytesIO()
     cpio = CpioWriter(buf)
+    for d in dict.fromkeys(_DIRS):
+        if kept("/" + d):
+            cpio.add_dir(t.NEW_ROOT + "/" + d, _dir_mode(d))
+    for link, target in (*_MERGED_USR.items(), *gs.FHS_LINKS):
+        if kept("/" + link):
+            cpio.add_symlink(t.NEW_ROOT + "/" + link, target)
     for d in sorted({os.path.dirname(name) for name, *_ in gs.STATIC_NODES} - {""}):
-        cpio.add_dir(d)
+        cpio.add_dir("dev/" + d)
     for name, major, minor, mode, gid in gs.STATIC_NODES:
-        cpio.add_char_device(name, major, minor, mode, gid)
+        cpio.add_char_device("dev/" + name, major, minor, mode, gid)
     cpio.close()
     return buf.getvalue()
+
+
+def _dir_mode(d: str) -> int:
+    return 0o1777 if d in ("tmp", "var/tmp", "run/lock") else 0o755
 
 
 def _links(inputs: _Inputs) -> list[tuple[str, str]]:

@@ -14,21 +14,29 @@ GUEST_WORK = "/run/fakemachine"
 UNIT_NAME = "fakemachine.service"
 LABEL_DIR = "/dev/disk/by-fakemachine-label"
 
-# PID 1 until systemd takes over. Last, it moves a recursive bind mount of
-# the rootfs (with everything mounted so far; the run's fstab ends with it)
-# onto / and starts systemd in it: pivot_root (bubblewrap, nspawn, unshare)
-# refuses to leave the rootfs itself. The mounts left below are outside every
-# root, so no mount table shows them. busybox is the initramfs' only program,
-# and each of its starts costs ~35 ms in UML (the host's small coreutils
-# `chroot`, ~18 ms, does the last step): one `mount -a` does every mount.
+# PID 1 until systemd takes over. Everything is mounted in the rootfs first;
+# the run's fstab ends with the new root: a tmpfs, with each tree mounted so
+# far and the initramfs' /etc bound into it (recursive binds, so the mounts
+# below them come along). Init moves it onto / and starts systemd in it. So /
+# is a tmpfs, as on a booted system with a tmpfs root (`findmnt /`), not the
+# kernel's rootfs, which pivot_root (bubblewrap, nspawn, unshare) also refuses
+# to leave. /etc stays the rootfs' own: the kernel unpacked it, and copying
+# its ~1,300 entries into the tmpfs costs 0.4 s or more in UML. The new root's
+# own tree (FHS directories, the merged-/usr links) and the static device
+# nodes (into the devtmpfs) come from one small archive the host writes for
+# each run (ROOT_ARCHIVE), unpacked last: it holds nothing at or under what
+# the run binds into the new root, so it never reaches a volume. The mounts
+# left below are outside every root, so no mount table shows them. busybox is
+# the initramfs' only program, and each of its starts costs ~35 ms in UML (the
+# host's small coreutils `chroot`, ~18 ms, does the last step): one `mount -a`
+# does every mount.
 # FAKEMACHINE_WORK reaches init as an environment variable (no dot in its
-# name). The utab line marks the work directory as mounted by the initramfs
-# (x-initrd.mount, as util-linux `mount` records it for the run's own mounts):
-# systemd then gives the mount no default dependencies, which would load
-# local-fs.target and through it ~110 host units over hostfs at boot. (/run
-# needs none: systemd counts it among its API file systems.)
-# The static device nodes go into the devtmpfs (see _guest_system). procps
-# 4.0.2 (Debian 12) fails ("Unable to get system boot time") on a
+# name). The utab lines mark the work directory and /etc as mounted by the
+# initramfs (x-initrd.mount, as util-linux `mount` records it for the run's own
+# mounts): systemd then gives those mounts no default dependencies, which
+# would load local-fs.target and through it ~110 host units over hostfs at
+# boot. (/run needs none: systemd counts it among its API file systems.)
+# procps 4.0.2 (Debian 12) fails ("Unable to get system boot time") on a
 # /proc/cpuinfo without "core id", which UML's has not: on such hosts init
 # writes a copy with that line (CPUINFO_COPY, ~20 ms) and the run's fstab
 # binds it over /proc/cpuinfo.
@@ -40,14 +48,25 @@ INIT = """\
 # pytest-fakemachine guest init: mount everything, then hand over to systemd.
 {early_init}echo "{work_mount}" >>/etc/fstab
 /bin/busybox mount -a || exec /bin/busybox sh -c 'echo "fakemachine: mount -a failed" >/dev/console; /bin/busybox poweroff -f'
-echo "SRC=none TARGET=/run/fakemachine ROOT=/ OPTS=x-initrd.mount" >/run/mount/utab
-cd /dev && /bin/busybox cpio -idmu <{static_nodes} 2>/dev/null; cd /
+echo "SRC=none TARGET=/run/fakemachine ROOT=/ OPTS=x-initrd.mount
+SRC=rootfs TARGET=/etc ROOT=/etc OPTS=x-initrd.mount" >/run/mount/utab
 {cpuinfo_copy}. /run/fakemachine/setup.sh
+/bin/busybox cpio -idmu </run/fakemachine/{root_archive} 2>/dev/null
 export SYSTEMD_UNIT_PATH={unit_path}
 export SYSTEMD_GENERATOR_PATH={no_generators} SYSTEMD_ENVIRONMENT_GENERATOR_PATH={no_generators}
-cd /mnt && /bin/busybox mount --move . / && exec /usr/sbin/chroot . /lib/systemd/systemd
+cd {new_root} && /bin/busybox mount --move . / && exec /usr/sbin/chroot . /lib/systemd/systemd
 exec /lib/systemd/systemd
 """
+
+# Where the run's fstab mounts the guest's root before init moves it onto /:
+# a directory of the rootfs alone, never seen in the guest (a volume may be
+# mounted anywhere the guest sees, /mnt included).
+NEW_ROOT = "/fakemachine-root"
+# The trees init's fstab (FSTAB) mounts and the initramfs' /etc: bound whole
+# into the new root, with whatever the run mounts below them.
+ROOT_TREES = ("/dev", "/etc", "/proc", "/run", "/sys", "/usr")
+# The run's archive of the new root's own tree and the static device nodes.
+ROOT_ARCHIVE = "root.cpio"
 
 # Mount units log to the console (the host's console log), not to the journal:
 # journald is socket-activated, and a mount writing to the journal at boot

@@ -20,7 +20,8 @@ from .._config import ImageSpec, Volume
 from .._errors import FakeMachineError
 from ..backend.base import Layout
 from . import templates as t
-from .system import BOOT_SOCKETS, boot_tmpfs_mounts, procps_needs_core_id
+from .initramfs import root_archive
+from .system import BOOT_SOCKETS, FHS_LINKS, boot_tmpfs_mounts, procps_needs_core_id
 
 __all__ = [
     "CWD_MISSING",
@@ -44,6 +45,7 @@ INLINE_COMMAND_MAX = 64 * 1024
 CWD_MISSING = "cwd-missing"
 # What one launch writes, removed before the next launch of the same directory.
 RUN_FILES = ("started", "status", "stdout", "stderr", "command", CWD_MISSING, "job-began")
+_NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
 
 
 @dataclass(frozen=True)
@@ -128,9 +130,38 @@ def _fstab(
         link = work / f"volume{index}"  # the guest's paths hold no whitespace or commas
         os.symlink(volume.host, link)
         mounts.append(share(str(link), volume.guest, volume.read_only))
-    # Last: init moves this bind of the whole tree onto / (see INIT).
-    mounts.append(t.FSTAB_LINE.format(source="/", guest="/mnt", fstype="none", options="rbind"))
+    return mounts + _new_root(work, [line.split()[1] for line in mounts])
+
+
+def _new_root(work: Path, targets: list[str]) -> list[str]:
+    """The fstab's last lines: the guest's root, a tmpfs, with every tree mounted
+    before it bound into it (see INIT); writes the archive of its own tree."""
+    bound: list[str] = []
+    for path in sorted({_in_guest(p) for p in (*t.ROOT_TREES, *targets)}):
+        if not any(path.startswith(b + "/") for b in bound):  # sorted: parents first
+            bound.append(path)
+    with open(os.open(work / t.ROOT_ARCHIVE, _NEW_FILE, 0o600), "wb") as f:
+        f.write(root_archive(bound))
+    mounts = [t.FSTAB_LINE.format(source="tmpfs", guest=t.NEW_ROOT, fstype="tmpfs",
+                                  options="X-mount.mkdir,mode=0755")]  # fmt: skip
+    for path in bound:
+        mounts.append(t.FSTAB_LINE.format(source=path, guest=t.NEW_ROOT + path, fstype="none",
+                                          options="X-mount.mkdir,rbind"))  # fmt: skip
     return mounts
+
+
+# The guest's own links (/var/run -> /run...): a volume through one is bound where it leads.
+_GUEST_LINKS = tuple(
+    ("/" + link, os.path.normpath(os.path.join("/", os.path.dirname(link), target)))
+    for link, target in FHS_LINKS
+)
+
+
+def _in_guest(path: str) -> str:
+    for link, target in _GUEST_LINKS:
+        if path == link or path.startswith(link + "/"):
+            return target + path[len(link) :]
+    return path
 
 
 def write_job(work: Path, layout: Layout, body: str, *, disks: bool, network: bool) -> None:
@@ -156,7 +187,7 @@ def _mount(source: str, guest: str, fstype: str, options: str) -> str:
 
 
 def _write(path: Path, text: str, mode: int = 0o600) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    fd = os.open(path, _NEW_FILE, mode)
     # surrogateescape: bytes of a command line that are not UTF-8 (sys.argv
     # holds them as lone surrogates) reach the guest's command unchanged.
     with os.fdopen(fd, "w", encoding="utf-8", errors="surrogateescape") as f:

@@ -86,6 +86,21 @@ def test_guest_users_su_runuser_and_useradd() -> None:
 
 
 @in_guest
+def test_guest_root_is_a_named_tmpfs_not_the_initramfs_rootfs() -> None:
+    # Code that looks up the root file system's source and type must get what a
+    # booted system with a tmpfs root gives, never the kernel's "rootfs".
+    shown = sh("findmnt -n -o SOURCE,FSTYPE / && df --output=source / && stat -f -c %T /")
+    assert shown.stdout.split() == ["tmpfs", "tmpfs", "Filesystem", "tmpfs", "tmpfs"], shown
+    mountinfo = Path("/proc/self/mountinfo").read_text().splitlines()
+    roots = [line.split() for line in mountinfo if line.split()[4] == "/"]
+    assert len(roots) == 1, roots
+    fields = roots[0]
+    assert fields[3] == "/"  # the whole file system, not a bind of part of one
+    assert fields[fields.index("-") + 1 : fields.index("-") + 3] == ["tmpfs", "tmpfs"]
+    assert stat.S_IMODE(os.stat("/").st_mode) == 0o755  # as a booted root, not 1777
+
+
+@in_guest
 def test_guest_ps_and_hostname() -> None:
     assert sh("hostname -f").stdout == "fakemachine\n"
     if shutil.which("ps") is None:
