@@ -48,7 +48,8 @@ _MAX_BYTES = (1 << 63) - 1  # a file offset (off_t) holds no more
 _SYSTEM_DIRS = frozenset({"/", "/etc", "/var", "/tmp", "/home", "/run"})
 # Trees of the guest's kernel, of the host's /usr and of the run's own files:
 # a volume may go neither at nor under them.
-_SYSTEM_TREES = ("/proc", "/sys", "/dev", "/usr", "/run/fakemachine")
+# /fakemachine-root: where the run's mounts are gathered before it becomes "/".
+_SYSTEM_TREES = ("/proc", "/sys", "/dev", "/usr", "/run/fakemachine", "/fakemachine-root")
 # The guest's own symlinks (merged /usr): a path through one is the path it leads to.
 _GUEST_LINKS = (
     ("/var/run", "/run"),

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from pytest_fakemachine import ConfigError, Machine, _config
-from pytest_fakemachine.image.templates import UNIT_NAME
+from pytest_fakemachine.image.templates import NEW_ROOT, UNIT_NAME
 from pytest_fakemachine.image.workdir import command_body
 
 UNDECODABLE = os.fsdecode(b"caf\xe9")  # 'caf\udce9': a Latin-1 file name seen on a UTF-8 host
@@ -27,10 +27,14 @@ SYSTEM_PATHS = [
     "/", "/etc", "/var", "/tmp", "/home", "/run", "/bin", "/sbin", "/lib", "/lib64",
     "/proc", "/proc/sys", "/sys", "/sys/kernel", "/dev", "/dev/shm", "/usr", "/usr/local/x",
     "/run/fakemachine", "/run/fakemachine/x", "/var/run", "/bin/x", "/lib64/x", "/etc/../proc",
-    "/var/./run", "/etc/",
+    "/var/./run", "/etc/", "/fakemachine-root", "/fakemachine-root/x",
 ]  # fmt: skip
 BELOW_SYSTEM_PATHS = ["/etc/myapp", "/var/lib/myapp", "/run/myapp", "/var/run/myapp",
                       "/tmp/x", "/home/user", "/srv", "/mnt/x", "/root", "/opt/x"]  # fmt: skip
+
+
+def test_the_new_roots_staging_directory_is_refused_as_a_system_tree() -> None:
+    assert NEW_ROOT in _config._SYSTEM_TREES  # its mounts would be gathered over the volume
 
 
 @pytest.mark.parametrize("guest", SYSTEM_PATHS)
