@@ -136,6 +136,36 @@ debian_update() {  # a signature no key here can check ends the script: no retry
     exit 1
 }
 
+# SUITE's package lists in DIR, checked against Debian's archive key: this
+# machine's keyring, or where it predates the suite's keys (Ubuntu 22.04's and
+# Debian 13's), Ubuntu 24.04's copy of it. Only network failures are retried:
+# no retry mends a missing key.
+suite_sources() {  # DIR SUITE
+    local dir=$1 suite=$2 keyring=/usr/share/keyrings/debian-archive-keyring.gpg out attempt
+    local newer="$tmp/ubuntu/root/usr/share/keyrings/debian-archive-keyring.gpg"
+    [ -f "$newer" ] && keyring=$newer
+    [ -f "$keyring" ] || apt_install debian-archive-keyring >&2
+    for attempt in 1 2 3 4 5 6; do
+        private_sources "$dir" "$keyring" http://deb.debian.org/debian "$suite" main
+        # The Release file's freshness date is not checked: a mirror that lags
+        # (or a snapshot) still serves genuine, signed packages.
+        out=$(private_apt "$dir" -o Acquire::Check-Valid-Until=false update 2>&1) && return 0
+        if grep -q NO_PUBKEY <<<"$out"; then
+            [ "$keyring" != "$newer" ] && [ -f /usr/share/keyrings/ubuntu-archive-keyring.gpg ] ||
+                break
+            echo "setup: this machine's debian-archive-keyring is too old for Debian" \
+                "$suite's signatures; taking Ubuntu 24.04's" >&2
+            [ -f "$newer" ] || retry 6 newer_debian_keyring >&2 || break
+            keyring=$newer
+            continue
+        fi
+        echo "setup: Debian $suite's package lists: failed (attempt $attempt of 6)" >&2
+        sleep $((attempt * 10))
+    done
+    echo "$out" >&2
+    return 1
+}
+
 need=$(missing $required)  # "a b " or ""
 want=$(missing $optional)
 if [ -n "$need$want" ]; then
@@ -191,13 +221,9 @@ fi
 newer_suites="trixie testing"
 
 unpack_kernel() {  # SUITE: prints the kernel's path; on a host with an older glibc, its own
-    local suite=$1 keyring=/usr/share/keyrings/debian-archive-keyring.gpg dest deb version out
-    [ -f "$keyring" ] || apt_install debian-archive-keyring >&2
+    local suite=$1 dest deb version out
     [ -n "$tmp" ] || tmp=$(mktemp -d)
-    private_sources "$tmp/$suite" "$keyring" http://deb.debian.org/debian "$suite" main
-    # Signatures are checked; the Release file's freshness date is not: a
-    # mirror that lags (or a snapshot) still serves a genuine, signed kernel.
-    retry 6 private_apt "$tmp/$suite" -o Acquire::Check-Valid-Until=false update >&2 || return 1
+    suite_sources "$tmp/$suite" "$suite" >&2 || return 1
     (cd "$tmp/$suite/debs" && retry 6 private_apt "$tmp/$suite" download user-mode-linux) >&2 ||
         return 1
     deb=$(echo "$tmp/$suite"/debs/user-mode-linux_*.deb)
@@ -347,10 +373,7 @@ qemu_kernel() {
         # its vmlinuz is root's alone): Debian 13's, through a private apt state.
         [ -n "$tmp" ] || tmp=$(mktemp -d)
         sources=$tmp/qemu-kernel-sources
-        [ -f /usr/share/keyrings/debian-archive-keyring.gpg ] || apt_install debian-archive-keyring
-        private_sources "$sources" /usr/share/keyrings/debian-archive-keyring.gpg \
-            http://deb.debian.org/debian trixie main
-        retry 6 private_apt "$sources" -o Acquire::Check-Valid-Until=false update || return 1
+        suite_sources "$sources" trixie || return 1
         version=$(apt_cmd=apt-cache private_apt "$sources" depends "linux-image-$arch" |
             awk '/Depends: linux-image-/ {print $2; exit}')
     fi
