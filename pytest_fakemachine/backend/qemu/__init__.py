@@ -64,7 +64,7 @@ class QemuBackend:
         host = arch()
         # Not quiet: the console (RunResult.console, a BootError's tail,
         # --fakemachine-show-boot) has the kernel's and systemd's lines, as on
-        # UML; measured at no cost to a boot under emulation.
+        # UML; what that costs a boot under emulation was lost in the noise.
         append = ["panic=-1", "rootfstype=tmpfs", f"fakemachine.work={spec.workdir}",
                   f"FAKEMACHINE_WORK={spec.workdir}", f"systemd.unit={UNIT_NAME}",
                   *spec.kernel_args]  # fmt: skip
