@@ -288,6 +288,9 @@ own_libc() {  # SUITE ROOT: ROOT/usr/lib/uml/libc/{ld-linux-x86-64.so.2,libc.so.
 
 unpacked=()
 if [ "$kernels" = all ] || [ "$kernels" = feature-complete ]; then
+    # Made here, not in unpack_kernel: that runs in $(...), a subshell, whose
+    # own $tmp the EXIT trap above never sees (a 60-70 MB directory left per suite).
+    [ -n "$tmp" ] || tmp=$(mktemp -d)
     for suite in $newer_suites; do
         if kernel=$(unpack_kernel "$suite"); then
             [ -z "$kernel" ] || unpacked+=("$kernel")
