@@ -28,6 +28,7 @@ __all__ = [
     "check_label",
     "check_memory_fits",
     "check_text",
+    "in_guest",
     "parse_memory",
     "parse_size",
     "parse_timeout",
@@ -50,9 +51,11 @@ _SYSTEM_DIRS = frozenset({"/", "/etc", "/var", "/tmp", "/home", "/run"})
 # a volume may go neither at nor under them.
 # /fakemachine-root: where the run's mounts are gathered before it becomes "/".
 _SYSTEM_TREES = ("/proc", "/sys", "/dev", "/usr", "/run/fakemachine", "/fakemachine-root")
-# The guest's own symlinks (merged /usr): a path through one is the path it leads to.
+# The guest's own symlinks (image/system.py's FHS_LINKS, merged /usr): a path
+# through one is the path it leads to.
 _GUEST_LINKS = (
     ("/var/run", "/run"),
+    ("/var/lock", "/run/lock"),
     *((f"/{name}", f"/usr/{name}") for name in ("bin", "sbin", "lib", "lib64", "lib32", "libx32")),
 )
 
@@ -176,7 +179,7 @@ def check_guest_path(path: object, source: str) -> str:
     return "/" + os.path.normpath(text).lstrip("/")  # normpath keeps a leading "//"
 
 
-def _in_guest(path: str) -> str:
+def in_guest(path: str) -> str:
     """``path`` (normalized) with the guest's own symlinks resolved."""
     for link, target in _GUEST_LINKS:  # none leads into another
         if path == link or path.startswith(link + "/"):
@@ -186,7 +189,7 @@ def _in_guest(path: str) -> str:
 
 def _system_conflict(guest: str) -> str | None:
     """Why a volume at ``guest`` would break the guest's system (None if it would not)."""
-    target = _in_guest(guest)
+    target = in_guest(guest)
     via = "" if target == guest else f" (that is {target} in the guest)"
     tree = next((t for t in _SYSTEM_TREES if target == t or target.startswith(t + "/")), None)
     if tree is not None:

@@ -16,12 +16,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .._config import ImageSpec, Volume
+from .._config import ImageSpec, Volume, in_guest
 from .._errors import FakeMachineError
 from ..backend.base import Layout
 from . import templates as t
 from .initramfs import root_archive
-from .system import BOOT_SOCKETS, FHS_LINKS, boot_tmpfs_mounts, procps_needs_core_id
+from .system import BOOT_SOCKETS, boot_tmpfs_mounts, procps_needs_core_id
 
 __all__ = [
     "CWD_MISSING",
@@ -137,7 +137,7 @@ def _new_root(work: Path, targets: list[str]) -> list[str]:
     """The fstab's last lines: the guest's root, a tmpfs, with every tree mounted
     before it bound into it (see INIT); writes the archive of its own tree."""
     bound: list[str] = []
-    for path in sorted({_in_guest(p) for p in (*t.ROOT_TREES, *targets)}):
+    for path in sorted({in_guest(p) for p in (*t.ROOT_TREES, *targets)}):
         if not any(path.startswith(b + "/") for b in bound):  # sorted: parents first
             bound.append(path)
     with open(os.open(work / t.ROOT_ARCHIVE, _NEW_FILE, 0o600), "wb") as f:
@@ -148,20 +148,6 @@ def _new_root(work: Path, targets: list[str]) -> list[str]:
         mounts.append(t.FSTAB_LINE.format(source=path, guest=t.NEW_ROOT + path, fstype="none",
                                           options="X-mount.mkdir,rbind"))  # fmt: skip
     return mounts
-
-
-# The guest's own links (/var/run -> /run...): a volume through one is bound where it leads.
-_GUEST_LINKS = tuple(
-    ("/" + link, os.path.normpath(os.path.join("/", os.path.dirname(link), target)))
-    for link, target in FHS_LINKS
-)
-
-
-def _in_guest(path: str) -> str:
-    for link, target in _GUEST_LINKS:
-        if path == link or path.startswith(link + "/"):
-            return target + path[len(link) :]
-    return path
 
 
 def write_job(work: Path, layout: Layout, body: str, *, disks: bool, network: bool) -> None:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import stat
 from pathlib import Path
 
-from pytest_fakemachine._config import Volume
+from pytest_fakemachine._config import Volume, in_guest
 from pytest_fakemachine.backend.uml.boot import UmlLayout
 from pytest_fakemachine.image import templates as t
+from pytest_fakemachine.image.initramfs import _MERGED_USR
+from pytest_fakemachine.image.system import FHS_LINKS
 from pytest_fakemachine.image.workdir import Contents, write_static_files
 
 from .test_cpio import parse_newc
@@ -43,3 +46,11 @@ def test_the_new_root_binds_each_tree_once_and_its_archive_never_reaches_a_volum
     for name in entries:
         path = "/" + name.removeprefix(root + "/") if name.startswith(root + "/") else None
         assert path is None or not [b for b in bound if path == b or path.startswith(b + "/")]
+
+
+def test_a_path_through_each_of_the_guests_own_links_is_where_it_leads() -> None:
+    # The volumes' checks and the new root's binds resolve paths with one table:
+    # it must know every link the guest's tree has.
+    for link, target in (*FHS_LINKS, *_MERGED_USR.items()):
+        leads = os.path.normpath(os.path.join("/", os.path.dirname(link), target))
+        assert in_guest(f"/{link}/x") == f"{leads}/x"
