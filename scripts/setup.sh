@@ -119,37 +119,19 @@ newer_debian_keyring() {
         dpkg-deb -x "$tmp"/ubuntu/debs/debian-archive-keyring_*.deb "$tmp/ubuntu/root"
 }
 
-debian_update() {  # a signature no key here can check ends the script: no retry mends it
-    local out newer="$tmp/ubuntu/root/usr/share/keyrings/debian-archive-keyring.gpg"
-    out=$(private_apt "$tmp/debian" update 2>&1) && return 0
-    echo "$out" >&2
-    grep -q NO_PUBKEY <<<"$out" || return 1
-    if [ ! -f "$newer" ] && [ -f /usr/share/keyrings/ubuntu-archive-keyring.gpg ]; then
-        echo "setup: this machine's debian-archive-keyring is too old for Debian 12's" \
-            "signatures; taking Ubuntu 24.04's" >&2
-        retry 6 newer_debian_keyring || exit 1
-        private_sources "$tmp/debian" "$newer" http://deb.debian.org/debian bookworm main
-        debian_update  # again, with the newer keyring
-        return
-    fi
-    echo "setup: no keyring on this machine can check Debian 12's packages" >&2
-    exit 1
-}
-
 # SUITE's package lists in DIR, checked against Debian's archive key: this
 # machine's keyring, or where it predates the suite's keys (Ubuntu 22.04's and
-# Debian 13's), Ubuntu 24.04's copy of it. Only network failures are retried:
-# no retry mends a missing key.
-suite_sources() {  # DIR SUITE
+# Debian 12's or 13's), Ubuntu 24.04's copy of it. Only network failures are
+# retried: no retry mends a missing key.
+suite_sources() {  # DIR SUITE [APT-GET OPTIONS...]
     local dir=$1 suite=$2 keyring=/usr/share/keyrings/debian-archive-keyring.gpg out attempt
+    shift 2
     local newer="$tmp/ubuntu/root/usr/share/keyrings/debian-archive-keyring.gpg"
     [ -f "$newer" ] && keyring=$newer
     [ -f "$keyring" ] || apt_install debian-archive-keyring >&2
     for attempt in 1 2 3 4 5 6; do
         private_sources "$dir" "$keyring" http://deb.debian.org/debian "$suite" main
-        # The Release file's freshness date is not checked: a mirror that lags
-        # (or a snapshot) still serves genuine, signed packages.
-        out=$(private_apt "$dir" -o Acquire::Check-Valid-Until=false update 2>&1) && return 0
+        out=$(private_apt "$dir" "$@" update 2>&1) && return 0
         if grep -q NO_PUBKEY <<<"$out"; then
             [ "$keyring" != "$newer" ] && [ -f /usr/share/keyrings/ubuntu-archive-keyring.gpg ] ||
                 break
@@ -160,7 +142,7 @@ suite_sources() {  # DIR SUITE
             continue
         fi
         echo "setup: Debian $suite's package lists: failed (attempt $attempt of 6)" >&2
-        sleep $((attempt * 10))
+        [ "$attempt" -eq 6 ] || sleep $((attempt * 10))
     done
     echo "$out" >&2
     return 1
@@ -196,9 +178,8 @@ if [ -n "$need" ]; then
     if [ -n "$debian" ]; then
         echo "setup: not in this distribution's archive, taken from Debian 12:$debian" >&2
         tmp=$(mktemp -d)
-        private_sources "$tmp/debian" /usr/share/keyrings/debian-archive-keyring.gpg \
-            http://deb.debian.org/debian bookworm main
-        retry 6 debian_update
+        suite_sources "$tmp/debian" bookworm ||
+            { echo "setup: Debian 12's package lists could not be read or checked" >&2; exit 1; }
         (cd "$tmp/debian/debs" && retry 6 private_apt "$tmp/debian" download $debian)
         apt_install "$tmp"/debian/debs/*.deb
     fi
@@ -223,7 +204,9 @@ newer_suites="trixie testing"
 unpack_kernel() {  # SUITE: prints the kernel's path; on a host with an older glibc, its own
     local suite=$1 dest deb version out
     [ -n "$tmp" ] || tmp=$(mktemp -d)
-    suite_sources "$tmp/$suite" "$suite" >&2 || return 1
+    # Signatures are checked; the Release file's freshness date is not: a
+    # mirror that lags (or a snapshot) still serves a genuine, signed kernel.
+    suite_sources "$tmp/$suite" "$suite" -o Acquire::Check-Valid-Until=false >&2 || return 1
     (cd "$tmp/$suite/debs" && retry 6 private_apt "$tmp/$suite" download user-mode-linux) >&2 ||
         return 1
     deb=$(echo "$tmp/$suite"/debs/user-mode-linux_*.deb)
@@ -376,7 +359,7 @@ qemu_kernel() {
         # its vmlinuz is root's alone): Debian 13's, through a private apt state.
         [ -n "$tmp" ] || tmp=$(mktemp -d)
         sources=$tmp/qemu-kernel-sources
-        suite_sources "$sources" trixie || return 1
+        suite_sources "$sources" trixie -o Acquire::Check-Valid-Until=false || return 1
         version=$(apt_cmd=apt-cache private_apt "$sources" depends "linux-image-$arch" |
             awk '/Depends: linux-image-/ {print $2; exit}')
     fi
