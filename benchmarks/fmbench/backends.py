@@ -24,7 +24,6 @@ so no timed run pays for it.
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,16 +33,13 @@ from pytest_fakemachine import FakeMachineError, Machine
 from . import package as fm
 from .realsuite import Variant, common_tests, module_ratio, prepare, run_into, tests_time
 from .report import machine_lines, write_markdown
-from .rows import pytest_run
+from .rows import pytest_run, run_true_process
 from .runner import (
     Row,
     Started,
     Step,
-    StepFailed,
     interleave,
     median,
-    python_error,
-    run_step,
     timed,
     workspace,
 )
@@ -54,10 +50,6 @@ BOOT_TIMEOUT = 600  # seconds: a QEMU boot under emulation on a busy machine
 RUN_TIMEOUT = 1200.0  # one whole Machine().run('true') process
 MARK_START = "<!-- backends:start -->"
 MARK_END = "<!-- backends:end -->"
-RUN_TRUE = (
-    "import sys; from pytest_fakemachine import Machine; "
-    f"Machine(backend=sys.argv[1], boot_timeout={BOOT_TIMEOUT}).run('true', check=True)"
-)
 ONE_TEST = f"""\
 import pytest
 
@@ -145,15 +137,8 @@ def columns(
 
 def run_true(backend: str, cwd: Path) -> tuple[float, float]:
     """Wall and CPU seconds of a whole ``Machine(backend=B).run('true')`` process."""
-    what = f"Machine(backend={backend!r}).run('true')"
-
-    def run() -> None:
-        # cwd: not the checkout, so that `python -c` imports the installed package.
-        proc = run_step([sys.executable, "-c", RUN_TRUE, backend], cwd, RUN_TIMEOUT, what)
-        if proc.returncode != 0:
-            raise StepFailed(f"{what}: exit status {proc.returncode}: {python_error(proc.stderr)}")
-
-    return timed(run)
+    return timed(lambda: run_true_process(cwd, backend=backend, boot_timeout=BOOT_TIMEOUT,
+                                          timeout=RUN_TIMEOUT))  # fmt: skip
 
 
 def one_test(path: Path) -> tuple[float, float]:

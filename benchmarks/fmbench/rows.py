@@ -161,18 +161,32 @@ def floor_boot(ctx: Context, *, skips: Skips) -> float:
 def machine_process(ctx: Context, tree: Path | None = None) -> float:
     """A whole `python -c "...Machine().run('true')"` process, interpreter start included;
     ``tree``: the package comes from there (PYTHONPATH), e.g. a reference checkout's copy."""
-    code = "from pytest_fakemachine import Machine; Machine().run('true', check=True)"
+    start = time.monotonic()
+    run_true_process(ctx.tmp, tree=tree)
+    return time.monotonic() - start
+
+
+def run_true_process(
+    cwd: Path,
+    *,
+    backend: str | None = None,
+    boot_timeout: float | None = None,
+    tree: Path | None = None,
+    timeout: float = RUN_TIMEOUT,
+) -> None:
+    """Run a whole `python -c "...Machine(...).run('true')"` process in ``cwd`` (not a
+    checkout: `python -c` imports the package from its working directory first);
+    StepFailed unless it succeeds. ``backend``, ``boot_timeout``: Machine's, where given."""
+    given = {"backend": backend, "boot_timeout": boot_timeout}
+    keywords = ", ".join(f"{k}={v!r}" for k, v in given.items() if v is not None)
+    code = f"from pytest_fakemachine import Machine; Machine({keywords}).run('true', check=True)"
+    what = f"Machine({keywords}).run('true')"
     env = clean_env()
     if tree is not None:
         env["PYTHONPATH"] = str(tree)
-    start = time.monotonic()
-    # Not in a checkout: `python -c` imports the package from its working directory first.
-    proc = run_step([sys.executable, "-c", code], ctx.tmp, RUN_TIMEOUT, "Machine().run('true')",
-                    env)  # fmt: skip
-    elapsed = time.monotonic() - start
+    proc = run_step([sys.executable, "-c", code], cwd, timeout, what, env)
     if proc.returncode != 0:
-        raise StepFailed(f"exit status {proc.returncode}: {python_error(proc.stderr)}")
-    return elapsed
+        raise StepFailed(f"{what}: exit status {proc.returncode}: {python_error(proc.stderr)}")
 
 
 def fakemachine_cli(ctx: Context) -> float:
