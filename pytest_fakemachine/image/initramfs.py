@@ -231,12 +231,12 @@ def root_archive(bound: Collection[str]) -> bytes:
     """What init unpacks at / (see templates.INIT): the new root's own tree under
     NEW_ROOT (the archive's directories and links outside ROOT_TREES) and the
     static device nodes under /dev. Nothing at or under a path of ``bound``
-    (what the run binds into the new root): unpacking sets a directory's mode,
-    owner and mtime, which must never reach a volume's host directory."""
+    (what the run binds into the new root: ROOT_TREES and its volumes...):
+    unpacking sets a directory's mode, owner and mtime, which must never reach
+    a volume's host directory."""
 
     def kept(path: str) -> bool:
-        return not any(path == b or path.startswith(b + "/")
-                       for b in (*t.ROOT_TREES, *bound))  # fmt: skip
+        return not any(path == b or path.startswith(b + "/") for b in bound)
 
     buf = io.BytesIO()
     cpio = CpioWriter(buf)
